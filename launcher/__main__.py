@@ -1,0 +1,5 @@
+"""`python -m launcher` is the same as the `runq` command."""
+
+from launcher.cli import main
+
+raise SystemExit(main())

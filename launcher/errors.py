@@ -1,0 +1,54 @@
+"""The error tree users see: a message, an optional hint, an exit code.
+
+Known problems raise a RunqError subclass; the CLI prints `Error: …` and
+`Hint: …` and exits with the class's code. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_DOES_NOT_FIT = 3
+EXIT_EXTERNAL = 4
+EXIT_INTERRUPTED = 130
+
+
+class RunqError(Exception):
+    """A problem the user can act on."""
+
+    exit_code = EXIT_RUNTIME
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(RunqError):
+    """Bad arguments, a bad machine description, a bad config or profile."""
+
+    exit_code = EXIT_USAGE
+
+
+class GGUFError(RunqError):
+    """A GGUF file (or set of shards) that cannot be read: corrupt, truncated, hostile."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class DoesNotFitError(RunqError):
+    """No plan fits the machine."""
+
+    exit_code = EXIT_DOES_NOT_FIT
+
+
+class ExternalToolError(RunqError):
+    """A tool runq drives (cmake, a compiler, llama.cpp) is missing or failed."""
+
+    exit_code = EXIT_EXTERNAL

@@ -1,0 +1,248 @@
+"""The machine a plan is made for: GPUs, RAM, CPU, disk — probed or described.
+
+Pure: no I/O beyond reading a description file handed in as text. A machine
+can be described instead of probed (`--gpu 24GiB --ram 256GiB`, `2x80GiB`,
+or a JSON file), so every plan can be made and tested without the hardware.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from launcher.errors import UsageError
+from launcher.units import parse_size
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    compute_capability: tuple[int, int] | None = None
+    mem_bus_width_bits: int | None = None
+    mem_clock_mhz: int | None = None
+    bandwidth_bytes_s: float | None = None  # given, or derived from bus width and clock
+
+    @property
+    def sm(self) -> str | None:
+        """'86' for compute capability 8.6 (CMAKE_CUDA_ARCHITECTURES form)."""
+        cc = self.compute_capability
+        return f"{cc[0]}{cc[1]}" if cc else None
+
+    @property
+    def memory_bandwidth(self) -> float | None:
+        """Peak bytes/s: given, or 2 transfers per clock × bus width (DDR/HBM)."""
+        if self.bandwidth_bytes_s:
+            return self.bandwidth_bytes_s
+        if self.mem_bus_width_bits and self.mem_clock_mhz:
+            return 2 * self.mem_clock_mhz * 1e6 * self.mem_bus_width_bits / 8
+        return None
+
+
+@dataclass(frozen=True)
+class CPU:
+    model: str | None = None
+    physical_cores: int | None = None
+    logical_cores: int | None = None
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def simd(self) -> list[str]:
+        """The SIMD extensions that matter to llama.cpp's CPU kernels, present on this CPU."""
+        wanted = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni",
+                  "amx_int8", "amx_bf16", "neon", "sve", "asimd")  # fmt: skip
+        return [f for f in wanted if f in self.flags]
+
+
+@dataclass(frozen=True)
+class Machine:
+    gpus: tuple[GPU, ...] = ()
+    ram_total_bytes: int = 0
+    ram_available_bytes: int = 0
+    swap_total_bytes: int = 0
+    swap_free_bytes: int = 0
+    cpu: CPU = field(default_factory=CPU)
+    disk_path: str | None = None
+    disk_free_bytes: int | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    gpu_note: str | None = None  # why there are no GPUs, when there are none
+    source: Literal["probed", "described", "mixed"] = "probed"
+    ram_bandwidth_bytes_s: float | None = None  # described only; the planner has a default
+
+    @property
+    def vram_total_bytes(self) -> int:
+        return sum(g.total_bytes for g in self.gpus)
+
+    @property
+    def cores(self) -> int:
+        return self.cpu.physical_cores or self.cpu.logical_cores or 1
+
+
+# --- describing a machine ----------------------------------------------------------------------
+
+_GPU_FLAG_RE = re.compile(r"^\s*(?:(\d+)\s*[x×]\s*)?(.+?)\s*$", re.IGNORECASE)
+
+
+def parse_gpu_flag(text: str) -> list[int]:
+    """'24GiB' -> [24 GiB]; '2x80GiB' -> [80 GiB, 80 GiB]; 'none' -> []."""
+    if text.strip().lower() in ("none", "0", "no"):
+        return []
+    m = _GPU_FLAG_RE.match(text)
+    if not m:  # pragma: no cover - the pattern matches any non-empty text
+        raise UsageError(f"cannot read --gpu {text!r}", hint="e.g. --gpu 24GiB or --gpu 2x80GiB")
+    count = int(m.group(1)) if m.group(1) else 1
+    if not 1 <= count <= 64:
+        raise UsageError(f"--gpu {text!r}: {count} GPUs is not a number runq can plan for (1-64)")
+    size = parse_size(m.group(2), what="GPU memory")
+    if size <= 0:
+        raise UsageError(f"--gpu {text!r}: GPU memory must be more than zero")
+    return [size] * count
+
+
+def _size_field(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a size like '24GiB' or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{what} must not be negative")
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_size(value, what=what)
+        except UsageError as e:
+            raise ValueError(e.message) from None
+    raise ValueError(f"{what} must be a size like '24GiB' or a number of bytes")
+
+
+class GPUSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "GPU (described)"
+    memory: int = Field(description="total VRAM: '24GiB' or bytes")
+    free: int | None = None
+    compute_capability: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
+    bandwidth: int | None = Field(
+        default=None, description="memory bandwidth, bytes/s or '1008GB' (per second)"
+    )
+
+    @field_validator("memory", "free", "bandwidth", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        return None if v is None else _size_field(v, "size")
+
+
+class MachineSpec(BaseModel):
+    """A described machine, as written in a --machine JSON file."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpus: list[GPUSpec] = []
+    ram: int
+    ram_available: int | None = None
+    swap: int = 0
+    cores: int | None = Field(default=None, ge=1, le=4096)
+    cpu_model: str | None = None
+    cpu_flags: list[str] = []
+    ram_bandwidth: int | None = None
+    disk_free: int | None = None
+
+    @field_validator("ram", "ram_available", "swap", "ram_bandwidth", "disk_free", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        return None if v is None else _size_field(v, "size")
+
+    def to_machine(self) -> Machine:
+        gpus = tuple(
+            GPU(
+                index=i,
+                name=g.name,
+                total_bytes=g.memory,
+                free_bytes=g.memory if g.free is None else g.free,
+                compute_capability=_cc(g.compute_capability),
+                bandwidth_bytes_s=float(g.bandwidth) if g.bandwidth else None,
+            )
+            for i, g in enumerate(self.gpus)
+        )
+        return Machine(
+            gpus=gpus,
+            ram_total_bytes=self.ram,
+            ram_available_bytes=self.ram if self.ram_available is None else self.ram_available,
+            swap_total_bytes=self.swap,
+            swap_free_bytes=self.swap,
+            cpu=CPU(
+                model=self.cpu_model,
+                physical_cores=self.cores,
+                logical_cores=self.cores,
+                flags=frozenset(self.cpu_flags),
+            ),
+            disk_free_bytes=self.disk_free,
+            gpu_note=None if gpus else "described without GPUs",
+            source="described",
+            ram_bandwidth_bytes_s=float(self.ram_bandwidth) if self.ram_bandwidth else None,
+        )
+
+
+def _cc(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def machine_from_json(text: str, source: str = "machine file") -> Machine:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{source}: not valid JSON: {e.msg} (line {e.lineno})") from None
+    try:
+        return MachineSpec.model_validate(data).to_machine()
+    except ValidationError as e:
+        raise UsageError(f"{source}: {format_validation_error(e)}", hint=MACHINE_HINT) from None
+
+
+MACHINE_HINT = (
+    'e.g. {"gpus": [{"memory": "24GiB", "compute_capability": "8.6"}], "ram": "256GiB", "cores": 16}'
+)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """Pydantic errors as 'field.path: message' lines, the way a user can find them."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def override(
+    base: Machine,
+    *,
+    gpus: list[int] | None = None,
+    ram: int | None = None,
+    cores: int | None = None,
+) -> Machine:
+    """Replace parts of a (probed or described) machine with what the user described."""
+    if gpus is None and ram is None and cores is None:
+        return base
+    changes: dict[str, Any] = {"source": "described" if base.source == "described" else "mixed"}
+    if gpus is not None:
+        changes["gpus"] = tuple(
+            GPU(index=i, name="GPU (described)", total_bytes=size, free_bytes=size)
+            for i, size in enumerate(gpus)
+        )
+        changes["gpu_note"] = None if gpus else "described without GPUs"
+    if ram is not None:
+        changes["ram_total_bytes"] = ram
+        changes["ram_available_bytes"] = ram
+        changes["swap_total_bytes"] = changes["swap_free_bytes"] = 0
+    if cores is not None:
+        if cores < 1:
+            raise UsageError(f"--cores {cores}: must be at least 1")
+        changes["cpu"] = replace(base.cpu, physical_cores=cores, logical_cores=cores)
+    return replace(base, **changes)

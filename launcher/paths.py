@@ -1,0 +1,47 @@
+"""Where runq keeps its files: XDG cache, config and data dirs.
+
+`RUNQ_HOME` puts all three under one directory (tests use it so the real
+home is never touched). Nothing here creates directories; callers do when
+they write.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _xdg(var: str, default: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / default
+
+
+def _home_override() -> Path | None:
+    value = os.environ.get("RUNQ_HOME")
+    return Path(value) if value else None
+
+
+def cache_dir() -> Path:
+    """Builds, header caches: safe to delete, rebuilt on demand."""
+    home = _home_override()
+    return home / "cache" if home else _xdg("XDG_CACHE_HOME", ".cache") / "runq"
+
+
+def config_dir() -> Path:
+    """Saved plans and service definitions: the user's choices."""
+    home = _home_override()
+    return home / "config" if home else _xdg("XDG_CONFIG_HOME", ".config") / "runq"
+
+
+def data_dir() -> Path:
+    home = _home_override()
+    return home / "data" if home else _xdg("XDG_DATA_HOME", ".local/share") / "runq"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, shared with other tools (same rules as huggingface_hub)."""
+    if value := os.environ.get("HF_HUB_CACHE"):
+        return Path(value)
+    if value := os.environ.get("HF_HOME"):
+        return Path(value) / "hub"
+    return _xdg("XDG_CACHE_HOME", ".cache") / "huggingface" / "hub"

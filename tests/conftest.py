@@ -1,0 +1,46 @@
+"""Shared fixtures: generated GGUF models (never committed) and an isolated runq home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launcher.synth import SynthModel, SynthSpec, write_model
+
+# Every generated model the reader, classifier and planner tests run over.
+MODEL_SPECS: dict[str, tuple[SynthSpec, int]] = {
+    "deepseek2-q8": (SynthSpec(arch="deepseek2"), 1),
+    "deepseek2-f16": (SynthSpec(arch="deepseek2", weight_type="F16", n_layer=3), 1),
+    "deepseek2-fused": (SynthSpec(arch="deepseek2", fused_gate_up=True, n_dense_lead=2, n_layer=5), 1),
+    "deepseek2-kquants": (SynthSpec(arch="deepseek2", n_embd=256, expert_type="Q2_K", n_ff_exp=256), 1),
+    "qwen3moe-q8": (SynthSpec(arch="qwen3moe", n_layer=3), 1),
+    "qwen3moe-f16": (SynthSpec(arch="qwen3moe", weight_type="F16"), 1),
+    "deepseek2-3shards": (SynthSpec(arch="deepseek2", n_layer=5), 3),
+}
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def models(models_dir: Path) -> dict[str, SynthModel]:
+    out = {}
+    for key, (spec, shards) in MODEL_SPECS.items():
+        out[key] = write_model(spec, models_dir / key / f"{key}.gguf", shards=shards)
+    return out
+
+
+@pytest.fixture(params=sorted(MODEL_SPECS))
+def any_model(request: pytest.FixtureRequest, models: dict[str, SynthModel]) -> SynthModel:
+    return models[request.param]
+
+
+@pytest.fixture(autouse=True)
+def runq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own RUNQ_HOME so the real cache and config are never touched."""
+    home = tmp_path / "runq-home"
+    monkeypatch.setenv("RUNQ_HOME", str(home))
+    return home
