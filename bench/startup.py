@@ -38,9 +38,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         m = write_model(SynthSpec(n_layer=8), Path(d) / "m.gguf", shards=3)
-        print(
-            f"runq inspect (3 shards) {median_seconds([*runq, 'inspect', str(m.path)], runs) * 1000:7.1f} ms"
-        )
+        print(f"runq inspect (3 shards) {median_seconds([*runq, 'inspect', str(m.path)], runs) * 1000:7.1f} ms")
     print(f"median of {runs} runs each")
 
 

@@ -7,6 +7,8 @@ its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 # Exit codes, documented in the README.
 EXIT_OK = 0
 EXIT_RUNTIME = 1
@@ -43,12 +45,26 @@ class GGUFError(RunqError):
 
 
 class DoesNotFitError(RunqError):
-    """No plan fits the machine."""
+    """No plan fits the machine. `detail` carries what was tried, for the renderer."""
 
     exit_code = EXIT_DOES_NOT_FIT
+
+    def __init__(self, message: str, hint: str | None = None, detail: Any = None) -> None:
+        super().__init__(message, hint)
+        self.detail = detail
 
 
 class ExternalToolError(RunqError):
     """A tool runq drives (cmake, a compiler, llama.cpp) is missing or failed."""
 
     exit_code = EXIT_EXTERNAL
+
+
+def format_validation_error(e: Any) -> str:
+    """A pydantic ValidationError as 'field.path: message; …', the way a user can find the field."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

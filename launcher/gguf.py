@@ -201,8 +201,7 @@ class _Reader:
         self.buf += data
         if len(self.buf) < end:
             raise self.fail(
-                f"truncated: reading {self.what} needs bytes up to offset {end}, "
-                f"but only {len(self.buf)} could be read"
+                f"truncated: reading {self.what} needs bytes up to offset {end}, but only {len(self.buf)} could be read"
             )
 
     def unpack(self, fmt: str) -> Any:

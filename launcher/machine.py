@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from launcher.errors import UsageError
+from launcher.errors import UsageError, format_validation_error
 from launcher.units import parse_size
 
 
@@ -127,9 +127,7 @@ class GPUSpec(BaseModel):
     memory: int = Field(description="total VRAM: '24GiB' or bytes")
     free: int | None = None
     compute_capability: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
-    bandwidth: int | None = Field(
-        default=None, description="memory bandwidth, bytes/s or '1008GB' (per second)"
-    )
+    bandwidth: int | None = Field(default=None, description="memory bandwidth, bytes/s or '1008GB' (per second)")
 
     @field_validator("memory", "free", "bandwidth", mode="before")
     @classmethod
@@ -205,19 +203,7 @@ def machine_from_json(text: str, source: str = "machine file") -> Machine:
         raise UsageError(f"{source}: {format_validation_error(e)}", hint=MACHINE_HINT) from None
 
 
-MACHINE_HINT = (
-    'e.g. {"gpus": [{"memory": "24GiB", "compute_capability": "8.6"}], "ram": "256GiB", "cores": 16}'
-)
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """Pydantic errors as 'field.path: message' lines, the way a user can find them."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+MACHINE_HINT = 'e.g. {"gpus": [{"memory": "24GiB", "compute_capability": "8.6"}], "ram": "256GiB", "cores": 16}'
 
 
 def override(
@@ -233,8 +219,7 @@ def override(
     changes: dict[str, Any] = {"source": "described" if base.source == "described" else "mixed"}
     if gpus is not None:
         changes["gpus"] = tuple(
-            GPU(index=i, name="GPU (described)", total_bytes=size, free_bytes=size)
-            for i, size in enumerate(gpus)
+            GPU(index=i, name="GPU (described)", total_bytes=size, free_bytes=size) for i, size in enumerate(gpus)
         )
         changes["gpu_note"] = None if gpus else "described without GPUs"
     if ram is not None:

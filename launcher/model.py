@@ -144,8 +144,6 @@ def open_local(path: str | Path) -> GGUFModel:
             f"{len(missing)} of {len(names)} shards missing next to {p.name}: {shown}"
             if len(names) > 1
             else f"{p}: no such file",
-            hint="download the missing shards (runq never deletes the ones you have)"
-            if len(names) > 1
-            else None,
+            hint="download the missing shards (runq never deletes the ones you have)" if len(names) > 1 else None,
         )
     return combine([read_file_header(n) for n in names])

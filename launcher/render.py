@@ -7,7 +7,7 @@ from typing import Any
 
 from launcher.machine import Machine
 from launcher.model import GGUFModel
-from launcher.tensors import Role
+from launcher.tensors import Role, layer_ranges
 from launcher.units import fmt_bytes
 
 
@@ -34,9 +34,7 @@ def machine_text(m: Machine) -> str:
         rows.append((f"GPU {g.index}", f"{g.name}: " + ", ".join(bits)))
     if m.driver_version:
         rows.append(("Driver", m.driver_version + (f" (CUDA {m.cuda_version})" if m.cuda_version else "")))
-    rows.append(
-        ("RAM", f"{fmt_bytes(m.ram_total_bytes)} total, {fmt_bytes(m.ram_available_bytes)} available")
-    )
+    rows.append(("RAM", f"{fmt_bytes(m.ram_total_bytes)} total, {fmt_bytes(m.ram_available_bytes)} available"))
     rows.append(
         (
             "Swap",
@@ -70,9 +68,7 @@ def machine_json(m: Machine) -> dict[str, Any]:
                 "name": g.name,
                 "total_bytes": g.total_bytes,
                 "free_bytes": g.free_bytes,
-                "compute_capability": ".".join(map(str, g.compute_capability))
-                if g.compute_capability
-                else None,
+                "compute_capability": ".".join(map(str, g.compute_capability)) if g.compute_capability else None,
                 "mem_bus_width_bits": g.mem_bus_width_bits,
                 "mem_clock_mhz": g.mem_clock_mhz,
                 "bandwidth_bytes_s": g.memory_bandwidth,
@@ -97,23 +93,6 @@ def machine_json(m: Machine) -> dict[str, Any]:
     }
 
 
-def _ranges(layers: list[int]) -> str:
-    """[3,4,5,9] -> '3-5, 9'."""
-    out: list[str] = []
-    start = prev = None
-    for n in layers:
-        if start is None:
-            start = prev = n
-        elif prev is not None and n == prev + 1:
-            prev = n
-        else:
-            out.append(f"{start}-{prev}" if start != prev else f"{start}")
-            start = prev = n
-    if start is not None:
-        out.append(f"{start}-{prev}" if start != prev else f"{start}")
-    return ", ".join(out)
-
-
 def expert_layer_runs(per_layer: dict[int, int]) -> list[tuple[str, int]]:
     """Group consecutive layers with the same expert bytes: [('3-60', 6_000_000), …]."""
     runs: list[tuple[list[int], int]] = []
@@ -122,7 +101,7 @@ def expert_layer_runs(per_layer: dict[int, int]) -> list[tuple[str, int]]:
             runs[-1][0].append(layer)
         else:
             runs.append(([layer], n))
-    return [(_ranges(ls), n) for ls, n in runs]
+    return [(layer_ranges(ls), n) for ls, n in runs]
 
 
 def model_text(m: GGUFModel) -> str:
@@ -142,9 +121,7 @@ def model_text(m: GGUFModel) -> str:
         )
     heads = hp.n_head[0] if hp.n_head else 0
     kv = hp.n_head_kv[0] if hp.n_head_kv else 0
-    attn = (
-        f"{heads} heads, {kv} KV head{'s' if kv != 1 else ''}, key {hp.key_length} / value {hp.value_length}"
-    )
+    attn = f"{heads} heads, {kv} KV head{'s' if kv != 1 else ''}, key {hp.key_length} / value {hp.value_length}"
     if hp.is_mla:
         attn += f" (MLA: kv_lora {hp.kv_lora_rank}, q_lora {hp.q_lora_rank})"
     if hp.sliding_window:
@@ -171,9 +148,7 @@ def model_text(m: GGUFModel) -> str:
     if len(runs) > 8:
         rows.append(("", f"… {len(runs) - 8} more runs (see --json)"))
     type_bytes = ts.type_bytes()
-    hist = ", ".join(
-        f"{name} {count} ({fmt_bytes(type_bytes[name])})" for name, count in ts.type_histogram().items()
-    )
+    hist = ", ".join(f"{name} {count} ({fmt_bytes(type_bytes[name])})" for name, count in ts.type_histogram().items())
     rows.append(("Types", hist))
     shard_total = m.file_bytes
     if len(m.shards) == 1:
@@ -216,9 +191,7 @@ def model_json(m: GGUFModel) -> dict[str, Any]:
         "non_expert_bytes": ts.non_expert_bytes(),
         "bytes_by_role": {r.value: by_role.get(r, 0) for r in Role},
         "expert_bytes_per_layer": {str(k): v for k, v in ts.expert_bytes_per_layer().items()},
-        "types": {
-            name: {"tensors": c, "bytes": ts.type_bytes()[name]} for name, c in ts.type_histogram().items()
-        },
+        "types": {name: {"tensors": c, "bytes": ts.type_bytes()[name]} for name, c in ts.type_histogram().items()},
         "shards": [
             {"path": s.name, "size_bytes": s.size, "tensors": s.n_tensors, "data_offset": s.data_offset}
             for s in m.shards

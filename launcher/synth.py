@@ -18,12 +18,13 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from launcher import arch_shapes
+from launcher.arch_shapes import Arch, Shape
 
 if TYPE_CHECKING:
     import numpy as np
-
-Arch = Literal["deepseek2", "qwen3moe"]
 
 _CORPUS = """
 The quick brown fox jumps over the lazy dog. A mixture of experts model routes every token
@@ -158,65 +159,33 @@ def bpe_vocab(n_merges: int) -> tuple[list[str], list[str]]:
 # --- tensors ---------------------------------------------------------------------------------
 
 
+def shape_of(spec: SynthSpec) -> Shape:
+    ds = spec.arch == "deepseek2"
+    return Shape(
+        arch=spec.arch,
+        n_layer=spec.n_layer,
+        n_vocab=_n_vocab(spec),
+        n_embd=spec.n_embd,
+        n_ff=spec.n_ff,
+        n_ff_exp=spec.n_ff_exp,
+        n_expert=spec.n_expert,
+        n_dense_lead=spec.n_dense_lead if ds else 0,
+        n_head=spec.n_head,
+        n_head_kv=spec.n_head_kv,
+        head_dim=spec.head_dim,
+        n_expert_shared=1 if ds else 0,
+        q_lora_rank=spec.q_lora_rank,
+        kv_lora_rank=spec.kv_lora_rank,
+        qk_nope_dim=spec.qk_nope_dim,
+        qk_rope_dim=spec.qk_rope_dim,
+        v_head_dim=spec.v_head_dim,
+        fused_gate_up=spec.fused_gate_up,
+    )
+
+
 def tensor_shapes(spec: SynthSpec) -> list[tuple[str, tuple[int, ...]]]:
     """(name, ggml ne shape) of every tensor, in file order."""
-    n_vocab = _n_vocab(spec)
-    e, x, fe = spec.n_embd, spec.n_expert, spec.n_ff_exp
-    out: list[tuple[str, tuple[int, ...]]] = [
-        ("token_embd.weight", (e, n_vocab)),
-        ("output_norm.weight", (e,)),
-        ("output.weight", (e, n_vocab)),
-    ]
-    for i in range(spec.n_layer):
-        b = f"blk.{i}."
-        out.append((b + "attn_norm.weight", (e,)))
-        if spec.arch == "deepseek2":
-            k_mla = spec.qk_nope_dim + spec.qk_rope_dim
-            out += [
-                (b + "attn_q_a_norm.weight", (spec.q_lora_rank,)),
-                (b + "attn_kv_a_norm.weight", (spec.kv_lora_rank,)),
-                (b + "attn_q_a.weight", (e, spec.q_lora_rank)),
-                (b + "attn_q_b.weight", (spec.q_lora_rank, spec.n_head * k_mla)),
-                (b + "attn_kv_a_mqa.weight", (e, spec.kv_lora_rank + spec.qk_rope_dim)),
-                (b + "attn_k_b.weight", (spec.qk_nope_dim, spec.kv_lora_rank, spec.n_head)),
-                (b + "attn_v_b.weight", (spec.kv_lora_rank, spec.v_head_dim, spec.n_head)),
-                (b + "attn_output.weight", (spec.n_head * spec.v_head_dim, e)),
-            ]
-        else:
-            hd = spec.head_dim
-            out += [
-                (b + "attn_q.weight", (e, spec.n_head * hd)),
-                (b + "attn_k.weight", (e, spec.n_head_kv * hd)),
-                (b + "attn_v.weight", (e, spec.n_head_kv * hd)),
-                (b + "attn_output.weight", (spec.n_head * hd, e)),
-                (b + "attn_q_norm.weight", (hd,)),
-                (b + "attn_k_norm.weight", (hd,)),
-            ]
-        out.append((b + "ffn_norm.weight", (e,)))
-        dense = spec.arch == "deepseek2" and i < spec.n_dense_lead
-        if dense:
-            out += [
-                (b + "ffn_gate.weight", (e, spec.n_ff)),
-                (b + "ffn_down.weight", (spec.n_ff, e)),
-                (b + "ffn_up.weight", (e, spec.n_ff)),
-            ]
-            continue
-        out.append((b + "ffn_gate_inp.weight", (e, x)))
-        if spec.arch == "deepseek2":
-            out.append((b + "exp_probs_b.bias", (x,)))
-        if spec.fused_gate_up:
-            out.append((b + "ffn_gate_up_exps.weight", (e, 2 * fe, x)))
-        else:
-            out.append((b + "ffn_gate_exps.weight", (e, fe, x)))
-            out.append((b + "ffn_up_exps.weight", (e, fe, x)))
-        out.append((b + "ffn_down_exps.weight", (fe, e, x)))
-        if spec.arch == "deepseek2":
-            out += [
-                (b + "ffn_gate_shexp.weight", (e, fe)),
-                (b + "ffn_down_shexp.weight", (fe, e)),
-                (b + "ffn_up_shexp.weight", (e, fe)),
-            ]
-    return out
+    return arch_shapes.tensor_shapes(shape_of(spec))
 
 
 def _n_vocab(spec: SynthSpec) -> int:
@@ -234,9 +203,7 @@ def _tensor_type(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> str:
     return wanted if shape[0] % type_by_name(wanted).block_elems == 0 else "F16"
 
 
-def _tensor_data(
-    rng: np.random.Generator, name: str, shape: tuple[int, ...], type_name: str
-) -> tuple[Any, Any]:
+def _tensor_data(rng: np.random.Generator, name: str, shape: tuple[int, ...], type_name: str) -> tuple[Any, Any]:
     """(array, raw ggml type or None) for GGUFWriter.add_tensor."""
     import numpy as np
     from gguf import GGMLQuantizationType
@@ -287,9 +254,7 @@ def write_model(spec: SynthSpec, path: str | Path, *, shards: int = 1) -> SynthM
     w.write_tensors_to_file()
     w.close()
     if shards > 1:
-        paths = tuple(
-            path.with_name(f"{path.stem}-{i:05d}-of-{shards:05d}.gguf") for i in range(1, shards + 1)
-        )
+        paths = tuple(path.with_name(f"{path.stem}-{i:05d}-of-{shards:05d}.gguf") for i in range(1, shards + 1))
     else:
         paths = (path,)
     return SynthModel(spec=spec, paths=paths)

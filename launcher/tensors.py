@@ -18,6 +18,20 @@ from functools import cached_property
 from launcher.ggml_types import GGMLType
 
 
+def layer_ranges(layers: Iterable[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    out: list[str] = []
+    nums = sorted(set(layers))
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(f"{nums[i]}-{nums[j]}" if j > i else f"{nums[i]}")
+        i = j + 1
+    return ", ".join(out)
+
+
 class Role(StrEnum):
     ROUTED_EXPERT = "routed_expert"  # blk.N.ffn_{gate,up,down,gate_up}_{,ch}exps
     SHARED_EXPERT = "shared_expert"  # blk.N.ffn_*_shexp, ffn_gate_inp_shexp

@@ -95,9 +95,7 @@ def test_inspect_lists_tensors(capsys: pytest.CaptureFixture[str], models: dict[
     assert "blk.2.ffn_down_exps.weight" in out and "routed_expert" in out
 
 
-def test_inspect_errors(
-    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel], tmp_path: Path
-) -> None:
+def test_inspect_errors(capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel], tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a model at all")
     code, _, err = run(capsys, "inspect", str(bad))
@@ -110,7 +108,5 @@ def test_inspect_errors(
 
 
 def test_python_dash_m(models: dict[str, SynthModel]) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "launcher", "--version"], capture_output=True, text=True, check=True
-    )
+    r = subprocess.run([sys.executable, "-m", "launcher", "--version"], capture_output=True, text=True, check=True)
     assert r.stdout.startswith("runq ")

@@ -68,9 +68,7 @@ def test_truncated_files(which: int, cut: float) -> None:
 
 
 @settings(FUZZ, max_examples=4000)
-@given(
-    which=file_index, edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=8)
-)
+@given(which=file_index, edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=8))
 def test_random_byte_mutations_in_the_header(which: int, edits: list[tuple[float, int]]) -> None:
     data = bytearray(_files()[which])
     end = _header_len(bytes(data))

@@ -99,9 +99,7 @@ def test_shard_names() -> None:
         "/m/x-00003-of-00003.gguf",
     ]
     assert shard_names("x.gguf") == ["x.gguf"]
-    assert shard_names("https://h/r/resolve/main/Q2/x-00001-of-00002.gguf")[1].endswith(
-        "/Q2/x-00002-of-00002.gguf"
-    )
+    assert shard_names("https://h/r/resolve/main/Q2/x-00001-of-00002.gguf")[1].endswith("/Q2/x-00002-of-00002.gguf")
     with pytest.raises(GGUFError, match="shard 2 of a split set") as e:
         shard_names("x-00002-of-00003.gguf")
     assert e.value.hint and "x-00001-of-00003.gguf" in e.value.hint

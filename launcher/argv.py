@@ -1,0 +1,80 @@
+"""A Plan as a llama.cpp command line (llama-server or llama-cli). Pure: builds argv lists, runs nothing."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from launcher.catalog import Sampling
+from launcher.planner import Plan
+
+
+@dataclass(frozen=True)
+class Launch:
+    binary: str  # path or name of llama-server / llama-cli
+    model_path: str
+    sampling: Sampling | None = None
+    template_path: str | None = None
+    server: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    extra: tuple[str, ...] = ()  # the user's own flags (after `--`), passed last
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def plan_flags(plan: Plan) -> list[str]:
+    """The placement part of the command: what the planner decided."""
+    args = ["-c", str(plan.ctx), "-ngl", str(plan.ngl), "--fit", "off"]
+    for o in plan.overrides:
+        args += ["-ot", str(o)]
+    if plan.tensor_split:
+        args += ["-ts", ",".join(str(n) for n in plan.tensor_split)]
+    if plan.cache_type_k != "f16":
+        args += ["-ctk", plan.cache_type_k]
+    if plan.cache_type_v != "f16":
+        args += ["-ctv", plan.cache_type_v]
+    args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048))]
+    args += ["-t", str(plan.threads)]
+    if plan.load_mode != "mmap":
+        args += ["-lm", plan.load_mode]
+    if plan.cache_ram_bytes is not None:
+        args += ["-cram", str(plan.cache_ram_bytes >> 20)]
+    return args
+
+
+def sampling_flags(s: Sampling | None) -> list[str]:
+    if s is None:
+        return []
+    args: list[str] = []
+    for flag, value in (
+        ("--temp", s.temperature),
+        ("--top-p", s.top_p),
+        ("--min-p", s.min_p),
+        ("--top-k", s.top_k),
+        ("--repeat-penalty", s.repeat_penalty),
+        ("--presence-penalty", s.presence_penalty),
+    ):
+        if value is not None:
+            args += [flag, _num(value)]
+    if s.seed is not None:
+        args += ["--seed", str(s.seed)]
+    return args
+
+
+def build_argv(plan: Plan, launch: Launch) -> list[str]:
+    argv = [launch.binary, "-m", launch.model_path, *plan_flags(plan), *sampling_flags(launch.sampling)]
+    argv.append("--jinja")
+    if launch.template_path:
+        argv += ["--chat-template-file", launch.template_path]
+    if launch.server:
+        argv += ["--host", launch.host, "--port", str(launch.port)]
+    argv += list(launch.extra)
+    return argv
+
+
+def shell_quote(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

@@ -1,0 +1,243 @@
+"""Model profiles (profiles/*.toml) as validated Profile values; template lookup; name matching.
+
+Pure apart from reading the packaged data files. A profile is data: the Hub
+repo, the architecture (enough to build the real tensor list before any
+download), the quants with their published sizes, sampling settings and the
+fixed chat template. A bad profile is an error naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from launcher.errors import UsageError, format_validation_error
+from launcher.hparams import HParams
+from launcher.model import SHARD_RE
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchSpec(_Strict):
+    """The real model's shape (llama.cpp's GGUF metadata names, without the arch prefix)."""
+
+    name: Literal["deepseek2", "qwen3moe"]
+    n_layer: int = Field(gt=0, le=1000)
+    n_embd: int = Field(gt=0)
+    n_vocab: int = Field(gt=0)
+    context_length: int = Field(gt=0)
+    n_head: int = Field(gt=0)
+    n_head_kv: int = Field(gt=0)
+    key_length: int = Field(gt=0)
+    value_length: int = Field(gt=0)
+    n_ff: int = Field(ge=0, default=0)
+    n_ff_exp: int = Field(gt=0)
+    n_expert: int = Field(gt=0)
+    n_expert_used: int = Field(gt=0)
+    n_expert_shared: int = Field(ge=0, default=0)
+    n_dense_lead: int = Field(ge=0, default=0)
+    # MLA (deepseek2)
+    key_length_mla: int = 0
+    value_length_mla: int = 0
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    rope_dim: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArchSpec:
+        if self.n_expert_used > self.n_expert:
+            raise ValueError("n_expert_used is larger than n_expert")
+        if self.n_dense_lead >= self.n_layer:
+            raise ValueError("n_dense_lead must be smaller than n_layer")
+        if self.name == "deepseek2" and not (self.kv_lora_rank and self.key_length_mla and self.rope_dim):
+            raise ValueError("deepseek2 needs kv_lora_rank, key_length_mla and rope_dim (MLA)")
+        return self
+
+    def hparams(self, display_name: str | None = None) -> HParams:
+        n = self.n_layer
+        return HParams(
+            arch=self.name,
+            name=display_name,
+            n_layer=n,
+            n_ctx_train=self.context_length,
+            n_embd=self.n_embd,
+            n_vocab=self.n_vocab,
+            n_head=(self.n_head,) * n,
+            n_head_kv=(self.n_head_kv,) * n,
+            key_length=self.key_length,
+            value_length=self.value_length,
+            n_ff=(self.n_ff,) * n,
+            n_expert=self.n_expert,
+            n_expert_used=self.n_expert_used,
+            n_expert_shared=self.n_expert_shared,
+            n_ff_exp=self.n_ff_exp,
+            n_dense_lead=self.n_dense_lead,
+            kv_lora_rank=self.kv_lora_rank,
+            q_lora_rank=self.q_lora_rank,
+            sliding_window=0,
+            file_type=None,
+        )
+
+
+class ExpertBits(_Strict):
+    down: float = Field(gt=0, le=32)
+    up: float = Field(gt=0, le=32)
+    gate: float = Field(gt=0, le=32)
+
+
+class QuantSpec(_Strict):
+    name: str = Field(min_length=1)
+    path: str = Field(min_length=6, description="repo path of the single file or of shard 1")
+    size_bytes: int = Field(gt=0, description="published size of all files, bytes")
+    expert_bits: ExpertBits | None = None
+    confirmed: bool = False  # size and layout read from the Hub (not docs or seed figures)
+
+    @model_validator(mode="after")
+    def _path(self) -> QuantSpec:
+        name = self.path.rsplit("/", 1)[-1]
+        if not name.endswith(".gguf"):
+            raise ValueError(f"path {self.path!r} must name a .gguf file")
+        m = SHARD_RE.match(name)
+        if m and int(m.group("no")) != 1:
+            raise ValueError(f"path {self.path!r} must name shard 1 of the set")
+        return self
+
+    @property
+    def shards(self) -> int:
+        m = SHARD_RE.match(self.path.rsplit("/", 1)[-1])
+        return int(m.group("count")) if m else 1
+
+
+class Sampling(_Strict):
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    presence_penalty: float | None = None
+    seed: int | None = None
+
+
+class Profile(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    display_name: str
+    aliases: list[str] = []
+    repo: str = Field(pattern=r"^[\w.\-]+/[\w.\-]+$")
+    revision: str = "main"
+    template: str | None = None
+    default_ctx: int = Field(gt=0)
+    notes: str = ""
+    arch: ArchSpec
+    sampling: Sampling = Sampling()
+    quants: list[QuantSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _checks(self) -> Profile:
+        names = [q.name for q in self.quants]
+        if len(set(names)) != len(names):
+            raise ValueError("quant names must be unique")
+        if self.default_ctx > self.arch.context_length:
+            raise ValueError(f"default_ctx {self.default_ctx} exceeds the model's {self.arch.context_length}")
+        return self
+
+    def quant(self, name: str) -> QuantSpec:
+        wanted = _norm_quant(name)
+        for q in self.quants:
+            if _norm_quant(q.name) == wanted:
+                return q
+        raise UsageError(
+            f"{self.name} has no quant {name!r}",
+            hint="choose one of: " + ", ".join(q.name for q in self.quants),
+        )
+
+    def quants_by_size(self) -> list[QuantSpec]:
+        return sorted(self.quants, key=lambda q: q.size_bytes)
+
+    def template_path(self) -> Path | None:
+        return template_path(self.template) if self.template else None
+
+
+def _norm_quant(name: str) -> str:
+    """'Q2_K_XL', 'ud-q2_k_xl' and 'UD-Q2_K_XL' name the same quant."""
+    return name.upper().removeprefix("UD-")
+
+
+def _data_dir(kind: str) -> Path:
+    """profiles/ or templates/: inside the installed package, or at the top of a source checkout."""
+    inside = Path(str(importlib.resources.files("launcher"))) / kind
+    if inside.is_dir():  # installed from a wheel
+        return inside
+    return Path(__file__).resolve().parent.parent / kind  # a source checkout (editable install)
+
+
+def profiles_dir() -> Path:
+    return _data_dir("profiles")
+
+
+def templates_dir() -> Path:
+    return _data_dir("templates")
+
+
+def template_path(name: str) -> Path:
+    p = templates_dir() / name
+    if not p.is_file():
+        raise UsageError(f"template {name!r} is not in {templates_dir()}")
+    return p
+
+
+def parse_profile(text: str, source: str) -> Profile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{source}: not valid TOML: {e}") from None
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as e:
+        raise UsageError(f"{source}: {format_validation_error(e)}") from None
+    if profile.template and not (templates_dir() / profile.template).is_file():
+        raise UsageError(f"{source}: template: {profile.template!r} is not in {templates_dir()}")
+    return profile
+
+
+@cache
+def load_profiles() -> tuple[Profile, ...]:
+    out = []
+    for path in sorted(profiles_dir().glob("*.toml")):
+        out.append(parse_profile(path.read_text(encoding="utf-8"), f"profiles/{path.name}"))
+    return tuple(out)
+
+
+def find_profile(name: str) -> Profile | None:
+    wanted = name.lower()
+    for p in load_profiles():
+        if wanted == p.name or wanted in p.aliases:
+            return p
+    return None
+
+
+def profile_for_file(path: str) -> tuple[Profile, QuantSpec] | None:
+    """The profile and quant a downloaded file belongs to, recognised by its file name."""
+    name = path.rsplit("/", 1)[-1]
+    for p in load_profiles():
+        for q in p.quants:
+            if q.path.rsplit("/", 1)[-1] == name:
+                return p, q
+    return None
+
+
+def require_profile(name: str) -> Profile:
+    p = find_profile(name)
+    if p is None:
+        known = ", ".join(p.name for p in load_profiles())
+        raise UsageError(
+            f"no model called {name!r}",
+            hint=f"known models: {known}; or give the path of a .gguf file",
+        )
+    return p

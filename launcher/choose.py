@@ -1,0 +1,159 @@
+"""Choose the quant: plan every candidate, pick the largest that fits, explain the trade-off.
+
+Pure: no I/O. A candidate's tensors come from real GGUF headers when they are
+at hand ("exact") and from the profile's estimate otherwise ("estimated"). When
+nothing fits, say what would: the context that fits, or the machine needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from launcher.catalog import Profile
+from launcher.errors import DoesNotFitError, UsageError
+from launcher.estimate import estimate
+from launcher.hparams import HParams
+from launcher.machine import Machine
+from launcher.planner import Plan, Request, plan
+from launcher.tensors import TensorSet
+from launcher.units import GiB, fmt_bytes
+
+MIN_CTX = 2048
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The tensors of one quant (or one local file) and whether they are exact."""
+
+    name: str  # quant name, or the file name
+    tensors: TensorSet
+    hparams: HParams
+    exact: bool
+    size_bytes: int  # published or file size
+
+
+@dataclass(frozen=True)
+class Candidate:
+    source: ModelSource
+    plan: Plan
+
+
+@dataclass(frozen=True)
+class Choice:
+    model: str
+    chosen: Candidate
+    candidates: tuple[Candidate, ...]  # smallest first
+    reasons: tuple[str, ...]
+    template: str | None = None
+
+
+def profile_sources(profile: Profile, exact: Mapping[str, ModelSource] | None = None) -> list[ModelSource]:
+    """Every quant of a profile, exact where headers were read, estimated otherwise; smallest first."""
+    out = []
+    for q in profile.quants_by_size():
+        if exact and q.name in exact:
+            out.append(exact[q.name])
+        else:
+            est = estimate(profile, q)
+            out.append(ModelSource(q.name, est.tensors, est.hparams, exact=False, size_bytes=q.size_bytes))
+    return out
+
+
+def choose(
+    model: str,
+    machine: Machine,
+    sources: list[ModelSource],
+    req: Request,
+    *,
+    pinned: str | None = None,
+    ctx_pinned: bool = False,
+    template: str | None = None,
+) -> Choice:
+    """Plan every source and choose: the pinned one, else the largest that fits."""
+    for s in sources:
+        if req.ctx > s.hparams.n_ctx_train > 0:
+            raise UsageError(
+                f"--ctx {req.ctx:,} is more than {model} was trained for ({s.hparams.n_ctx_train:,} tokens)",
+                hint=f"use --ctx {s.hparams.n_ctx_train} or less",
+            )
+    cands = tuple(Candidate(s, plan(machine, s.tensors, s.hparams, req)) for s in sources)
+    reasons: list[str] = []
+    if pinned is not None:
+        matching = [c for c in cands if c.source.name == pinned]
+        if not matching:
+            raise UsageError(f"{model} has no quant {pinned!r}")
+        chosen = matching[0]
+        if not chosen.plan.fits:
+            raise _does_not_fit(model, machine, [chosen], req, ctx_pinned, pin=pinned)
+        reasons.append(f"{pinned}: pinned with --quant")
+    else:
+        fitting = [c for c in cands if c.plan.fits]
+        if not fitting:
+            raise _does_not_fit(model, machine, list(cands), req, ctx_pinned)
+        chosen = max(fitting, key=lambda c: c.source.size_bytes)
+        if len(cands) > 1:
+            reasons.append(
+                f"{chosen.source.name}: the largest of {len(cands)} quants that fits "
+                f"({fmt_bytes(chosen.source.size_bytes)}; size stands in for quality)"
+            )
+    return Choice(model=model, chosen=chosen, candidates=cands, reasons=tuple(reasons), template=template)
+
+
+def max_fitting_ctx(machine: Machine, source: ModelSource, req: Request) -> int | None:
+    """The largest context (a multiple of 1024, at least MIN_CTX) at which this source fits, or None."""
+
+    def fits(ctx: int) -> bool:
+        return plan(machine, source.tensors, source.hparams, replace(req, ctx=ctx)).fits
+
+    lo, hi = MIN_CTX, req.ctx
+    if not fits(lo):
+        return None
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2 // 1024 * 1024
+        if mid <= lo:
+            break
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _does_not_fit(
+    model: str,
+    machine: Machine,
+    cands: list[Candidate],
+    req: Request,
+    ctx_pinned: bool,
+    pin: str | None = None,
+) -> DoesNotFitError:
+    smallest = min(cands, key=lambda c: c.source.size_bytes)
+    what = f"{model} ({smallest.source.name}) does not fit" if pin or len(cands) == 1 else f"no quant of {model} fits"
+    message = f"{what} this machine at {req.ctx:,} tokens of context: " + "; ".join(smallest.plan.problems)
+    ctx = max_fitting_ctx(machine, smallest.source, req)
+    hints = []
+    if ctx is not None:
+        hints.append(f"{smallest.source.name} fits with --ctx {ctx}")
+    need = _machine_needed(smallest, machine)
+    if need:
+        hints.append(need)
+    return DoesNotFitError(message, hint="; or ".join(hints) if hints else None, detail=cands)
+
+
+def _machine_needed(c: Candidate, machine: Machine) -> str:
+    """The smallest change that would make this plan fit: more RAM with these GPUs."""
+    p = c.plan
+    short = p.cpu.used_bytes - p.cpu.budget_bytes
+    if short > 0:
+        total = machine.ram_available_bytes + short
+        gpus = ", ".join(fmt_bytes(d.capacity_bytes) for d in p.gpu_devices) or "no GPU"
+        return f"{c.source.name} needs about {_round_gib(total)} of available RAM with {gpus}"
+    for d in p.gpu_devices:
+        if not d.fits:
+            return f"{c.source.name} needs a GPU with about {_round_gib(d.used_bytes + d.margin_bytes)} free"
+    return ""
+
+
+def _round_gib(n: int) -> str:
+    return f"{-(-n // GiB)} GiB"

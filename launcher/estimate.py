@@ -1,0 +1,185 @@
+"""Estimated tensors of a quant when no GGUF header is at hand (offline, before any download).
+
+Pure: no I/O. The tensor list is the real model's (names and shapes from the
+profile's architecture); the types are chosen so that the routed experts carry
+the quant's published expert bits (Unsloth's "down / up / gate" bits) and the
+whole adds up to the quant's published size. Fractional bits are realised as a
+per-layer mix of the two neighbouring ggml types, as Unsloth's own files mix
+Q3_K and Q4_K down projections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.arch_shapes import Shape, tensor_shapes
+from launcher.catalog import ArchSpec, Profile, QuantSpec
+from launcher.ggml_types import TYPES_BY_NAME, GGMLType
+from launcher.hparams import HParams
+from launcher.tensors import ModelTensor, Role, TensorSet, classify
+
+# Types a dynamic quant draws from, by bits per weight.
+_LADDER_NAMES = "IQ1_S TQ1_0 IQ1_M IQ2_XXS IQ2_XS IQ2_S Q2_K IQ3_XXS Q3_K IQ4_XS Q4_K Q5_K Q6_K Q8_0 F16"
+LADDER = [TYPES_BY_NAME[n] for n in _LADDER_NAMES.split()]
+F32 = TYPES_BY_NAME["F32"]
+
+# Unsloth's dynamic quants keep attention, shared experts and dense layers at "6-8 bit" (models.md §3);
+# the one measured case (V3 UD-Q2_K_XL: about 18 GB over 17.1 B non-expert weights) is 8.5 bits.
+# Plain quants (IQ4_XS, Q4_K_M…) keep the rest near their own type.
+UD_REST_BPW = 8.5
+REST_BPW_RANGE = (4.0, 16.0)
+EXPERT_BPW_RANGE = (LADDER[0].bits_per_weight, 16.0)
+# GGUF header bytes: vocabulary strings dominate (about 40 B per token with merges), ~80 B per tensor info.
+HEADER_BYTES_PER_TOKEN = 40
+HEADER_BYTES_PER_TENSOR = 80
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tensors: TensorSet
+    hparams: HParams
+    header_bytes: int
+    expert_bpw: dict[str, float]  # realised bits per weight of down / up / gate experts
+    rest_bpw: float
+
+
+def shape_from_arch(a: ArchSpec) -> Shape:
+    ds = a.name == "deepseek2"
+    return Shape(
+        arch=a.name,
+        n_layer=a.n_layer,
+        n_vocab=a.n_vocab,
+        n_embd=a.n_embd,
+        n_ff=a.n_ff,
+        n_ff_exp=a.n_ff_exp,
+        n_expert=a.n_expert,
+        n_dense_lead=a.n_dense_lead,
+        n_head=a.n_head,
+        n_head_kv=a.n_head_kv,
+        head_dim=a.key_length,
+        n_expert_shared=a.n_expert_shared,
+        q_lora_rank=a.q_lora_rank if ds else 0,
+        kv_lora_rank=a.kv_lora_rank if ds else 0,
+        qk_nope_dim=(a.key_length_mla - a.rope_dim) if ds else 0,
+        qk_rope_dim=a.rope_dim if ds else 0,
+        v_head_dim=a.value_length_mla if ds else 0,
+    )
+
+
+def _kind(name: str) -> str:
+    """'blk.7.ffn_down_exps.weight' -> 'ffn_down_exps.weight'."""
+    return name.split(".", 2)[2] if name.startswith("blk.") else name
+
+
+def _expert_proj(kind: str) -> str:
+    for proj in ("down", "up", "gate"):
+        if kind.startswith(f"ffn_{proj}_"):
+            return proj
+    return "gate"  # fused gate_up: counted with gate
+
+
+def _fixed_f32(name: str, shape: tuple[int, ...]) -> bool:
+    return len(shape) == 1 or "ffn_gate_inp" in name or "exp_probs_b" in name
+
+
+def _mix(n_elems: list[int], row: int, bpw: float) -> list[GGMLType]:
+    """Types for a group of same-shaped tensors whose mean bits per weight is as close to bpw as possible."""
+    allowed = [t for t in LADDER if row % t.block_elems == 0] or [TYPES_BY_NAME["F16"]]
+    lo = max((t for t in allowed if t.bits_per_weight <= bpw), key=lambda t: t.bits_per_weight, default=allowed[0])
+    hi = min((t for t in allowed if t.bits_per_weight >= bpw), key=lambda t: t.bits_per_weight, default=allowed[-1])
+    if lo is hi or hi.bits_per_weight == lo.bits_per_weight:
+        return [lo] * len(n_elems)
+    frac = (bpw - lo.bits_per_weight) / (hi.bits_per_weight - lo.bits_per_weight)
+    out, acc = [], 0.0
+    for _ in n_elems:  # spread the higher type evenly over the group (Bresenham)
+        acc += frac
+        if acc >= 0.5:
+            out.append(hi)
+            acc -= 1.0
+        else:
+            out.append(lo)
+    return out
+
+
+def estimate(profile: Profile, quant: QuantSpec) -> Estimate:
+    a = profile.arch
+    shapes = tensor_shapes(shape_from_arch(a))
+    header = a.n_vocab * HEADER_BYTES_PER_TOKEN + len(shapes) * HEADER_BYTES_PER_TENSOR
+
+    def n_of(shape: tuple[int, ...]) -> int:
+        n = 1
+        for d in shape:
+            n *= d
+        return n
+
+    f32_bytes = sum(n_of(s) * 4 for name, s in shapes if _fixed_f32(name, s))
+    expert_elems = {"down": 0, "up": 0, "gate": 0}
+    rest_elems = 0
+    for name, s in shapes:
+        if _fixed_f32(name, s):
+            continue
+        if classify(name)[1] is Role.ROUTED_EXPERT:
+            expert_elems[_expert_proj(_kind(name))] += n_of(s)
+        else:
+            rest_elems += n_of(s)
+    budget_bits = (quant.size_bytes - header - f32_bytes) * 8
+
+    # The published expert bits are nominal ("2.5 bit" is Q2_K, 2.625 real): keep their down/up/gate
+    # ratio and scale them so that experts + the rest add up to the published size.
+    nominal = quant.expert_bits.model_dump() if quant.expert_bits else dict.fromkeys(("down", "up", "gate"), 1.0)
+    rest = rest_bpw(quant)
+    weighted = sum(expert_elems[p] * nominal[p] for p in expert_elems)
+    scale = (budget_bits - rest * rest_elems) / weighted
+    expert_bpw = {p: _clamp_expert(nominal[p] * scale) for p in nominal}
+    if any(nominal[p] * scale != expert_bpw[p] for p in nominal):  # clamped: the rest absorbs the difference
+        spent = sum(expert_elems[p] * expert_bpw[p] for p in expert_elems)
+        rest = min(max((budget_bits - spent) / rest_elems, REST_BPW_RANGE[0]), REST_BPW_RANGE[1])
+
+    # Group same-shaped tensors of the same kind and give each group its mix.
+    groups: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for name, s in shapes:
+        groups.setdefault((_kind(name), s), []).append(name)
+    types: dict[str, GGMLType] = {}
+    for (kind, s), names in groups.items():
+        if _fixed_f32(names[0], s):
+            chosen = [F32] * len(names)
+        elif classify(names[0])[1] is Role.ROUTED_EXPERT:
+            chosen = _mix([n_of(s)] * len(names), s[0], expert_bpw[_expert_proj(kind)])
+        else:
+            chosen = _mix([n_of(s)] * len(names), s[0], rest)
+        types.update(zip(names, chosen, strict=True))
+
+    tensors = []
+    for name, s in shapes:
+        t = types[name]
+        layer, role = classify(name)
+        tensors.append(ModelTensor(name, s, t, t.nbytes(n_of(s)), shard=0, offset=0, layer=layer, role=role))
+    realised = {
+        p: sum(t.nbytes * 8 for t in tensors if t.is_expert and _expert_proj(_kind(t.name)) == p) / expert_elems[p]
+        for p in expert_elems
+        if expert_elems[p]
+    }
+    return Estimate(
+        tensors=TensorSet(tuple(tensors)),
+        hparams=a.hparams(profile.display_name),
+        header_bytes=header,
+        expert_bpw=realised,
+        rest_bpw=rest,
+    )
+
+
+def rest_bpw(quant: QuantSpec) -> float:
+    """Assumed bits per weight of everything that is not a routed expert."""
+    if quant.name.upper().startswith("UD-"):
+        return UD_REST_BPW
+    base = quant.name.upper()
+    for suffix in ("_XL", "_L", "_M", "_S"):
+        if base.endswith(suffix) and base.removesuffix(suffix) in TYPES_BY_NAME:
+            base = base.removesuffix(suffix)
+            break
+    t = TYPES_BY_NAME.get(base)
+    return max(t.bits_per_weight, REST_BPW_RANGE[0]) if t else UD_REST_BPW
+
+
+def _clamp_expert(bpw: float) -> float:
+    return min(max(bpw, EXPERT_BPW_RANGE[0]), EXPERT_BPW_RANGE[1])

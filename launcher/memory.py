@@ -1,0 +1,137 @@
+"""The memory and speed model: every constant the planner uses, each with where it came from.
+
+Pure: no I/O. Change a number here when a measurement says so (and say which
+measurement); nothing else in the planner hard-codes a size or a speed.
+Sources: ../shared/reference/llama-cpp.md (measurements at llama.cpp 0c1e570)
+and models.md §4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.hparams import HParams
+from launcher.units import GiB, MiB
+
+# --- margins ---------------------------------------------------------------------------------
+# llama.cpp's own fit keeps 1024 MiB free per device (`-fitt` default).
+GPU_MARGIN_BYTES = 1024 * MiB
+# The CUDA context and cuBLAS workspace llama.cpp creates on each GPU: not in NVML's "free" before launch.
+# Typical 300-600 MiB on Ampere/Hopper; 512 MiB until measured per card.
+CUDA_CONTEXT_BYTES = 512 * MiB
+# System RAM kept for the OS, the page cache of what else runs, runq itself: the larger of these.
+RAM_MARGIN_MIN_BYTES = 4 * GiB
+RAM_MARGIN_FRACTION = 0.05
+
+# --- KV cache --------------------------------------------------------------------------------
+# Bytes per element of the cache types llama.cpp accepts for -ctk/-ctv.
+KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+                 "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}  # fmt: skip
+# MLA models (deepseek2) cache K only at this commit (PR #19067, "V-less cache"): 576 x 2 B x 61 = 70,272 B/token,
+# which `llama-fit-params -fitp on` confirmed (274 / 2,196 / 8,784 MiB at -c 4096 / 32768 / 131072).
+MLA_V_LESS = True
+
+# --- compute buffers -------------------------------------------------------------------------
+# Measured on an H200 (deepseek2 test shape, 32 heads, ub 512): compute 340 MiB at -c 4096, 2186 MiB at -c 32768:
+# +64.4 KiB per context token = n_head x ubatch x 4 B of attention scores (no flash attention on this MLA path).
+# The rest (about 84 MiB) is the base; logits add n_vocab x ubatch x 4 B (models.md §4).
+COMPUTE_BASE_BYTES = 96 * MiB
+SCORE_BYTES = 4  # f32 attention scores per head, per ubatch token, per context token
+LOGIT_BYTES = 4
+# With flash attention (GQA models on CUDA, fa auto), scores are tiled: a small per-token scratch instead.
+FA_SCRATCH_BYTES_PER_UBATCH_TOKEN = 64 * 1024
+# The CPU side keeps its own compute buffer (inputs, logits copy, CPU-resident ops).
+CPU_COMPUTE_BASE_BYTES = 256 * MiB
+
+# --- llama-server host extras ----------------------------------------------------------------
+# `--cache-ram` host prompt cache: llama-server's default is 8192 MiB; runq sets it explicitly and counts it.
+SERVER_CACHE_RAM_BYTES = 8192 * MiB
+SERVER_CACHE_RAM_MIN_BYTES = 1024 * MiB  # runq lowers it to this before giving up an expert layer on RAM
+
+# --- speed -----------------------------------------------------------------------------------
+# Decode is memory-bound: time per token = bytes read on each device / its effective bandwidth
+# + a fixed cost per layer (kernel launches, synchronisation). Calibrated on the H200 table in llama-cpp.md:
+# all experts on CPU (0.86 GB/token from RAM) ran 56.9 t/s with 16 threads and all-on-GPU ran 426.5 t/s
+# (2.34 ms/token for 17 layers, of which ~0.47 ms is reading 1.57 GB at 70% of 4.8 TB/s).
+GPU_BANDWIDTH_EFFICIENCY = 0.70
+PER_LAYER_OVERHEAD_S = 0.11e-3
+# Effective RAM bandwidth of the 16-core Xeon host that measured 56 GB/s (from the all-on-CPU row less the GPU time).
+DEFAULT_CPU_BANDWIDTH = 56e9
+REFERENCE_CORES = 16
+# -t 8 instead of 16 cut decode from ~105 to 81 t/s: effective bandwidth ~ (threads/16)^0.4 below 16 threads.
+THREAD_SCALING_EXPONENT = 0.4
+# Peak memory bandwidth by GPU name (bytes/s), for described GPUs and when NVML gives no bus width/clock.
+GPU_BANDWIDTH_BY_NAME = {
+    "H200": 4.8e12, "H100 SXM": 3.35e12, "H100 NVL": 3.9e12, "H100 PCIe": 2.0e12, "H100": 3.35e12,
+    "A100 80GB": 2.04e12, "A100": 1.56e12, "L40S": 864e9, "L40": 864e9, "A6000": 768e9,
+    "RTX 6000 Ada": 960e9, "RTX PRO 6000": 1.79e12, "5090": 1.79e12, "4090": 1.01e12, "3090": 936e9,
+    "4080": 717e9, "3080": 760e9, "4070": 504e9, "A40": 696e9,
+}  # fmt: skip
+DEFAULT_GPU_BANDWIDTH = 900e9  # an RTX 3090/4090-class card, when nothing better is known
+
+
+def gpu_bandwidth(name: str, reported: float | None) -> float:
+    if reported:
+        return reported
+    for key, bw in GPU_BANDWIDTH_BY_NAME.items():
+        if key.lower() in name.lower():
+            return bw
+    return DEFAULT_GPU_BANDWIDTH
+
+
+def cpu_bandwidth(threads: int, described: float | None = None) -> float:
+    base = described or DEFAULT_CPU_BANDWIDTH
+    return base * min(1.0, threads / REFERENCE_CORES) ** THREAD_SCALING_EXPONENT
+
+
+def ram_margin(ram_total: int) -> int:
+    return max(RAM_MARGIN_MIN_BYTES, int(ram_total * RAM_MARGIN_FRACTION))
+
+
+# --- per-layer KV and compute ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """KV cache bytes per context token for each layer."""
+
+    per_layer: tuple[int, ...]
+
+    def bytes_for(self, ctx: int, layers: list[int] | range | None = None) -> int:
+        chosen = range(len(self.per_layer)) if layers is None else layers
+        return int(sum(self.per_layer[i] for i in chosen) * ctx)
+
+    @property
+    def per_token(self) -> int:
+        return int(sum(self.per_layer))
+
+
+def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16") -> KVLayout:
+    """(key + value) x KV heads x element size per layer; MLA caches only the latent K."""
+    kb, vb = KV_TYPE_BYTES[cache_type_k], KV_TYPE_BYTES[cache_type_v]
+    out = []
+    for il in range(hp.n_layer):
+        kv_heads = hp.n_head_kv[il]
+        k = hp.key_length * kv_heads * kb
+        v = 0.0 if (hp.is_mla and MLA_V_LESS) else hp.value_length * kv_heads * vb
+        out.append(round(k + v))
+    return KVLayout(tuple(out))
+
+
+def uses_flash_attention(hp: HParams) -> bool:
+    """llama.cpp's `-fa auto` on this path: on for GQA, effectively off for MLA (scores materialised)."""
+    return not hp.is_mla
+
+
+def gpu_compute_bytes(hp: HParams, ctx: int, ubatch: int, *, has_output: bool = True) -> int:
+    heads = max(hp.n_head, default=0)
+    if uses_flash_attention(hp):
+        scores = FA_SCRATCH_BYTES_PER_UBATCH_TOKEN * ubatch
+    else:
+        scores = heads * ubatch * SCORE_BYTES * ctx
+    logits = hp.n_vocab * ubatch * LOGIT_BYTES if has_output else 0
+    return COMPUTE_BASE_BYTES + scores + logits
+
+
+def cpu_compute_bytes(hp: HParams, ubatch: int) -> int:
+    return CPU_COMPUTE_BASE_BYTES + hp.n_vocab * ubatch * LOGIT_BYTES
