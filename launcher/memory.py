@@ -40,8 +40,13 @@ SCORE_BYTES = 4  # f32 attention scores per head, per ubatch token, per context 
 LOGIT_BYTES = 4
 # With flash attention (GQA models on CUDA, fa auto), scores are tiled: a small per-token scratch instead.
 FA_SCRATCH_BYTES_PER_UBATCH_TOKEN = 64 * 1024
-# The CPU side keeps its own compute buffer (inputs, logits copy, CPU-resident ops).
+# With GPUs, the CPU keeps its own compute buffer (inputs, CPU-resident expert ops): not yet measured, kept generous.
 CPU_COMPUTE_BASE_BYTES = 256 * MiB
+# CPU only (flash attention on: only the f16 KQ mask grows with context). `llama-fit-params -fitp on`, CPU build,
+# generated deepseek2 and qwen3moe (n_embd 512): compute 14 / 58 / 42 / 170 MiB at -c 4096 / 4096 / 32768 / 32768
+# and -ub 512 / 2048 / 512 / 2048 = ubatch x (2 B x ctx + about 20 KiB), the 20 KiB ~ 4 B x (n_vocab + 10 x n_embd).
+CPU_MASK_BYTES = 2
+CPU_ACTIVATION_EMBD_FACTOR = 10
 
 # --- llama-server host extras ----------------------------------------------------------------
 # `--cache-ram` host prompt cache: llama-server's default is 8192 MiB; runq sets it explicitly and counts it.
@@ -134,4 +139,10 @@ def gpu_compute_bytes(hp: HParams, ctx: int, ubatch: int, *, has_output: bool = 
 
 
 def cpu_compute_bytes(hp: HParams, ubatch: int) -> int:
+    """The CPU's compute buffer when the layers run on GPUs."""
     return CPU_COMPUTE_BASE_BYTES + hp.n_vocab * ubatch * LOGIT_BYTES
+
+
+def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
+    """The compute buffer when everything runs on the CPU."""
+    return ubatch * (CPU_MASK_BYTES * ctx + LOGIT_BYTES * (hp.n_vocab + CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd))

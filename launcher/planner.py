@@ -286,7 +286,7 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
     cpu_layers = [il for il in range(n_layer) if layer_dev[il] == CPU]
     cpu_weights = sum(tensors[n].nbytes for n, d in placement.items() if d == CPU)
     cpu_kv = kv.bytes_for(req.ctx, cpu_layers)
-    cpu_comp = cpu_compute + (mem.gpu_compute_bytes(hp, req.ctx, ubatch) if not gpus else 0)
+    cpu_comp = cpu_compute if gpus else mem.cpu_only_compute_bytes(hp, req.ctx, ubatch)
     ram_avail = machine.ram_available_bytes
     margin = mem.ram_margin(machine.ram_total_bytes or ram_avail)
     cpu_plan = DevicePlan(CPU, ram_avail, margin, cpu_weights, cpu_kv, cpu_comp, cache_ram or 0)
