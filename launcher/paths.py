@@ -22,7 +22,10 @@ def _home_override() -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Builds, header caches: safe to delete, rebuilt on demand."""
+    """Builds, header caches: safe to delete, rebuilt on demand. RUNQ_CACHE_DIR moves just this one
+    (the tests share one llama.cpp build between runs this way while config stays per test)."""
+    if value := os.environ.get("RUNQ_CACHE_DIR"):
+        return Path(value)
     home = _home_override()
     return home / "cache" if home else _xdg("XDG_CACHE_HOME", ".cache") / "runq"
 

@@ -79,7 +79,7 @@ class SynthSpec:
     qk_nope_dim: int = 32
     qk_rope_dim: int = 16
     v_head_dim: int = 32
-    n_ctx_train: int = 4096
+    n_ctx_train: int = 32768
     weight_type: str = "Q8_0"  # any ggml type name; types gguf-py cannot quantize are written as zeros
     expert_type: str | None = None  # routed experts' type, default weight_type
     fused_gate_up: bool = False  # one ffn_gate_up_exps instead of ffn_gate_exps + ffn_up_exps

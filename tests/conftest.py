@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.build import Build
 from launcher.synth import SynthModel, SynthSpec, write_model
 
 # Every generated model the reader, classifier and planner tests run over.
@@ -16,7 +17,7 @@ MODEL_SPECS: dict[str, tuple[SynthSpec, int]] = {
     "deepseek2-kquants": (SynthSpec(arch="deepseek2", n_embd=256, expert_type="Q2_K", n_ff_exp=256), 1),
     "qwen3moe-q8": (SynthSpec(arch="qwen3moe", n_layer=3), 1),
     "qwen3moe-f16": (SynthSpec(arch="qwen3moe", weight_type="F16"), 1),
-    "deepseek2-3shards": (SynthSpec(arch="deepseek2", n_layer=5), 3),
+    "deepseek2-3shards": (SynthSpec(arch="deepseek2", n_layer=5, n_ctx_train=4096), 3),
 }
 
 
@@ -44,3 +45,30 @@ def runq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "runq-home"
     monkeypatch.setenv("RUNQ_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def llama_build() -> Build:
+    """The CPU binaries of llama.cpp, built from the PyPI source by `runq build` itself.
+
+    Cached across test runs in RUNQ_TEST_CACHE_DIR (default ~/.cache/runq), so only the first run on a
+    machine pays for the build (about 5 minutes on 2 cores).
+    """
+    import contextlib
+    import io
+    import json
+    import os
+
+    from launcher.build import load_build
+    from launcher.cli import main
+
+    cache = os.environ.get("RUNQ_TEST_CACHE_DIR") or str(Path.home() / ".cache" / "runq")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNQ_CACHE_DIR", cache)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["build", "--source", "pypi", "--json"])
+        assert code == 0, "runq build --source pypi failed: see the log in the cache's logs/ directory"
+        build = load_build(Path(json.loads(out.getvalue())["bin_dir"]).parent)
+    assert build is not None
+    return build

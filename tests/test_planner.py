@@ -149,6 +149,10 @@ def _source(model: SynthModel) -> ModelSource:
     return ModelSource(model.path.name, m.tensors, m.hparams, exact=True, size_bytes=m.file_bytes)
 
 
+def machine_with_ram(ram: int, gpus: tuple[GPU, ...] = ()) -> Machine:
+    return Machine(gpus=gpus, ram_total_bytes=ram, ram_available_bytes=ram, cpu=CPU(physical_cores=2, logical_cores=2))
+
+
 def _gpu_for(extra_bytes: int) -> Machine:
     """One GPU with exactly `extra_bytes` beyond runq's fixed margins."""
     cap = mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_bytes

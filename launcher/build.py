@@ -1,0 +1,373 @@
+"""Build llama.cpp and cache the binaries: source -> cmake -> builds/<key>/{bin/, manifest.json}.
+
+The edge that runs cmake, git and pip; what to build is decided in
+build_config (pure). A build happens in a temporary directory and is renamed
+into place only when it is complete, with its manifest, so a half-finished
+build is never mistaken for a finished one. The full log goes to a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher import build_config as bc
+from launcher.capabilities import probe_binaries, run_text
+from launcher.errors import EXIT_EXTERNAL, ExternalToolError, UsageError
+from launcher.paths import cache_dir
+
+Progress = Callable[[int, str], None]  # (percent, current step)
+_PERCENT_RE = re.compile(r"^\[\s*(\d+)%\]")
+_ERROR_RE = re.compile(r"(error|Error|ERROR|fatal|undefined reference)")
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    cmake: str | None
+    cc: str | None
+    cxx: str | None
+    git: str | None
+    nvcc: str | None
+    ccache: str | None
+
+
+def find_nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    candidates = sorted(Path("/usr/local").glob("cuda*/bin/nvcc"), reverse=True)
+    return str(candidates[0]) if candidates else None
+
+
+def toolchain() -> Toolchain:
+    def first(*names: str) -> str | None:
+        for n in names:
+            if n and (p := shutil.which(n)):
+                return p
+        return None
+
+    return Toolchain(
+        cmake=first("cmake"),
+        cc=first(os.environ.get("CC", ""), "cc", "gcc", "clang"),
+        cxx=first(os.environ.get("CXX", ""), "c++", "g++", "clang++"),
+        git=first("git"),
+        nvcc=find_nvcc(),
+        ccache=first("ccache"),
+    )
+
+
+def check_prerequisites(tc: Toolchain, *, need_git: bool, backend: str) -> None:
+    missing = []
+    if not tc.cmake:
+        missing.append("cmake (Debian/Ubuntu: sudo apt install cmake)")
+    if not tc.cc or not tc.cxx:
+        missing.append("a C/C++ compiler (Debian/Ubuntu: sudo apt install build-essential)")
+    if need_git and not tc.git:
+        missing.append("git (Debian/Ubuntu: sudo apt install git), or build from PyPI with --source pypi")
+    if backend == "cuda" and not tc.nvcc:
+        missing.append("nvcc (Debian/Ubuntu: sudo apt install nvidia-cuda-toolkit)")
+    if missing:
+        raise ExternalToolError("building llama.cpp needs " + "; ".join(missing))
+
+
+def builds_dir() -> Path:
+    return cache_dir() / "builds"
+
+
+# --- cache ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Build:
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.path / "bin"
+
+    def binary(self, name: str) -> Path:
+        return self.bin_dir / name
+
+
+def load_build(path: Path) -> Build | None:
+    """A finished build: its manifest is there and names every binary, and the binaries are there."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not all((path / "bin" / t).is_file() for t in bc.TARGETS):
+        return None
+    return Build(key=path.name, path=path, manifest=manifest)
+
+
+def cached_builds() -> list[Build]:
+    root = builds_dir()
+    if not root.is_dir():
+        return []
+    out = [b for p in sorted(root.iterdir()) if p.is_dir() and (b := load_build(p))]
+    return sorted(out, key=lambda b: b.manifest.get("built_at", ""), reverse=True)
+
+
+def clean(key: str | None) -> list[str]:
+    """Remove one cached build (by key or unique prefix), or all of them; returns the keys removed."""
+    builds = cached_builds()
+    root = builds_dir()
+    if key is None:
+        targets = [b.path for b in builds]
+        if root.is_dir():  # also leftovers of interrupted builds
+            targets += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
+    else:
+        targets = [b.path for b in builds if b.key.startswith(key)]
+        if not targets:
+            raise UsageError(f"no cached build {key!r}", hint="see `runq build --list`")
+        if len(targets) > 1:
+            raise UsageError(f"{key!r} matches {len(targets)} builds", hint="give more of the key")
+    for t in targets:
+        shutil.rmtree(t, ignore_errors=True)
+    return [t.name for t in targets]
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --- sources ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "git", "pypi" or "dir"
+    path: Path
+    commit: str
+
+
+def _run_logged(argv: list[str], log: Any, cwd: Path | None = None, what: str = "") -> None:
+    log.write(f"$ {' '.join(argv)}\n")
+    log.flush()
+    try:
+        r = subprocess.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False)
+    except FileNotFoundError:
+        raise ExternalToolError(f"{argv[0]}: not found") from None
+    if r.returncode != 0:
+        raise ExternalToolError(f"{what or argv[0]} failed (exit {r.returncode})", hint=f"see the log: {log.name}")
+
+
+def pypi_source(log: Any) -> Source:
+    """llama.cpp as vendored in the llama-cpp-python sdist, fetched with pip (honours the user's index config)."""
+    dest = cache_dir() / "src" / f"pypi-{bc.PYPI_PACKAGE}-{bc.PYPI_VERSION}"
+    tree = dest / "llama.cpp"
+    if (dest / ".complete").is_file():
+        return Source("pypi", tree, bc.LLAMA_CPP_COMMIT)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        spec = f"{bc.PYPI_PACKAGE}=={bc.PYPI_VERSION}"
+        _run_logged(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", spec, "-d", tmp],
+            log,
+            what=f"pip download {spec}",
+        )
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if not archives:
+            raise ExternalToolError(f"pip download {spec} produced no source archive", hint=f"see the log: {log.name}")
+        staging = Path(tmp) / "tree"
+        _extract_vendored(archives[0], staging)
+        if tree.exists():
+            shutil.rmtree(tree)
+        staging.rename(tree)
+    (dest / ".complete").write_text(bc.LLAMA_CPP_COMMIT + "\n")
+    return Source("pypi", tree, bc.LLAMA_CPP_COMMIT)
+
+
+# Parts of the vendored tree a build does not need (models/ alone is 75 MiB).
+_SKIP_PARTS = ("models", "docs", "media", "examples/model-conversion", ".github", "tests")
+
+
+def _extract_vendored(archive: Path, dest: Path) -> None:
+    marker = "/vendor/llama.cpp/"
+    with tarfile.open(archive) as tf:
+        for member in tf.getmembers():
+            if marker not in member.name:
+                continue
+            rel = member.name.split(marker, 1)[1]
+            if not rel or any(rel == p or rel.startswith(p + "/") for p in _SKIP_PARTS):
+                continue
+            member.name = rel
+            tf.extract(member, dest, filter="data")
+    if not (dest / "CMakeLists.txt").is_file():
+        raise ExternalToolError(f"{archive.name} holds no vendor/llama.cpp tree")
+
+
+def git_source(url: str, ref: str, git: str, log: Any) -> Source:
+    dest = cache_dir() / "src" / ("git-" + hashlib.sha256(f"{url}@{ref}".encode()).hexdigest()[:12])
+    if (dest / ".runq-complete").is_file():
+        return Source("git", dest, (dest / ".runq-complete").read_text().strip())
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    _run_logged([git, "init", "-q"], log, cwd=dest, what="git init")
+    _run_logged([git, "fetch", "-q", "--depth", "1", url, ref], log, cwd=dest, what=f"git fetch {url} {ref}")
+    _run_logged([git, "-c", "advice.detachedHead=false", "checkout", "-q", "FETCH_HEAD"], log, cwd=dest)
+    commit = run_text([git, "-C", str(dest), "rev-parse", "HEAD"]).strip()
+    (dest / ".runq-complete").write_text(commit + "\n")
+    return Source("git", dest, commit)
+
+
+def dir_source(path: Path, git: str | None) -> Source:
+    if not (path / "CMakeLists.txt").is_file() or not (path / "ggml").is_dir():
+        raise UsageError(f"{path} is not a llama.cpp source tree (no CMakeLists.txt and ggml/)")
+    commit = ""
+    if git and (path / ".git").exists():
+        out = run_text([git, "-C", str(path), "rev-parse", "HEAD"]).strip()
+        if re.fullmatch(r"[0-9a-f]{40}", out):
+            commit = out
+    return Source("dir", path, commit or "local-" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10])
+
+
+# --- build ------------------------------------------------------------------------------------------
+
+
+def run_build(
+    cfg: bc.BuildConfig,
+    source: Source,
+    tc: Toolchain,
+    *,
+    jobs: int,
+    log_path: Path,
+    progress: Progress,
+    notes: tuple[str, ...] = (),
+) -> Build:
+    """Configure and build into a temporary directory, then move the finished build into the cache."""
+    root = builds_dir()
+    final = root / cfg.key
+    with _lock(root / f".{cfg.key}.lock"):
+        done = load_build(final)
+        if done:
+            return done
+        free = shutil.disk_usage(root).free
+        need = bc.required_disk_bytes(cfg.backend)
+        if free < need:
+            raise ExternalToolError(
+                f"building needs about {need >> 30} GiB free in {root}, only {free >> 30} GiB is",
+                hint="free some disk space, or point RUNQ_CACHE_DIR at a larger disk",
+            )
+        staging = root / f".tmp-{cfg.key}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        tree = staging / "tree"
+        t0 = time.monotonic()
+        try:
+            with log_path.open("a") as log:
+                progress(0, "configure")
+                configure = bc.configure_args(cfg, str(source.path), str(tree), ccache=bool(tc.ccache))
+                _stream(configure, log, progress, "configure")
+                progress(0, "compile")
+                _stream(bc.build_args(str(tree), jobs), log, progress, "compile")
+            (staging / "bin").mkdir(parents=True)
+            for t in bc.TARGETS:
+                shutil.copy2(tree / "bin" / t, staging / "bin" / t)
+            shutil.rmtree(tree)
+            manifest = _manifest(cfg, source, tc, configure, time.monotonic() - t0, staging / "bin")
+            manifest["notes"] = list(notes)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing half-built is left to be mistaken for done
+            raise
+        if final.exists():  # an unfinished leftover under the final name
+            shutil.rmtree(final)
+        staging.rename(final)
+        built = load_build(final)
+        assert built is not None
+        return built
+
+
+def _stream(argv: list[str], log: Any, progress: Progress, step: str) -> None:
+    log.write(f"$ {' '.join(argv)}\n")
+    log.flush()
+    tail: list[str] = []
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    except FileNotFoundError:
+        raise ExternalToolError(f"{argv[0]}: not found") from None
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            tail.append(line.rstrip("\n"))
+            del tail[:-400]
+            if m := _PERCENT_RE.match(line):
+                progress(int(m.group(1)), step)
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise
+    code = proc.wait()
+    log.flush()
+    if code != 0:
+        # Each error line with the two lines after it (CMake and compilers put the message there).
+        keep = sorted({j for i, ln in enumerate(tail) if _ERROR_RE.search(ln) for j in range(i, min(i + 3, len(tail)))})
+        shown = ([tail[j] for j in keep if tail[j].strip()] or tail)[-15:]
+        raise BuildFailed(
+            f"llama.cpp {step} failed (exit {code}):\n  " + "\n  ".join(shown),
+            hint=f"the full log is {log.name}",
+        )
+
+
+class BuildFailed(ExternalToolError):
+    exit_code = EXIT_EXTERNAL
+
+
+def _first_line(argv: list[str]) -> str | None:
+    try:
+        text = run_text(argv)
+    except ExternalToolError:
+        return None
+    return text.strip().splitlines()[0] if text.strip() else None
+
+
+def _manifest(
+    cfg: bc.BuildConfig, source: Source, tc: Toolchain, configure: list[str], seconds: float, bin_dir: Path
+) -> dict[str, Any]:
+    cuda = None
+    if cfg.backend == "cuda" and tc.nvcc:
+        m = re.search(r"release ([\d.]+)", run_text([tc.nvcc, "--version"]))
+        cuda = m.group(1) if m else None
+    caps = probe_binaries(bin_dir)
+    versions = {t: (run_text([str(bin_dir / t), "--version"]).strip().splitlines() or [""])[-2:] for t in bc.TARGETS}
+    return {
+        "key": cfg.key,
+        "commit": cfg.commit,
+        "source": {"kind": source.kind, "path": str(source.path)},
+        "backend": cfg.backend,
+        "cuda_archs": list(cfg.cuda_archs),
+        "native": cfg.native,
+        "configure": configure,
+        "targets": list(bc.TARGETS),
+        "compiler": _first_line([tc.cxx, "--version"]) if tc.cxx else None,
+        "cuda_version": cuda,
+        "seconds": round(seconds, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions,
+        "capabilities": caps.to_json(),
+    }
