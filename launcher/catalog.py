@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from launcher.errors import UsageError, format_validation_error
 from launcher.hparams import HParams
 from launcher.model import SHARD_RE
+from launcher.paths import config_dir
 
 
 class _Strict(BaseModel):
@@ -207,11 +208,30 @@ def parse_profile(text: str, source: str) -> Profile:
 
 
 @cache
+def _packaged_profiles() -> tuple[Profile, ...]:
+    return tuple(
+        parse_profile(path.read_text(encoding="utf-8"), f"profiles/{path.name}")
+        for path in sorted(profiles_dir().glob("*.toml"))
+    )
+
+
+def user_profiles_dir() -> Path:
+    return config_dir() / "profiles"
+
+
 def load_profiles() -> tuple[Profile, ...]:
-    out = []
-    for path in sorted(profiles_dir().glob("*.toml")):
-        out.append(parse_profile(path.read_text(encoding="utf-8"), f"profiles/{path.name}"))
-    return tuple(out)
+    """The packaged profiles, and the user's own (~/.config/runq/profiles/*.toml), which win by name."""
+    by_name = {p.name: p for p in _packaged_profiles()}
+    user = user_profiles_dir()
+    if user.is_dir():
+        for path in sorted(user.glob("*.toml")):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise UsageError(f"cannot read {path}: {e.strerror}") from None
+            p = parse_profile(text, str(path))
+            by_name[p.name] = p
+    return tuple(by_name.values())
 
 
 def find_profile(name: str) -> Profile | None:

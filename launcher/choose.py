@@ -48,16 +48,27 @@ class Choice:
     template: str | None = None
 
 
-def profile_sources(profile: Profile, exact: Mapping[str, ModelSource] | None = None) -> list[ModelSource]:
-    """Every quant of a profile, exact where headers were read, estimated otherwise; smallest first."""
+def profile_sources(
+    profile: Profile,
+    exact: Mapping[str, ModelSource] | None = None,
+    available: tuple[str, ...] | None = None,
+) -> list[ModelSource]:
+    """Every quant of a profile, exact where headers were read, estimated otherwise; smallest first.
+    `available` (the quants the repo really has) drops profile quants missing from the repo and adds
+    repo quants the profile does not know, when their headers were read."""
+    exact = exact or {}
     out = []
     for q in profile.quants_by_size():
-        if exact and q.name in exact:
+        if available is not None and q.name not in available:
+            continue
+        if q.name in exact:
             out.append(exact[q.name])
         else:
             est = estimate(profile, q)
             out.append(ModelSource(q.name, est.tensors, est.hparams, exact=False, size_bytes=q.size_bytes))
-    return out
+    known = {q.name for q in profile.quants}
+    out += [s for name, s in exact.items() if name not in known]
+    return sorted(out, key=lambda s: s.size_bytes)
 
 
 def choose(

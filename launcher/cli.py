@@ -92,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--llama-bin", metavar="DIR", help="check a llama.cpp you built yourself: print what it supports")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=cmd_build)
+
+    pu = sub.add_parser(
+        "pull",
+        help="download one quant of a model (the largest that fits, or --quant), resumable",
+        description="Download exactly one quant's files into the Hugging Face cache (shared with other tools) or "
+        "--dir. Checks free disk space first, resumes interrupted downloads, verifies the shard set at the end.",
+    )
+    pu.add_argument("model", help="a model name, e.g. deepseek-v3.1")
+    pu.add_argument("--quant", help="the quant to download (default: the largest that fits this machine)")
+    pu.add_argument("--dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache")
+    pu.add_argument("--ctx", type=int, metavar="N", help="context to plan for when choosing the quant")
+    pu.add_argument("--disk-free", metavar="SIZE", help="plan for this much free disk instead of measuring it")
+    _add_machine_flags(pu)
+    pu.set_defaults(func=cmd_pull)
+
+    mo = sub.add_parser("models", help="the models runq knows; --local: what is downloaded, and complete or not")
+    mo.add_argument("--local", action="store_true", help="list GGUF quants on disk (Hugging Face cache, or --dir)")
+    mo.add_argument("--dir", metavar="DIR", help="also look in this download directory")
+    mo.add_argument("--json", action="store_true", help="print JSON")
+    mo.set_defaults(func=cmd_models)
     return parser
 
 
@@ -116,6 +136,9 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--threads", "-t", type=int, metavar="N", help="CPU threads (default: physical cores)")
     g.add_argument("--cli", action="store_true", help="plan for llama-cli (chat) instead of llama-server")
+    g.add_argument(
+        "--estimate", action="store_true", help="do not read GGUF headers from the Hub: plan from published sizes"
+    )
 
 
 def resolve_machine(args: argparse.Namespace, *, cpu_details: bool = False) -> Machine:
@@ -239,6 +262,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         name = Path(args.model).name
         sources = [ModelSource(name, model.tensors, model.hparams, exact=True, size_bytes=model.file_bytes)]
         model_name = profile.display_name if profile else (model.hparams.name or name)
+        sizes = "exact: from the file's GGUF header"
         default_ctx = min(profile.default_ctx if profile else 16384, model.hparams.n_ctx_train or 16384)
         pinned = None
         if args.quant:
@@ -247,11 +271,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
             )
         model_path = str(Path(args.model).resolve())
     else:
+        from launcher import hub
+
         profile = catalog.require_profile(args.model)
-        sources = profile_sources(profile)
+        if args.estimate:
+            remote = hub.ExactSources({}, "estimated: --estimate", (), None, {})
+        else:
+            remote = hub.exact_sources(profile)
+        for w in remote.warnings:
+            print(f"Warning: {w}", file=sys.stderr)
+        sizes = remote.status
+        sources = profile_sources(profile, remote.sources, remote.available)
         model_name = profile.display_name
         default_ctx = profile.default_ctx
-        pinned = profile.quant(args.quant).name if args.quant else None
+        pinned = _pin_quant(profile, args.quant, [s.name for s in sources]) if args.quant else None
         model_path = ""
     req = Request(
         ctx=args.ctx or default_ctx,
@@ -284,7 +317,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise
     chosen = choice.chosen
     if profile and not model_path:
-        model_path = _expected_model_path(profile.repo, profile.quant(chosen.source.name).path)
+        repo_path = remote.first_paths.get(chosen.source.name) or profile.quant(chosen.source.name).path
+        model_path = _expected_model_path(profile.repo, repo_path)
     argv = build_argv(
         chosen.plan,
         Launch(
@@ -296,10 +330,186 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ),
     )
     if args.json:
-        _print_json(render_plan.choice_json(choice, argv))
+        _print_json({**render_plan.choice_json(choice, argv), "sizes": sizes})
     else:
-        print(render_plan.choice_text(choice, machine, argv))
+        print(render_plan.choice_text(choice, machine, argv, sizes))
     return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from launcher import catalog, hub
+    from launcher.choose import choose, profile_sources
+    from launcher.errors import GGUFError
+    from launcher.hub_layout import group_quants, match_profile
+    from launcher.model import open_local
+    from launcher.planner import Request
+    from launcher.units import fmt_bytes, fmt_decimal, parse_size
+
+    profile = catalog.require_profile(args.model)
+    try:
+        listing = hub.list_repo(profile.repo)
+    except hub.Offline as e:
+        raise hub.HubError(
+            f"cannot download {profile.repo}: {e.message}", hint="connect to the network and retry"
+        ) from None
+    matches = match_profile(profile, group_quants(listing.files))
+    remote = {(m.spec.name if m.spec else m.remote.name): m.remote for m in matches if m.remote is not None}
+    if args.quant:
+        name = _pin_quant(profile, args.quant, list(remote))
+    else:
+        machine = resolve_machine(args)
+        found = hub.exact_sources(profile)
+        sources = profile_sources(profile, found.sources, found.available)
+        choice = choose(profile.display_name, machine, sources, Request(ctx=args.ctx or profile.default_ctx))
+        name = choice.chosen.source.name
+        print(f"{name}: the largest quant that fits this machine ({choice.chosen.plan.predicted_tg_tps:.1f} tokens/s "
+              f"predicted; `runq plan {profile.name}` explains)")  # fmt: skip
+    rq = remote[name]
+    dest = Path(args.dir).resolve() if args.dir else None
+    pp = hub.plan_pull(listing, rq, dest)
+    where = dest or hub.hf_cache_dir()
+    print(
+        f"{profile.repo} {name}: {len(rq.files)} file(s), {fmt_decimal(rq.size_bytes)} ({fmt_bytes(rq.size_bytes)}); "
+        f"{len(pp.complete)} already here, {fmt_decimal(pp.missing_bytes)} to download into {where}"
+    )
+    hub.check_disk(pp, dest, parse_size(args.disk_free, what="--disk-free") if args.disk_free else None)
+    if pp.partial_bytes:
+        print(f"Continuing interrupted downloads: the {fmt_decimal(pp.partial_bytes)} already here are kept.")
+    existing = [
+        (dest / f.path) if dest else hub.snapshot_path(listing.repo, f.path, listing.revision) for f in rq.files
+    ]
+    if all(
+        p is not None and p.is_file() and p.stat().st_size == f.size for p, f in zip(existing, rq.files, strict=True)
+    ):
+        paths = [p for p in existing if p is not None]
+    else:
+        n = len(rq.files)
+        counter = iter(range(1, n + 1))
+        bar = _byte_progress()
+        try:
+            paths = hub.download(
+                listing,
+                rq,
+                dest,
+                lambda f: print(f"[{next(counter)}/{n}] {f.path} ({fmt_bytes(f.size)})", flush=True),
+                bar,
+            )
+        except KeyboardInterrupt:
+            print("\nInterrupted: run the same command again to continue; nothing downloaded is lost.", file=sys.stderr)
+            raise
+        finally:
+            bar.done()
+    for f, p in zip(rq.files, paths, strict=True):
+        if p.stat().st_size != f.size:
+            raise hub.HubError(f"{f.path}: not the Hub's size ({f.size:,} B) after the download",
+                               hint="run `runq pull` again to repair it")  # fmt: skip
+    try:
+        model = open_local(paths[0])
+    except GGUFError as e:
+        raise hub.HubError(f"downloaded, but the files do not form a valid model: {e.message}") from None
+    print(f"Ready: {paths[0]} ({len(model.shards)} file(s), {len(model.tensors)} tensors verified)")
+    return EXIT_OK
+
+
+def _byte_progress() -> Any:
+    """Download progress: a bar with speed and ETA on a terminal, a line per 10% in logs."""
+    import time
+
+    from launcher.units import fmt_bytes
+
+    tty = sys.stderr.isatty()
+    state: dict[str, Any] = {"t0": time.monotonic(), "start": None, "last": 0.0, "shown": -1}
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if state["start"] is None or done < state["start"]:
+            state["start"], state["t0"], state["shown"] = done, now, -1
+        pct = done * 100 // total if total else 100
+        if tty:
+            if now - state["last"] < 0.2 and done < total:
+                return
+            state["last"] = now
+            rate = (done - state["start"]) / max(now - state["t0"], 1e-3)
+            eta = (total - done) / rate if rate > 0 else 0
+            bar = "#" * (pct * 30 // 100)
+            sys.stderr.write(f"\r  [{bar:<30}] {pct:3d}% {fmt_bytes(done)} of {fmt_bytes(total)}  "
+                             f"{fmt_bytes(rate)}/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s ")  # fmt: skip
+            sys.stderr.flush()
+        elif pct // 10 > state["shown"]:
+            state["shown"] = pct // 10
+            print(f"  {pct}% of {fmt_bytes(total)}", file=sys.stderr, flush=True)
+        if done >= total:
+            state["start"] = None
+            if tty:
+                sys.stderr.write("\n")
+
+    show.done = lambda: None  # type: ignore[attr-defined]
+    return show
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from launcher import catalog
+    from launcher.units import fmt_bytes, fmt_decimal
+
+    if not args.local:
+        profiles = catalog.load_profiles()
+        if args.json:
+            _print_json(
+                [
+                    {"name": p.name, "display_name": p.display_name, "repo": p.repo,
+                     "quants": [{"name": q.name, "size_bytes": q.size_bytes} for q in p.quants]}
+                    for p in profiles
+                ]
+            )  # fmt: skip
+            return EXIT_OK
+        for p in profiles:
+            sizes = [q.size_bytes for q in p.quants]
+            print(f"{p.name:<18} {p.display_name:<18} {p.repo:<32} {len(p.quants)} quants, "
+                  f"{fmt_decimal(min(sizes))} to {fmt_decimal(max(sizes))}")  # fmt: skip
+        return EXIT_OK
+    from launcher.local_models import scan_dir, scan_hf_cache
+
+    quants, partial = scan_hf_cache()
+    if args.dir:
+        more_q, more_p = scan_dir(Path(args.dir))
+        quants += more_q
+        partial += more_p
+    if args.json:
+        _print_json(
+            {
+                "quants": [
+                    {"repo": q.repo, "quant": q.name, "path": str(q.first), "files": q.files_present,
+                     "files_expected": q.files_expected, "bytes": q.bytes_on_disk, "complete": q.complete,
+                     "problem": q.problem}
+                    for q in quants
+                ],
+                "partial_downloads": [{"repo": p.repo, "files": p.files, "bytes": p.bytes_so_far} for p in partial],
+            }
+        )  # fmt: skip
+        return EXIT_OK
+    if not quants and not partial:
+        print("No GGUF models on disk yet: `runq pull MODEL` downloads one.")
+        return EXIT_OK
+    for q in quants:
+        state = "complete" if q.complete else f"incomplete: {q.problem}"
+        print(f"{q.repo}  {q.name:<12} {fmt_bytes(q.bytes_on_disk):>10}  {q.files_present}/{q.files_expected} files  "
+              f"{state}")  # fmt: skip
+        print(f"    {q.first}")
+    for part in partial:
+        print(f"{part.repo}: {part.files} download(s) in progress, {fmt_bytes(part.bytes_so_far)} so far "
+              "(`runq pull` resumes)")  # fmt: skip
+    return EXIT_OK
+
+
+def _pin_quant(profile: Any, wanted: str, available: list[str]) -> str:
+    """--quant names a profile quant (any spelling) or one the repo has."""
+    for name in available:
+        if name.upper() == wanted.upper():
+            return name
+    name = profile.quant(wanted).name  # raises with the list of known quants
+    if name not in available:
+        raise UsageError(f"{profile.repo} has no {name} files", hint="choose one of: " + ", ".join(available))
+    return name
 
 
 def _expected_model_path(repo: str, path: str) -> str:

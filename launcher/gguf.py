@@ -44,6 +44,8 @@ VALUE_TYPE_NAMES = {
     T_INT64: "i64", T_FLOAT64: "f64",
 }  # fmt: skip
 
+_U64 = struct.Struct("<Q")
+
 # Smallest encoding of one item, used to bound counts before reading them.
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a one-byte value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
@@ -232,11 +234,33 @@ class _Reader:
         except UnicodeDecodeError:
             raise self.fail(f"{self.what}: not valid UTF-8: {raw[:40]!r}") from None
 
+    def _strings(self, count: int, key: str) -> tuple[str, ...]:
+        """A vocabulary (100k+ strings): the same checks as string(), in a tight loop."""
+        out = []
+        buf, pos, size = self.buf, self.pos, self.size
+        for _ in range(count):
+            if pos + 8 > len(buf):
+                self.pos = pos
+                self.need(8)
+                buf = self.buf
+            n = _U64.unpack_from(buf, pos)[0]
+            pos += 8
+            if n > size - pos:
+                raise self.fail(f"key {key!r}: string length {n} at offset {pos - 8} runs past the end of the file")
+            if pos + n > len(buf):
+                self.pos = pos
+                self.need(n)
+                buf = self.buf
+            out.append(buf[pos : pos + n].decode("utf-8", "replace"))
+            pos += n
+        self.pos = pos
+        return tuple(out)
+
     def array(self, elem_type: int, count: int, key: str) -> tuple[Any, ...]:
         if elem_type == T_STRING:
             if count * 8 > self.remaining():
                 raise self.fail(f"key {key!r}: array of {count} strings runs past the end of the file")
-            return tuple(self.string().decode("utf-8", "replace") for _ in range(count))
+            return self._strings(count, key)
         if elem_type == T_ARRAY:
             raise self.fail(f"key {key!r}: arrays of arrays are not allowed")
         fmt = _SCALAR_FORMATS.get(elem_type)

@@ -57,13 +57,14 @@ def placement_lines(p: Plan) -> list[str]:
     return out
 
 
-def choice_text(choice: Choice, machine: Machine, argv: list[str]) -> str:
+def choice_text(choice: Choice, machine: Machine, argv: list[str], sizes: str = "") -> str:
     c = choice.chosen
     p = c.plan
     kind = "exact sizes from the GGUF headers" if c.source.exact else "estimated sizes: no GGUF header read yet"
     lines = [
         f"{choice.model} {c.source.name}: {p.ctx:,} tokens of context, {p.predicted_tg_tps:.1f} tokens/s predicted",
-        f"  ({kind}; machine: {machine_line(machine)})",
+        f"  machine: {machine_line(machine)}",
+        f"  sizes: {sizes or kind}",
         "",
     ]
     if len(choice.candidates) > 1:

@@ -65,3 +65,11 @@ def fmt_bytes(n: int | float) -> str:
 def fmt_gib(n: int | float) -> str:
     """Fixed GiB with one decimal, for tables where columns must line up."""
     return f"{n / GiB:.1f}"
+
+
+def fmt_decimal(n: int | float) -> str:
+    """Decimal units, as the Hub shows file sizes: '255.4 GB', '14.9 MB'."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"

@@ -41,9 +41,14 @@ def any_model(request: pytest.FixtureRequest, models: dict[str, SynthModel]) -> 
 
 @pytest.fixture(autouse=True)
 def runq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own RUNQ_HOME so the real cache and config are never touched."""
+    """Every test gets its own RUNQ_HOME and Hugging Face cache so the real ones are never touched, and
+    no network: tests that talk to a hub start their own local one (tests/hubserver.py)."""
     home = tmp_path / "runq-home"
     monkeypatch.setenv("RUNQ_HOME", str(home))
+    monkeypatch.delenv("RUNQ_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     return home
 
 

@@ -23,7 +23,7 @@ def test_plan_text_explains_everything(capsys: pytest.CaptureFixture[str]) -> No
     code, out, err = run(capsys, "plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--cores", "16")
     assert code == 0, err
     assert out.startswith("DeepSeek-V3.1 UD-Q2_K_XL: 16,384 tokens of context")
-    assert "estimated sizes" in out
+    assert "sizes: estimated: HF_HUB_OFFLINE is set" in out
     assert re.search(r"> UD-Q2_K_XL\s+238 GiB\s+yes", out)  # the chosen row of the quant table
     assert "Memory per device:" in out and "CUDA0" in out
     assert "experts of layers 3-60 on the CPU" in out
