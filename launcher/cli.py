@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from launcher.machine import Machine
 
 EPILOG = """\
+quick start: runq demo                      (a tiny model, end to end, no download)
+             runq deepseek-v3.1 --auto      (plan, download, build, chat; --server for an API)
+
 exit codes: 0 ok, 1 runtime error, 2 bad usage or config, 3 does not fit,
             4 an external tool failed, 130 interrupted
 machine flags (plan for hardware you describe instead of this machine):
@@ -112,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--dir", metavar="DIR", help="also look in this download directory")
     mo.add_argument("--json", action="store_true", help="print JSON")
     mo.set_defaults(func=cmd_models)
+
+    from launcher.cli_run import add_run_parsers
+
+    add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
     return parser
 
 
@@ -665,9 +672,20 @@ def _report_build(args: argparse.Namespace, b: Any, *, cached: bool) -> int:
     return EXIT_OK
 
 
+COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # everything after `--` is for llama.cpp
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv = ["run", *argv]  # `runq deepseek-v3.1 --auto` is `runq run deepseek-v3.1 --auto`
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_OK

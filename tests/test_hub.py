@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.build import Build
 from launcher.catalog import parse_profile, require_profile
 from launcher.choose import ModelSource, choose
 from launcher.hub_layout import RemoteFile, group_quants, match_profile, missing_warning, quant_tag
@@ -343,3 +344,32 @@ def test_bad_user_profile_names_the_file(tmp_path: Path) -> None:
     r = runq("models")
     assert r.returncode == 2 and f"Error: {d / 'broken.toml'}: display_name: Field required" in r.stderr
     assert parse_profile  # the same validation as packaged profiles
+
+
+def test_auto_from_nothing_to_a_verified_server(
+    online: dict[str, str], tiny_repo: dict[str, list[Path]], server: HubServer, llama_build: Build
+) -> None:
+    """`runq tiny --auto --yes --server`: plan from remote headers, download, find the build, serve, verify."""
+    import signal
+    import urllib.request
+
+    from launcher.runner import free_port
+
+    from .test_run import RunningRunq
+
+    write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
+    port = free_port()
+    env = {**online, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+    r = RunningRunq(["tiny", "--auto", "--yes", "--server", "--port", str(port), "--quant", "UD-Q8_0"], env)
+    try:
+        r.wait_for("Serving.", timeout=180)
+        out = "".join(r.out)
+        assert "Ready: " in out and "llama-server is ready at" in out
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as h:
+            assert json.loads(h.read())["status"] == "ok"
+        r.proc.send_signal(signal.SIGINT)
+        code, _, _ = r.finish()
+        assert code == 130
+    finally:
+        if r.proc.poll() is None:
+            r.proc.kill()

@@ -1,0 +1,148 @@
+"""Start llama-server with a plan, wait until it answers, read what it did, stop it cleanly.
+
+The edge that owns child processes. The child's output goes to a log file (its
+path is printed); failures are read back from that log and named (port in use,
+out of memory, a model llama.cpp cannot load). The argv comes from argv.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher import llama_log
+from launcher.errors import EXIT_EXTERNAL, RunqError
+
+HEALTH_POLL_S = 0.2
+
+
+class ServerFailed(RunqError):
+    exit_code = EXIT_EXTERNAL
+
+    def __init__(self, message: str, hint: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.kind = kind
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    host: str
+    port: int
+    api_key: str | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def request(self, path: str, body: dict[str, Any] | None = None, timeout: float = 120) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data else "GET")
+        req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"{}")
+
+    def stop(self, timeout: float = 15) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | None = None) -> Server:
+    if not port_free(host, port):
+        raise ServerFailed(
+            f"port {port} on {host} is already in use", hint="stop what uses it, or pick --port", kind="port"
+        )
+    binary = Path(argv[0])
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise ServerFailed(f"{binary}: llama.cpp binary not found", hint="run `runq build` (or give --llama-bin DIR)")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    # Its own process group: a Ctrl-C reaches runq, which then stops the server in order.
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    log.close()
+    return Server(proc, log_path, host, port, api_key)
+
+
+def wait_healthy(server: Server, timeout: float) -> float:
+    """Seconds until /health answers ok. Raises ServerFailed, naming the cause, if the process dies or stalls."""
+    t0 = time.monotonic()
+    while True:
+        code = server.proc.poll()
+        if code is not None:
+            raise died(server, code)
+        try:
+            if server.request("/health", timeout=2).get("status") == "ok":
+                return time.monotonic() - t0
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError, OSError):
+            pass
+        if time.monotonic() - t0 > timeout:
+            server.stop()
+            raise ServerFailed(
+                f"llama-server did not become ready within {timeout:.0f} s",
+                hint=f"a very large model may need more: --timeout SECONDS; the log is {server.log_path}",
+            )
+        time.sleep(HEALTH_POLL_S)
+
+
+def died(server: Server, code: int) -> ServerFailed:
+    text = server.log_text()
+    kind = llama_log.failure(text)
+    tail = "\n  ".join(line for line in text.strip().splitlines()[-6:])
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    what = {
+        "port": f"port {server.port} is already in use",
+        "oom": "it ran out of memory",
+        "model": "llama.cpp could not load the model",
+    }.get(kind or "", "")
+    message = f"llama-server {how}" + (f": {what}" if what else "") + (f"\n  {tail}" if tail else "")
+    return ServerFailed(message, hint=f"the full log is {server.log_path}", kind=kind)
