@@ -247,12 +247,12 @@ def _looks_like_path(text: str) -> bool:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from launcher import catalog, render_plan
+    from launcher import render_plan
     from launcher.argv import Launch, build_argv
-    from launcher.choose import ModelSource, choose, profile_sources
+    from launcher.choose import choose
+    from launcher.cli_run import resolve_target
     from launcher.errors import DoesNotFitError
     from launcher.memory import KV_TYPE_BYTES
-    from launcher.model import open_local
     from launcher.planner import Request
 
     for flag, value in (("--cache-type-k", args.cache_type_k), ("--cache-type-v", args.cache_type_v)):
@@ -261,38 +261,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.ctx is not None and args.ctx < 256:
         raise UsageError(f"--ctx {args.ctx}: too small to chat with", hint="use 2048 or more")
     machine = resolve_machine(args)
-    profile = None
-    if _looks_like_path(args.model):
-        model = open_local(args.model)
-        found = catalog.profile_for_file(args.model)
-        profile = found[0] if found else None
-        name = Path(args.model).name
-        sources = [ModelSource(name, model.tensors, model.hparams, exact=True, size_bytes=model.file_bytes)]
-        model_name = profile.display_name if profile else (model.hparams.name or name)
-        sizes = "exact: from the file's GGUF header"
-        default_ctx = min(profile.default_ctx if profile else 16384, model.hparams.n_ctx_train or 16384)
-        pinned = None
-        if args.quant:
-            raise UsageError(
-                "--quant applies to a model name, not to a file", hint="give a model name, or another file"
-            )
-        model_path = str(Path(args.model).resolve())
-    else:
-        from launcher import hub
-
-        profile = catalog.require_profile(args.model)
-        if args.estimate:
-            remote = hub.ExactSources({}, "estimated: --estimate", (), None, {})
-        else:
-            remote = hub.exact_sources(profile)
-        for w in remote.warnings:
-            print(f"Warning: {w}", file=sys.stderr)
-        sizes = remote.status
-        sources = profile_sources(profile, remote.sources, remote.available)
-        model_name = profile.display_name
-        default_ctx = profile.default_ctx
-        pinned = _pin_quant(profile, args.quant, [s.name for s in sources]) if args.quant else None
-        model_path = ""
+    target = resolve_target(args)
+    profile, model_name, sizes, pinned = target.profile, target.name, target.sizes, target.pinned
+    sources, default_ctx = target.sources, target.default_ctx
+    model_path = str(target.model_path) if target.model_path else ""
     req = Request(
         ctx=args.ctx or default_ctx,
         cache_type_k=args.cache_type_k,
@@ -324,7 +296,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise
     chosen = choice.chosen
     if profile and not model_path:
-        repo_path = remote.first_paths.get(chosen.source.name) or profile.quant(chosen.source.name).path
+        repo_path = target.first_paths.get(chosen.source.name) or profile.quant(chosen.source.name).path
         model_path = _expected_model_path(profile.repo, repo_path)
     argv = build_argv(
         chosen.plan,

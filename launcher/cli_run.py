@@ -121,6 +121,10 @@ def resolve_target(args: argparse.Namespace) -> Target:
     from launcher.model import open_local
 
     if _looks_like_path(args.model):
+        if getattr(args, "quant", None):
+            raise UsageError(
+                "--quant applies to a model name, not to a file", hint="give a model name, or another file"
+            )
         model = open_local(args.model)
         found = catalog.profile_for_file(args.model)
         profile = found[0] if found else None
@@ -132,7 +136,10 @@ def resolve_target(args: argparse.Namespace) -> Target:
             Path(args.model).resolve(), None, ctx, "exact: from the file's GGUF header", {},
         )  # fmt: skip
     profile = catalog.require_profile(args.model)
-    remote = hub.exact_sources(profile)
+    if getattr(args, "estimate", False):
+        remote = hub.ExactSources({}, "estimated: --estimate", (), None, {})
+    else:
+        remote = hub.exact_sources(profile)
     for w in remote.warnings:
         print(f"Warning: {w}", file=sys.stderr)
     sources = profile_sources(profile, remote.sources, remote.available)
