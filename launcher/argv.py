@@ -20,6 +20,8 @@ class Launch:
     host: str = "127.0.0.1"
     port: int = 8080
     extra: tuple[str, ...] = ()  # the user's own flags (after `--`), passed last
+    # llama.cpp prints its memory breakdown (what runq verifies) from -lv 4; -lv 5 adds per-tensor placement.
+    log_verbosity: int | None = 4
 
 
 def _num(x: float) -> str:
@@ -72,6 +74,8 @@ def build_argv(plan: Plan, launch: Launch) -> list[str]:
         argv += ["--chat-template-file", launch.template_path]
     if launch.server:
         argv += ["--host", launch.host, "--port", str(launch.port)]
+        if launch.log_verbosity is not None and not {"-lv", "--verbosity", "--log-verbosity"} & set(launch.extra):
+            argv += ["-lv", str(launch.log_verbosity)]
     argv += list(launch.extra)
     return argv
 

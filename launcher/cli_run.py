@@ -30,42 +30,6 @@ _PIN_FLAGS = {
 DEMO_SPEC = {"arch": "deepseek2", "n_layer": 6, "n_embd": 256, "n_ff": 512, "n_ff_exp": 256, "n_expert": 16}
 
 
-def add_run_parsers(sub: Any, add_machine_flags: Any, add_plan_flags: Any) -> None:
-    r = sub.add_parser(
-        "run",
-        help="plan and start llama-cli (chat) or llama-server (--server) for a model name or a .gguf file",
-        description="Plan, then start llama.cpp with the plan. A model name needs --auto to download and build "
-        "what is missing (asking once; --yes skips the question). Flags after `--` go to llama.cpp; those that "
-        "pin the plan (-c, -ngl, -ot, -ub, -ctk, -ctv, -t) are planned around.",
-    )
-    r.add_argument("model", help="a model name (deepseek-v3.1) or a .gguf file (shard 1 of a set)")
-    r.add_argument("--auto", action="store_true", help="download the chosen quant and build llama.cpp if missing")
-    r.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading or building")
-    r.add_argument("--dry-run", action="store_true", help="print every step and the exact command; do nothing")
-    r.add_argument("--server", action="store_true", help="start llama-server instead of an interactive chat")
-    r.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    r.add_argument("--port", type=int, default=8080)
-    r.add_argument("--api-key", help="require this key from clients (prefer --api-key-file)")
-    r.add_argument("--api-key-file", metavar="FILE", help="file holding the key clients must send")
-    r.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
-    r.add_argument("--timeout", type=float, default=900, metavar="S", help="seconds to wait for the model to load")
-    r.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
-    r.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
-    r.add_argument("--verify-tensors", action="store_true", help="check every overridden tensor in llama.cpp's log")
-    add_plan_flags(r)
-    add_machine_flags(r)
-    r.set_defaults(func=cmd_run)
-
-    d = sub.add_parser(
-        "demo",
-        help="see runq work end to end in a minute, no download: a tiny random model, planned, served, verified",
-    )
-    d.add_argument("--port", type=int, default=0, help="port for the demo server (default: any free one)")
-    d.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
-    d.add_argument("--timeout", type=float, default=120, metavar="S")
-    d.set_defaults(func=cmd_demo)
-
-
 # --- pins from llama.cpp flags --------------------------------------------------------------------------
 
 
@@ -117,7 +81,7 @@ class Target:
 def resolve_target(args: argparse.Namespace) -> Target:
     from launcher import catalog, hub
     from launcher.choose import ModelSource, profile_sources
-    from launcher.cli import _looks_like_path, _pin_quant
+    from launcher.cli_commands import _looks_like_path, _pin_quant
     from launcher.model import open_local
 
     if _looks_like_path(args.model):
@@ -173,7 +137,7 @@ def ensure_binaries(args: argparse.Namespace, *, allowed: bool, dry: bool) -> Pa
     if found is not None:
         return found
     if dry:
-        print(f"[dry-run] would build llama.cpp ({wanted}): runq build --source {args.source}")
+        print(f"[dry-run] would build llama.cpp ({wanted}): runq build --source {args.source}", file=sys.stderr)
         return Path("<runq build>")
     if not allowed:
         raise RunqError(
@@ -238,24 +202,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from launcher import render_plan
     from launcher.argv import Launch, build_argv, shell_quote
     from launcher.choose import choose
-    from launcher.cli import _user_overrides, resolve_machine
-    from launcher.planner import Request
+    from launcher.cli_commands import resolve_machine
 
     pins, passthrough = split_extra(getattr(args, "extra", []))
     key = api_key(args) if args.server else None
     machine = resolve_machine(args)
     target = resolve_target(args)
-    ctx = pins.get("ctx") or args.ctx or target.default_ctx
-    req = Request(
-        ctx=ctx,
-        cache_type_k=pins.get("cache_type_k", args.cache_type_k),
-        cache_type_v=pins.get("cache_type_v", args.cache_type_v),
-        ubatch=pins.get("ubatch", args.ubatch),
-        ngl=pins.get("ngl", args.ngl),
-        user_overrides=_user_overrides([*args.ot, *pins.get("ot", [])]),
-        server=args.server,
-        threads=pins.get("threads", args.threads),
-    )
+    req = request_from(args, pins, target, server=args.server)
     choice = choose(target.name, machine, target.sources, req, pinned=target.pinned, ctx_pinned="ctx" in pins)
     chosen = choice.chosen
     dry = args.dry_run
@@ -308,6 +261,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve(args, argv, chosen.plan, machine, key, choice, req, target, launch)
 
 
+def request_from(args: argparse.Namespace, pins: dict[str, Any], target: Target, *, server: bool) -> Any:
+    """The plan request from the command's flags and the llama.cpp flags after `--` (which win)."""
+    from launcher.cli_commands import _user_overrides
+    from launcher.planner import Request
+
+    return Request(
+        ctx=pins.get("ctx") or args.ctx or target.default_ctx,
+        cache_type_k=pins.get("cache_type_k", args.cache_type_k),
+        cache_type_v=pins.get("cache_type_v", args.cache_type_v),
+        ubatch=pins.get("ubatch", args.ubatch),
+        ngl=pins.get("ngl", args.ngl),
+        user_overrides=_user_overrides([*args.ot, *pins.get("ot", [])]),
+        server=server,
+        threads=pins.get("threads", args.threads),
+    )
+
+
 def ensure_model(args: argparse.Namespace, profile: Any, quant: str, dry: bool) -> Path:
     """The chosen quant on disk: already there, or downloaded now (with --auto, asking once)."""
     from launcher import hub
@@ -319,7 +289,8 @@ def ensure_model(args: argparse.Namespace, profile: Any, quant: str, dry: bool) 
         listing = hub.list_repo(profile.repo)
     except hub.Offline as e:
         if dry:
-            print(f"[dry-run] would download {profile.repo} {quant} (the repo cannot be listed now: {e.message})")
+            print(f"[dry-run] would download {profile.repo} {quant} (the repo cannot be listed now: {e.message})",
+                  file=sys.stderr)  # fmt: skip
             return hub.hf_cache_dir() / "<after download>" / profile.quant(quant).path
         raise RunqError(
             f"{quant} is not on this machine and {profile.repo} cannot be reached: {e.message}",
@@ -335,13 +306,15 @@ def ensure_model(args: argparse.Namespace, profile: Any, quant: str, dry: bool) 
     if len(pp.complete) < len(rq.files):
         step = f"download {profile.repo} {rq.name}: {fmt_decimal(pp.missing_bytes)} of {fmt_decimal(rq.size_bytes)}"
         if dry:
-            print(f"[dry-run] would {step}")
+            print(f"[dry-run] would {step}", file=sys.stderr)
             return hub.hf_cache_dir() / "<after download>" / rq.first.path
         if not args.auto:
             raise RunqError(
                 f"{rq.name} is not downloaded", hint=f"run `runq pull {profile.name} --quant {rq.name}`, or add --auto"
             )
-        if not confirm(f"Download {profile.repo} {rq.name} ({fmt_decimal(pp.missing_bytes)})?", args.yes):
+        if not confirm(
+            f"Download {profile.repo} {rq.name} ({fmt_decimal(pp.missing_bytes)})?", getattr(args, "yes", False)
+        ):
             raise RunqError("nothing downloaded: stopped at your answer")
         if cli_main(["pull", profile.name, "--quant", rq.name]) != 0:
             raise RunqError(f"the download of {rq.name} did not finish", hint="run the same command again to continue")

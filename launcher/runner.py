@@ -64,8 +64,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     def log_text(self) -> str:
         try:
@@ -74,13 +73,7 @@ class Server:
             return ""
 
     def request(self, path: str, body: dict[str, Any] | None = None, timeout: float = 120) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method="POST" if data else "GET")
-        req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read() or b"{}")
+        return http_json(self.url, path, self.api_key, body, timeout)
 
     def stop(self, timeout: float = 15) -> int:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
@@ -93,6 +86,23 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def base_url(host: str, port: int) -> str:
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def http_json(
+    url: str, path: str, api_key: str | None = None, body: dict[str, Any] | None = None, timeout: float = 120
+) -> dict[str, Any]:
+    """One JSON request to a llama-server (GET without a body, POST with one)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
+    req.add_header("Content-Type", "application/json")
+    if api_key:
+        req.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:  # our own server, on a URL we built
+        return json.loads(r.read() or b"{}")
 
 
 def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | None = None) -> Server:

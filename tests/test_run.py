@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,6 +145,8 @@ def test_killed_server_is_reported(
     r = RunningRunq(["run", str(run_models["qwen3moe"].path), "--server", "--port", str(port)], env)
     running.append(r)
     r.wait_for("Serving.")
+    measured = re.search(r"^\s+CPU\s+\S+ \S+\s+([\d.]+) (\S+)", "".join(r.out), re.M)
+    assert measured and float(measured.group(1)) > 0  # llama.cpp's own memory breakdown was read (-lv 4)
     r.llama_server().send_signal(signal.SIGKILL)
     code, _, err = r.finish()
     assert code == 4

@@ -1,0 +1,291 @@
+"""`runq service …`: a model as a systemd service that starts at boot, on the GPU, and comes back after a crash.
+
+CLI layer (prints, exits). The unit text comes from service_unit (pure), the
+files and systemctl from service (edge), the plan from the same code as `runq run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import EXIT_OK, RunqError, UsageError
+
+
+def _name_for(model: str) -> str:
+    stem = Path(model).name.removesuffix(".gguf") if model.endswith(".gguf") else model
+    clean = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem.lower()).strip("-.")
+    return clean[:48] or "model"
+
+
+def _run_as(args: argparse.Namespace) -> str | None:
+    if args.mode != "system":
+        return None
+    user = args.run_as or os.environ.get("SUDO_USER")
+    if not user:
+        raise UsageError("a system unit needs a user to run as", hint="add --run-as USER (a dedicated user is best)")
+    if user == "root":
+        raise UsageError("the service would run as root", hint="add --run-as USER with an unprivileged user")
+    return str(user)
+
+
+def _prepare(args: argparse.Namespace, *, act: bool) -> tuple[Any, Any, str]:
+    """(record, unit spec, unit text) for the command's model and options; downloads/builds only when `act`."""
+    from launcher import render_plan
+    from launcher.argv import Launch, build_argv
+    from launcher.choose import choose
+    from launcher.cli_commands import resolve_machine
+    from launcher.cli_run import ensure_binaries, ensure_model, request_from, resolve_target
+    from launcher.runner import is_loopback
+    from launcher.service import Locations, Record, check_key_file, check_port
+    from launcher.service_unit import UnitSpec
+
+    name = args.name or _name_for(args.model)
+    loc = Locations.for_mode(args.mode)
+    run_as = _run_as(args)
+    if args.api_key_file:
+        args.api_key_file = str(Path(args.api_key_file).resolve())
+        check_key_file(args.api_key_file)
+    elif not is_loopback(args.host) and not args.insecure:
+        raise UsageError(
+            f"--host {args.host} would let anyone on the network use the model",
+            hint="give --api-key-file FILE (mode 0600), or --insecure if you really mean it",
+        )
+    check_port(loc, name, args.port)
+    machine = resolve_machine(args)
+    target = resolve_target(args)
+    req = request_from(args, {}, target, server=True)
+    choice = choose(target.name, machine, target.sources, req, pinned=target.pinned, ctx_pinned=args.ctx is not None)
+    plan = choice.chosen.plan
+    args.auto = True  # a service makes sure its model and build exist, asking once
+    dry = not act
+    model_path = target.model_path or ensure_model(args, target.profile, choice.chosen.source.name, dry)
+    binaries = ensure_binaries(args, allowed=True, dry=dry)
+    template = target.profile.template_path() if target.profile else None
+    log_path = loc.log_path(name)
+    extra: list[str] = ["--log-file", str(log_path)]
+    if args.api_key_file:
+        extra += ["--api-key-file", args.api_key_file]
+    launch = Launch(
+        binary=str(Path(binaries, "llama-server").absolute()),
+        model_path=str(Path(model_path).absolute()),
+        sampling=target.profile.sampling if target.profile else None,
+        template_path=str(template) if template else None,
+        server=True,
+        host=args.host,
+        port=args.port,
+        extra=tuple(extra),
+    )
+    argv = build_argv(plan, launch)
+    gpus = [(int(d.name.removeprefix("CUDA")), d.used_bytes + d.margin_bytes) for d in plan.gpu_devices]
+    record = Record(
+        name=name, mode=args.mode, model=args.model, quant=choice.chosen.source.name, host=args.host, port=args.port,
+        argv=argv, log_path=str(log_path), gpus=gpus, plan=render_plan.plan_json(plan), api_key_file=args.api_key_file,
+    )  # fmt: skip
+    reads = [launch.binary, launch.model_path, *([str(template)] if template else []), sys.executable]
+    if args.api_key_file:
+        reads.append(args.api_key_file)
+    spec = UnitSpec(
+        name=name,
+        description=f"runq: {target.name} {choice.chosen.source.name} on {args.host}:{args.port}",
+        exec_start=argv,
+        runq=[sys.executable, "-m", "launcher"],
+        mode=args.mode,
+        run_as=run_as,
+        gpus=tuple(gpus),
+        state_dir=f"runq/{name}",
+        read_paths=tuple(reads),
+        mlock="mlock" in plan.load_mode,
+    )
+    from launcher.service_unit import render
+
+    return record, spec, render(spec)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    _, _, text = _prepare(args, act=False)
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from launcher import service
+    from launcher.argv import shell_quote
+    from launcher.cli_run import confirm
+    from launcher.service_unit import unit_name
+
+    if args.mode == "system" and os.geteuid() != 0 and not os.environ.get("RUNQ_UNIT_DIR"):
+        raise UsageError("a system unit needs root", hint="sudo runq service install … --system, or use --user")
+    record, _, text = _prepare(args, act=not args.dry_run)
+    loc = service.Locations.for_mode(args.mode)
+    if args.dry_run:
+        print(f"# {loc.unit_path(record.name)}")
+        sys.stdout.write(text)
+        print(f"\n# {loc.record_path(record.name)}: the plan it runs")
+        print(f"#   {record.quant}, ctx {record.plan['ctx']:,}, {record.plan['predicted_tg_tps']} tokens/s predicted")
+        print(f"#   {shell_quote(record.argv)}")
+        return EXIT_OK
+    write_unit = service.check_unit_slot(loc, record.name, text, args.force)
+    if not confirm(f"Install and start {unit_name(record.name)} ({record.mode} unit)?", args.yes):
+        return 1
+    service.write_atomic(loc.record_path(record.name), record.to_json())
+    if write_unit:
+        service.write_atomic(loc.unit_path(record.name), text)
+    systemd = service.Systemd(args.mode)
+    systemd.systemctl("daemon-reload")
+    print(f"Starting {unit_name(record.name)} (waits until the model is loaded and its placement verified)…")
+    t0 = time.monotonic()
+    systemd.systemctl("enable", "--now", unit_name(record.name))
+    print(f"Running: http://{record.host}:{record.port} (ready in {time.monotonic() - t0:.0f} s)")
+    print(f"  unit: {loc.unit_path(record.name)}")
+    print(f"  plan: {loc.record_path(record.name)}")
+    print(f"  logs: runq service logs {record.name}")
+    if args.mode == "user":
+        print(f"Hint: to start it at boot without logging in: loginctl enable-linger {os.environ.get('USER', '$USER')}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from launcher import service
+    from launcher.service_unit import unit_name
+
+    loc = service.Locations.for_mode(args.mode)
+    recs = service.records(loc)
+    if not recs:
+        print(f"No runq {args.mode} services. `runq service install MODEL` makes one.")
+        return EXIT_OK
+    systemd = service.Systemd(args.mode)
+    for r in recs:
+        state = systemd.show(unit_name(r.name)).get("ActiveState", "unknown")
+        print(f"{r.name:<24} {state:<10} {r.model} {r.quant}  http://{r.host}:{r.port}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launcher import llama_log, service
+    from launcher.runner import base_url, http_json
+    from launcher.service_unit import unit_name
+    from launcher.units import fmt_bytes
+
+    loc = service.Locations.for_mode(args.mode)
+    r = service.Record.load(loc.record_path(args.name))
+    state = service.Systemd(args.mode).show(unit_name(r.name))
+    print(f"{unit_name(r.name)}: {state.get('ActiveState', '?')} ({state.get('SubState', '?')}), "
+          f"pid {state.get('MainPID', '?')}, restarts {state.get('NRestarts', '?')}")  # fmt: skip
+    print(f"  model: {r.model} {r.quant}, ctx {r.plan['ctx']:,}, {r.plan['predicted_tg_tps']} tokens/s predicted")
+    key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
+    url = base_url(r.host, r.port)
+    try:
+        health = http_json(url, "/health", key, timeout=3).get("status", "?")
+    except OSError as e:
+        health = f"not answering ({getattr(e, 'reason', e)})"
+    print(f"  health: {health} at {url}")
+    report = llama_log.parse(_read(r.log_path))
+    if report.buffers:
+        print("  memory per device (predicted / as llama.cpp reported it):")
+        for d in r.plan["devices"]:
+            predicted = d["weights_bytes"] + d["kv_bytes"] + d["compute_bytes"]
+            print(f"    {d['name']:<6} {fmt_bytes(predicted):>10} / {fmt_bytes(report.device_bytes(d['name'])):>10}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from launcher import service
+    from launcher.service_unit import unit_name
+
+    loc = service.Locations.for_mode(args.mode)
+    service.Record.load(loc.record_path(args.name))  # a clear error for an unknown name
+    argv = service.Systemd(args.mode).journal_argv(unit_name(args.name), args.follow)
+    import subprocess
+
+    try:
+        return subprocess.run(argv, check=False).returncode
+    except FileNotFoundError:
+        raise RunqError(f"{argv[0]} not found", hint=f"the server's own log is {loc.log_path(args.name)}") from None
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    from launcher import service
+    from launcher.service_unit import unit_name
+
+    loc = service.Locations.for_mode(args.mode)
+    service.Record.load(loc.record_path(args.name))
+    service.Systemd(args.mode).systemctl("restart", unit_name(args.name))
+    print(f"Restarted {unit_name(args.name)}.")
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from launcher import service
+
+    loc = service.Locations.for_mode(args.mode)
+    gone = service.remove(loc, args.name, service.Systemd(args.mode))
+    print(f"Removed the service {args.name!r}: " + ", ".join(gone))
+    print("The model files and the llama.cpp build are kept.")
+    return EXIT_OK
+
+
+def cmd_wait_gpu(args: argparse.Namespace) -> int:
+    """ExecStartPre: wait until every planned GPU is visible with enough free memory (the driver may be late)."""
+    from launcher.hardware import probe_gpus
+
+    wanted = []
+    for item in args.gpu_free:
+        index, _, need = item.partition(":")
+        wanted.append((int(index), int(need)))
+    t0 = time.monotonic()
+    while True:
+        gpus, _, _, note = probe_gpus()
+        by_index = {g.index: g for g in gpus}
+        missing = [f"GPU {i} ({'absent' if i not in by_index else f'{by_index[i].free_bytes >> 20} MiB free'})"
+                   for i, need in wanted if i not in by_index or by_index[i].free_bytes < need]  # fmt: skip
+        if not missing:
+            print(f"GPUs ready after {time.monotonic() - t0:.0f} s", flush=True)
+            return EXIT_OK
+        if time.monotonic() - t0 > args.timeout:
+            print(f"Error: after {args.timeout:.0f} s still not ready: {', '.join(missing)}"
+                  + (f" ({note})" if note else ""), file=sys.stderr)  # fmt: skip
+            return 1
+        time.sleep(2)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """ExecStartPost: wait until the server answers, then check llama.cpp's placement against the saved plan."""
+    from launcher import llama_log, service
+    from launcher.runner import base_url, http_json
+
+    loc = service.Locations.for_mode(args.mode)
+    r = service.Record.load(loc.record_path(args.name))
+    key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
+    url = base_url(r.host, r.port)
+    t0 = time.monotonic()
+    while True:
+        try:
+            if http_json(url, "/health", key, timeout=3).get("status") == "ok":
+                break
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() - t0 > args.timeout:
+            print(f"Error: {args.name} did not answer within {args.timeout:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(1)
+    report = llama_log.parse(_read(r.log_path))
+    on_gpu = [name for name, b in report.buffers.items() if name != "CPU" and b.get("weights", 0) > 0]
+    if r.gpus and not on_gpu:
+        print("Error: the plan puts weights on the GPU but llama.cpp loaded everything on the CPU: "
+              "failing the start instead of serving many times slower", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"{args.name}: ready after {time.monotonic() - t0:.0f} s; weights on {', '.join(on_gpu) or 'the CPU'} "
+          f"as planned", flush=True)  # fmt: skip
+    return EXIT_OK
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
