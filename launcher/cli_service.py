@@ -130,12 +130,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"#   {shell_quote(record.argv)}")
         return EXIT_OK
     write_unit = service.check_unit_slot(loc, record.name, text, args.force)
+    systemd = service.Systemd(args.mode)
+    systemd.check()
     if not confirm(f"Install and start {unit_name(record.name)} ({record.mode} unit)?", args.yes):
         return 1
     service.write_atomic(loc.record_path(record.name), record.to_json())
     if write_unit:
         service.write_atomic(loc.unit_path(record.name), text)
-    systemd = service.Systemd(args.mode)
     systemd.systemctl("daemon-reload")
     print(f"Starting {unit_name(record.name)} (waits until the model is loaded and its placement verified)…")
     t0 = time.monotonic()

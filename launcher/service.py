@@ -177,11 +177,24 @@ class Systemd:
                 hint="use `runq service render` and install the unit with your init system",
             ) from None
         if check and r.returncode != 0:
+            unit = next((a for a in args if a.endswith(".service")), None)
+            name = unit.removeprefix("runq-").removesuffix(".service") if unit else None
             raise SystemctlFailed(
                 f"systemctl {' '.join(args)} failed: {(r.stderr or r.stdout).strip()}",
-                hint=f"see `runq service logs {args[-1].removeprefix('runq-').removesuffix('.service')}`",
+                hint=f"see `runq service logs {name}`" if name else None,
             )
         return r
+
+    def check(self) -> None:
+        """Fail before writing anything when there is no systemd manager to talk to."""
+        r = self.systemctl("show-environment", check=False, timeout=15)
+        if r.returncode != 0:
+            why = (r.stderr or r.stdout).strip()
+            raise SystemctlFailed(
+                f"cannot reach the systemd {'user ' if self.mode == 'user' else ''}manager: {why}",
+                hint="run it from a login session (or `loginctl enable-linger $USER` first); "
+                "`runq service render` prints the unit for other setups",
+            )
 
     def show(self, unit: str) -> dict[str, str]:
         r = self.systemctl("show", unit, "-p", "ActiveState", "-p", "SubState", "-p", "MainPID", "-p", "NRestarts",

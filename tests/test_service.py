@@ -167,7 +167,8 @@ def test_install_status_list_remove(model: SynthModel, env: dict[str, str], tmp_
     unit = tmp_path / "units" / "runq-tiny.service"
     record = Path(env.get("RUNQ_HOME", "")) / "config" / "services" / "tiny.json"
     assert unit.is_file() and record.is_file()
-    assert calls(env) == [["--user", "daemon-reload"], ["--user", "enable", "--now", "runq-tiny.service"]]
+    assert calls(env) == [["--user", "show-environment"], ["--user", "daemon-reload"],
+                          ["--user", "enable", "--now", "runq-tiny.service"]]  # fmt: skip
     saved = json.loads(record.read_text())
     assert saved["port"] == port and saved["argv"][0].endswith("llama-server") and saved["plan"]["ctx"] > 0
     # The unit's ExecStartPost (runq service verify) ran against the real server and passed.
@@ -179,6 +180,10 @@ def test_install_status_list_remove(model: SynthModel, env: dict[str, str], tmp_
     assert re.search(rf"tiny\s+active\s+{re.escape(str(model.path))}", r.stdout)
     r = runq(env, "service", "logs", "tiny")
     assert r.returncode == 0 and "--user-unit runq-tiny.service" in r.stdout
+    r = runq(env, "service", "restart", "tiny")  # the fake really restarts it, and ExecStartPost verifies again
+    assert r.returncode == 0 and "Restarted runq-tiny.service." in r.stdout
+    assert calls(env)[-1] == ["--user", "restart", "runq-tiny.service"]
+    assert http_json(f"http://127.0.0.1:{port}", "/health", timeout=5)["status"] == "ok"
     # Installing the same again changes nothing; another port for the same name needs --force.
     r = runq(env, "service", "install", str(model.path), "--name", "tiny", "--port", str(port), "--yes")
     assert r.returncode == 0, r.stderr
@@ -189,20 +194,8 @@ def test_install_status_list_remove(model: SynthModel, env: dict[str, str], tmp_
     assert not unit.exists() and not record.exists() and model.path.exists()
     assert calls(env)[-3:] == [["--user", "stop", "runq-tiny.service"], ["--user", "disable", "runq-tiny.service"],
                                ["--user", "daemon-reload"]]  # fmt: skip
-    with pytest.raises(ConnectionError) if False else _no_server(port):
-        pass
-
-
-class _no_server:
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def __enter__(self) -> None:
-        with pytest.raises(OSError):
-            http_json(f"http://127.0.0.1:{self.port}", "/health", timeout=2)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with pytest.raises(OSError):  # stopped: nothing answers any more
+        http_json(f"http://127.0.0.1:{port}", "/health", timeout=2)
 
 
 def test_bad_input_writes_nothing(model: SynthModel, env: dict[str, str], tmp_path: Path) -> None:
