@@ -258,6 +258,7 @@ def run_build(
     log_path: Path,
     progress: Progress,
     notes: tuple[str, ...] = (),
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> Build:
     """Configure and build into a temporary directory, then move the finished build into the cache."""
     root = builds_dir()
@@ -281,9 +282,9 @@ def run_build(
             with log_path.open("a") as log:
                 progress(0, "configure")
                 configure = bc.configure_args(cfg, str(source.path), str(tree), ccache=bool(tc.ccache))
-                _stream(configure, log, progress, "configure")
+                _stream(configure, log, progress, "configure", should_stop)
                 progress(0, "compile")
-                _stream(bc.build_args(str(tree), jobs), log, progress, "compile")
+                _stream(bc.build_args(str(tree), jobs), log, progress, "compile", should_stop)
             (staging / "bin").mkdir(parents=True)
             for t in bc.TARGETS:
                 shutil.copy2(tree / "bin" / t, staging / "bin" / t)
@@ -302,7 +303,9 @@ def run_build(
         return built
 
 
-def _stream(argv: list[str], log: Any, progress: Progress, step: str) -> None:
+def _stream(
+    argv: list[str], log: Any, progress: Progress, step: str, should_stop: Callable[[], bool] = lambda: False
+) -> None:
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
     tail: list[str] = []
@@ -318,6 +321,8 @@ def _stream(argv: list[str], log: Any, progress: Progress, step: str) -> None:
             del tail[:-400]
             if m := _PERCENT_RE.match(line):
                 progress(int(m.group(1)), step)
+            if should_stop():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait()
@@ -371,3 +376,55 @@ def _manifest(
         "versions": versions,
         "capabilities": caps.to_json(),
     }
+
+
+def build_for_this_machine(
+    source_kind: str = "auto",
+    progress: Progress = lambda pct, step: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    say: Callable[[str], None] = lambda text: None,
+) -> Build:
+    """The pinned llama.cpp for this machine's real hardware: cached, or built now (git, falling back to PyPI)."""
+    from launcher.hardware import cpu_flags, probe_gpus
+    from launcher.machine import Machine
+
+    gpus, _, _, note = probe_gpus()
+    tc = toolchain()
+    choice = bc.choose_backend(Machine(gpus=gpus, gpu_note=note), tc.nvcc)
+    for w in choice.warnings:
+        say(f"Warning: {w}")
+    target = bc.cpu_target(cpu_flags())
+
+    def config(commit: str) -> bc.BuildConfig:
+        return bc.BuildConfig(commit, choice.backend, choice.cuda_archs, native=target.native, extra=target.options)
+
+    done = load_build(builds_dir() / config(bc.LLAMA_CPP_COMMIT).key)
+    if done:
+        return done
+    kinds = ["git", "pypi"] if source_kind == "auto" else [source_kind]
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"build-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    say(f"Log: {log_path}")
+    source = None
+    for i, kind in enumerate(kinds):
+        try:
+            check_prerequisites(tc, need_git=kind == "git", backend=choice.backend)
+            with log_path.open("a") as log:
+                say(f"Fetching llama.cpp {bc.LLAMA_CPP_COMMIT[:10]} ({kind})…")
+                if kind == "git":
+                    assert tc.git is not None
+                    source = git_source(bc.LLAMA_CPP_GIT_URL, bc.LLAMA_CPP_COMMIT, tc.git, log)
+                else:
+                    source = pypi_source(log)
+            break
+        except ExternalToolError as e:
+            if i + 1 == len(kinds):
+                raise
+            say(f"{e.message}; trying the PyPI source instead")
+    assert source is not None
+    say(f"Building llama.cpp ({choice.backend}) — about 5 minutes on 2 cores, much less with more")
+    notes = (target.note,) if target.note else ()
+    jobs = os.cpu_count() or 1
+    return run_build(config(source.commit), source, tc, jobs=jobs, log_path=log_path, progress=progress,
+                     notes=notes, should_stop=should_stop)  # fmt: skip

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--json", action="store_true", help="print JSON")
     mo.set_defaults(func=_lazy("launcher.cli_commands", "cmd_models"))
 
+    tui = sub.add_parser("tui", help="pick a model in a terminal UI (also: `runq` alone, in a terminal)")
+    _add_machine_flags(tui)
+    tui.set_defaults(func=_lazy("launcher.cli_commands", "cmd_tui"))
+
     add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
     add_service_parser(sub, _add_machine_flags, _add_plan_flags)
     return parser
@@ -255,7 +259,7 @@ def _mode_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(mode="user")
 
 
-COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo", "service")
+COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo", "service", "tui")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.extra = extra
     if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_OK
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            args = parser.parse_args(["tui"])  # a person at a terminal: the picker
+            args.extra = []
+        else:
+            parser.print_help()
+            return EXIT_OK
     try:
         return int(args.func(args))
     except RunqError as e:

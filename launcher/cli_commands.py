@@ -512,3 +512,14 @@ def _report_build(args: argparse.Namespace, b: Any, *, cached: bool) -> int:
         print(f"Built {b.key} in {m['seconds']:.0f} s (llama.cpp {m['commit'][:10]}, {m['backend']}).")
     print(f"  binaries: {b.bin_dir}")
     return EXIT_OK
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from launcher.cli import main
+    from launcher.tui.app import run_tui
+
+    argv = run_tui(resolve_machine(args))
+    if argv:
+        print(f"$ runq {' '.join(argv)}", file=sys.stderr)
+        return main(argv)
+    return EXIT_OK

@@ -129,7 +129,7 @@ def find_binaries(args: argparse.Namespace, backend_wanted: str) -> Path | None:
 
 def ensure_binaries(args: argparse.Namespace, *, allowed: bool, dry: bool) -> Path:
     """Binaries for this machine's real hardware (a described GPU does not make a CUDA build useful here)."""
-    from launcher.cli import main as cli_main
+    from launcher import build as bld
     from launcher.hardware import probe_gpus
 
     wanted = "cuda" if probe_gpus()[0] else "cpu"
@@ -144,22 +144,14 @@ def ensure_binaries(args: argparse.Namespace, *, allowed: bool, dry: bool) -> Pa
             f"no {wanted} build of llama.cpp yet",
             hint="run `runq build` first, or add --auto to build it now (about 5 minutes on 2 cores)",
         )
-    sources = ["git", "pypi"] if args.source == "auto" else [args.source]
-    for i, source in enumerate(sources):
-        print(f"Building llama.cpp ({wanted}, source {source})…", file=sys.stderr)
-        try:
-            code = cli_main(["build", "--source", source])
-        except RunqError as e:
-            if i + 1 < len(sources):
-                print(f"  {e.message}; trying the PyPI source instead", file=sys.stderr)
-                continue
-            raise
-        if code == 0:
-            break
-    found = find_binaries(args, wanted) or find_binaries(args, "cpu")
-    if found is None:
-        raise RunqError("the build finished but no binaries were found", hint="see `runq build --list`")
-    return found
+    from launcher.cli_commands import _progress_printer
+
+    show = _progress_printer()
+    try:
+        built = bld.build_for_this_machine(args.source, show, say=lambda text: print(text, file=sys.stderr))
+    finally:
+        show.done()
+    return built.bin_dir
 
 
 def here_has_gpu() -> bool:

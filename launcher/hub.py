@@ -101,10 +101,10 @@ def _listing_path(repo: str, revision: str) -> Path:
     return cache_dir() / "hub" / repo.replace("/", "--") / f"listing-{revision.replace('/', '--')}.json"
 
 
-def list_repo(repo: str, revision: str = "main") -> Listing:
+def list_repo(repo: str, revision: str = "main", *, network: bool = True) -> Listing:
     """Every file of the repo with its size, from the Hub, or from the last listing when offline."""
-    if offline():
-        return _cached_listing(repo, revision, "HF_HUB_OFFLINE is set")
+    if offline() or not network:
+        return _cached_listing(repo, revision, "HF_HUB_OFFLINE is set" if network else "not asking the Hub now")
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
@@ -204,14 +204,16 @@ def _header_cache_path(repo: str, path: str, sha: str | None, size: int) -> Path
     return cache_dir() / "hub" / repo.replace("/", "--") / "headers" / f"{path.replace('/', '--')}.{ident}.hdr"
 
 
-def read_remote_header(repo: str, revision: str, f: RemoteFile, sha: str | None, *, first: bool) -> GGUFHeader:
+def read_remote_header(
+    repo: str, revision: str, f: RemoteFile, sha: str | None, *, first: bool, network: bool = True
+) -> GGUFHeader:
     """A shard's GGUF header: from the header cache, else by range requests (then cached)."""
     cached = _header_cache_path(repo, f.path, sha, f.size)
     name = f"{repo}/{f.path}"
     if cached.is_file():
         return read_header(BytesSource(cached.read_bytes(), name, size=f.size))
-    if offline():
-        raise Offline(f"the header of {name} is not cached and HF_HUB_OFFLINE is set")
+    if offline() or not network:
+        raise Offline(f"the header of {name} is not cached")
     src = HubSource(repo, f.path, revision, f.size)
     header = read_header(src, first_read=FIRST_SHARD_READ if first else OTHER_SHARD_READ)
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +225,9 @@ def read_remote_header(repo: str, revision: str, f: RemoteFile, sha: str | None,
 
 def read_quant_headers(listing: Listing, quant: RemoteQuant) -> list[GGUFHeader]:
     return [
-        read_remote_header(listing.repo, listing.revision, f, listing.sha256.get(f.path), first=i == 0)
+        read_remote_header(
+            listing.repo, listing.revision, f, listing.sha256.get(f.path), first=i == 0, network=not listing.cached
+        )
         for i, f in enumerate(quant.files)
     ]
 
@@ -354,13 +358,14 @@ class ExactSources:
     first_paths: dict[str, str]  # quant name -> repo path of its (first) file
 
 
-def exact_sources(profile: Profile, revision: str = "main") -> ExactSources:
-    """Real tensor lists for a profile's quants: from the Hub's headers (cached after), else from the cache."""
+def exact_sources(profile: Profile, revision: str = "main", *, network: bool = True) -> ExactSources:
+    """Real tensor lists for a profile's quants: from the Hub's headers (cached after), else from the cache.
+    network=False uses only what is cached (the TUI's first screen must not wait on the network)."""
     from launcher.hub_layout import group_quants, match_profile, missing_warning
     from launcher.model import combine
 
     try:
-        listing = list_repo(profile.repo, revision)
+        listing = list_repo(profile.repo, revision, network=network)
     except Offline as e:
         return ExactSources({}, f"estimated: {e.message}", (), None, {})
     quants = group_quants(listing.files)

@@ -373,3 +373,41 @@ def test_auto_from_nothing_to_a_verified_server(
     finally:
         if r.proc.poll() is None:
             r.proc.kill()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_tui_download_and_build_tasks(
+    online: dict[str, str], tiny_repo: dict[str, list[Path]], server: HubServer, llama_build: Build,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The TUI's download and build actions run in workers and report back (same code as `runq pull/build`)."""
+    from launcher.tui.app import RunqApp
+    from launcher.tui.task_screen import BuildTask, DownloadTask
+
+    write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(llama_build.path.parent.parent))
+    machine = MachineSpec.model_validate({"ram": "16GiB", "cores": 2}).to_machine()
+    app = RunqApp(machine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        done: list[bool | None] = []
+        app.push_screen(DownloadTask("tiny", "UD-Q8_0"), done.append)
+        for _ in range(100):
+            await pilot.pause(0.05)
+            await app.workers.wait_for_complete()
+            if done:
+                break
+        assert done == [True], (type(app.screen).__name__, [str(n.message) for n in app._notifications])
+        assert {r.path for r in server.log if r.bytes_sent} == {f"UD-Q8_0/{p.name}" for p in tiny_repo["UD-Q8_0"]}
+        app.push_screen(BuildTask(), done.append)  # cached: finds the build at once
+        for _ in range(100):
+            await pilot.pause(0.05)
+            await app.workers.wait_for_complete()
+            if len(done) == 2:
+                break
+        assert done == [True, True], [str(n.message) for n in app._notifications]

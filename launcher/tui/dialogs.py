@@ -1,0 +1,78 @@
+"""Modal screens: an error with its hint, a command to copy, the help."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Static
+
+HELP = """\
+[b]runq[/b] — pick a model, see how it fits this machine, run it.
+
+[b]Models[/b]   ↑/↓ choose · Enter open · r read the Hub's headers (network) · q quit
+[b]Quants[/b]   ↑/↓ choose · Enter open the plan · c context · k KV cache type · Esc back
+[b]Plan[/b]     y copy the command · l dry-run launch · d download · b build llama.cpp
+          t chat (hands the terminal to llama-cli) · s server · i install as a service · Esc back
+Everywhere: ? this help · ctrl+q quit
+
+Sizes are [i]exact[/i] once GGUF headers were read (from files, or the Hub), [i]estimated[/i] before.
+Speeds are predictions from the bytes each device reads per token.
+"""
+
+
+class ErrorDialog(ModalScreen[None]):
+    """An error as runq says it on the command line: what is wrong, and what to do."""
+
+    BINDINGS = [Binding("escape,enter", "dismiss", "Close")]
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__()
+        self.message, self.hint = message, hint
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="error"):
+            yield Static("Error", classes="title")
+            yield Static(self.message, id="error-message", markup=False)
+            if self.hint:
+                yield Static(f"Hint: {self.hint}", id="error-hint", markup=False)
+            yield Button("Close", variant="primary", id="close")
+
+    def on_button_pressed(self) -> None:
+        self.dismiss()
+
+
+class TextDialog(ModalScreen[None]):
+    """A text to read or copy (the dry-run command)."""
+
+    BINDINGS = [Binding("escape,enter", "dismiss", "Close"), Binding("y", "copy", "Copy")]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.title_text, self.text = title, text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.title_text, classes="title")
+            yield Static(self.text, id="dialog-text", markup=False)
+            yield Button("Close", variant="primary", id="close")
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.text)
+        self.notify("Copied to the clipboard")
+
+    def on_button_pressed(self) -> None:
+        self.dismiss()
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,enter", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(HELP, id="help-text")
+            yield Button("Close", variant="primary", id="close")
+
+    def on_button_pressed(self) -> None:
+        self.dismiss()

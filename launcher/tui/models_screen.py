@@ -1,0 +1,100 @@
+"""Models: the catalog and the GGUF files on disk, each with its best quant here and how it fits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from launcher.errors import RunqError
+from launcher.units import fmt_decimal
+
+if TYPE_CHECKING:
+    from launcher.tui.app import RunqApp
+    from launcher.tui.data import ModelRow
+
+
+class ModelsScreen(Screen[None]):
+    BINDINGS = [
+        Binding("enter", "open", "Open", priority=True),
+        Binding("r", "refresh_hub", "Read Hub"),
+        Binding("question_mark", "app.help", "Help"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[ModelRow] = []
+
+    @property
+    def runq(self) -> RunqApp:
+        return self.app  # type: ignore[return-value,unused-ignore]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(self.runq.machine_text, id="machine")
+        yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("Model", "Best quant", "Fit", "Download", "On disk")
+        self.load()
+
+    def show(self, rows: list[ModelRow]) -> None:
+        self.rows = rows
+        table = self.query_one(DataTable)
+        table.clear()
+        for r in rows:
+            size = fmt_decimal(r.download_bytes) if r.download_bytes else "-"
+            table.add_row(r.title, r.best or "-", r.fit, size, r.on_disk, key=r.key)
+        local = sum(1 for r in rows if r.kind == "local")
+        n = len(rows) - local
+        self.query_one("#status", Static).update(
+            f"{n} model{'s' if n != 1 else ''} in the catalog, {local} quant{'s' if local != 1 else ''} on disk. "
+            "Enter opens one."
+        )
+
+    @work(thread=True, exclusive=True, group="models")
+    def load(self) -> None:
+        from launcher.tui.data import model_rows
+
+        try:
+            rows = model_rows(self.runq.machine)
+        except RunqError as e:
+            self.app.call_from_thread(self.runq.error, e.message, e.hint)
+            return
+        self.app.call_from_thread(self.show, rows)
+
+    @work(thread=True, exclusive=True, group="models")
+    def action_refresh_hub(self) -> None:
+        from launcher import catalog
+        from launcher.tui.data import load_target
+
+        self.app.call_from_thread(self.query_one("#status", Static).update, "Reading GGUF headers from the Hub…")
+        for p in catalog.load_profiles():
+            try:
+                load_target(p.name, network=True)
+            except RunqError as e:
+                self.app.call_from_thread(self.runq.error, e.message, e.hint)
+                return
+        self.load()
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if not self.rows or table.cursor_row is None:
+            return
+        row = self.rows[table.cursor_row]
+        if row.fit == "damaged":
+            self.runq.error(f"{row.key}: {row.problem or 'the file cannot be read'}",
+                            "download it again: `runq pull` continues a partial download")  # fmt: skip
+            return
+        self.runq.open_model(row.key)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()

@@ -1,0 +1,164 @@
+"""Plan: what goes where, memory per device as bars, predicted speed, the exact command — and the actions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from launcher.argv import Launch, build_argv, shell_quote
+from launcher.render_plan import placement_lines
+from launcher.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from launcher.choose import Candidate
+    from launcher.planner import DevicePlan
+    from launcher.tui.app import RunqApp
+    from launcher.tui.data import Target
+
+BAR = 40
+# Segment styles read on dark and light terminals alike (they are backgrounds, not text colours).
+SEGMENTS = (("weights", "on blue"), ("KV", "on magenta"), ("compute", "on dark_orange"), ("other", "on grey50"),
+            ("margin", "on grey30"))  # fmt: skip
+
+
+def memory_bar(d: DevicePlan) -> Text:
+    parts = (d.weights_bytes, d.kv_bytes, d.compute_bytes, d.extra_bytes, d.margin_bytes)
+    total = max(d.capacity_bytes, sum(parts), 1)
+    bar = Text()
+    used = 0
+    for (_, style), n in zip(SEGMENTS, parts, strict=True):
+        cells = round(n * BAR / total)
+        bar.append(" " * cells, style=style)
+        used += cells
+    bar.append("·" * max(0, BAR - used), style="dim")
+    return bar
+
+
+def memory_text(plan: object) -> Text:
+    out = Text()
+    legend = Text("  ")
+    for name, style in SEGMENTS:
+        legend.append("  ", style=style)
+        legend.append(f" {name}  ")
+    legend.append("· free")
+    out.append_text(legend)
+    out.append("\n")
+    for d in plan.devices:  # type: ignore[attr-defined]
+        out.append(f"  {d.name:<6} ")
+        out.append_text(memory_bar(d))
+        flag = "" if d.fits else "  DOES NOT FIT"
+        out.append(f" {fmt_bytes(d.used_bytes)} of {fmt_bytes(d.budget_bytes)}{flag}\n")
+    return out
+
+
+def _short(arg: str) -> str:
+    """Paths under the current directory or home, shortened for reading (the copy keeps them whole)."""
+    from pathlib import Path
+
+    if not arg.startswith("/"):
+        return arg
+    cwd, home = str(Path.cwd()), str(Path.home())
+    if arg.startswith(cwd + "/"):
+        return arg[len(cwd) + 1 :]
+    if arg.startswith(home + "/"):
+        return "~" + arg[len(home) :]
+    return arg
+
+
+class PlanScreen(Screen[None]):
+    BINDINGS = [
+        Binding("y", "copy", "Copy"),
+        Binding("l", "dry_run", "Dry run"),
+        Binding("d", "download", "Download"),
+        Binding("b", "build", "Build"),
+        Binding("t", "chat", "Chat"),
+        Binding("s", "server", "Server"),
+        Binding("i", "service", "Service"),
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("question_mark", "app.help", "Help", show=False),
+    ]
+
+    def __init__(self, target: Target, cand: Candidate) -> None:
+        super().__init__()
+        self.target, self.cand = target, cand
+
+    @property
+    def runq(self) -> RunqApp:
+        return self.app  # type: ignore[return-value,unused-ignore]
+
+    def command(self) -> list[str]:
+        profile = self.target.profile
+        template = profile.template_path() if profile else None
+        path = str(self.target.path) if self.target.path else f"<{self.cand.source.name} after download>"
+        launch = Launch(binary="llama-server", model_path=path, sampling=profile.sampling if profile else None,
+                        template_path=str(template) if template else None)  # fmt: skip
+        return build_argv(self.cand.plan, launch)
+
+    def compose(self) -> ComposeResult:
+        p = self.cand.plan
+        yield Header()
+        with VerticalScroll():
+            title = Text()
+            title.append(f"{self.target.title} {self.cand.source.name}", style="bold")
+            title.append(f": {p.ctx:,} tokens of context, ")
+            title.append(f"{p.predicted_tg_tps:.1f} tokens/s", style="bold")
+            title.append(f" predicted ({'exact' if self.cand.source.exact else 'estimated'} sizes)")
+            yield Static(title, id="plan-title")
+            yield Static("[b]Where the tensors go[/b]", classes="section")
+            yield Static(
+                "\n".join(f"  {x}" for x in placement_lines(p)) or "  everything on one device", id="placement"
+            )
+            yield Static("[b]Memory per device[/b]", classes="section")
+            yield Static(memory_text(p), id="memory")
+            yield Static(Text.assemble(("Command", "bold"), " (y copies it, with full paths)"), classes="section")
+            yield Static(shell_quote([_short(a) for a in self.command()]), id="command", markup=False)
+        yield Footer()
+
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(shell_quote(self.command()))
+        self.notify("Command copied to the clipboard")
+
+    def _run_args(self) -> list[str]:
+        key = str(self.target.path) if self.target.path else self.target.key
+        args = [key, "--ctx", str(self.cand.plan.ctx)]
+        if not self.target.path:
+            args += ["--quant", self.cand.source.name]
+        return args
+
+    def action_dry_run(self) -> None:
+        from launcher.tui.dialogs import TextDialog
+
+        steps = []
+        if not self.target.path:
+            steps.append(f"download {self.target.key} {self.cand.source.name} if it is not on disk")
+        steps.append("build llama.cpp for this machine if no build is cached")
+        steps.append("start: " + shell_quote(self.command()))
+        self.app.push_screen(TextDialog("Dry run: runq would", "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))))
+
+    def action_download(self) -> None:
+        if self.target.path:
+            self.notify("This model is a local file: nothing to download")
+            return
+        from launcher.tui.task_screen import DownloadTask
+
+        self.app.push_screen(DownloadTask(self.target.key, self.cand.source.name))
+
+    def action_build(self) -> None:
+        from launcher.tui.task_screen import BuildTask
+
+        self.app.push_screen(BuildTask())
+
+    def action_chat(self) -> None:
+        self.runq.exit_to(["run", *self._run_args(), "--auto"])
+
+    def action_server(self) -> None:
+        self.runq.exit_to(["run", *self._run_args(), "--auto", "--server"])
+
+    def action_service(self) -> None:
+        self.runq.exit_to(["service", "install", *self._run_args()])

@@ -1,0 +1,129 @@
+"""Quants: every quant of one model planned for this machine; context and KV cache type re-plan it live."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
+
+from launcher.memory import KV_TYPE_BYTES
+from launcher.units import GiB, fmt_bytes
+
+if TYPE_CHECKING:
+    from launcher.choose import Candidate, Choice
+    from launcher.tui.app import RunqApp
+    from launcher.tui.data import Target
+
+
+class QuantsScreen(Screen[None]):
+    BINDINGS = [
+        Binding("enter", "open_plan", "Plan", priority=True),
+        Binding("c", "focus_ctx", "Context"),
+        Binding("k", "focus_kv", "KV type"),
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("question_mark", "app.help", "Help"),
+    ]
+
+    def __init__(self, target: Target) -> None:
+        super().__init__()
+        self.target = target
+        self.choice: Choice | None = None
+        self.candidates: list[Candidate] = []
+
+    @property
+    def runq(self) -> RunqApp:
+        return self.app  # type: ignore[return-value,unused-ignore]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(Text.assemble((self.target.title, "bold"), f" — sizes: {self.target.sizes}"), id="title")
+        with Horizontal(id="controls"):
+            yield Label("Context")
+            yield Input(str(self.target.default_ctx), id="ctx", type="integer", max_length=7)
+            yield Label("KV cache")
+            yield Select([(t, t) for t in KV_TYPE_BYTES], value="f16", id="kv", allow_blank=False)
+        yield DataTable(id="quants", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("", "Quant", "Size", "GPU GiB", "CPU GiB", "tok/s", "Fits", "Sizes")
+        self.replan()
+        table.focus()
+
+    def ctx(self) -> int | None:
+        text = self.query_one("#ctx", Input).value.strip()
+        return int(text) if text.isdigit() and 256 <= int(text) <= 10_000_000 else None
+
+    @on(Input.Changed, "#ctx")
+    @on(Select.Changed, "#kv")
+    def replan(self) -> None:
+        ctx = self.ctx()
+        if ctx is None:
+            self.query_one("#status", Static).update("Context: a number of tokens, 256 or more.")
+            return
+        self.query_one("#status", Static).update(f"Planning at {ctx:,} tokens…")
+        self.run_plan(ctx, str(self.query_one("#kv", Select).value))
+
+    @work(thread=True, exclusive=True, group="plan")
+    def run_plan(self, ctx: int, kv: str) -> None:
+        from launcher.errors import RunqError
+        from launcher.tui.data import plan_target
+
+        try:
+            result = plan_target(self.runq.machine, self.target, ctx, kv)
+        except RunqError as e:
+            self.app.call_from_thread(self.query_one("#status", Static).update, f"[red]{e.message}[/red]")
+            return
+        self.app.call_from_thread(self.show, ctx, *result)
+
+    def show(self, ctx: int, choice: Choice | None, candidates: list[Candidate], problem: str | None) -> None:
+        self.choice, self.candidates = choice, candidates
+        table = self.query_one(DataTable)
+        table.clear()
+        chosen = choice.chosen.source.name if choice else None
+        for c in candidates:
+            p = c.plan
+            mark = "★" if c.source.name == chosen else ""
+            style = "bold" if mark else ""
+            table.add_row(
+                mark, f"[{style}]{c.source.name}[/]" if style else c.source.name, fmt_bytes(c.source.size_bytes),
+                f"{p.gpu_bytes / GiB:.1f}", f"{p.cpu_bytes / GiB:.1f}", f"{p.predicted_tg_tps:.1f}",
+                "[green]yes[/]" if p.fits else "[red]no[/]", "exact" if c.source.exact else "estimated",
+                key=c.source.name,
+            )  # fmt: skip
+        if chosen:
+            table.move_cursor(row=[c.source.name for c in candidates].index(chosen))
+            status = f"★ {chosen}: the largest that fits at {ctx:,} tokens. Enter shows its plan."
+        else:
+            status = f"[red]{problem}[/red]"
+        self.query_one("#status", Static).update(status)
+
+    def action_focus_ctx(self) -> None:
+        self.query_one("#ctx", Input).focus()
+
+    def action_focus_kv(self) -> None:
+        self.query_one("#kv", Select).focus()
+
+    def action_open_plan(self) -> None:
+        table = self.query_one(DataTable)
+        if not self.candidates or table.cursor_row is None:
+            return
+        cand = self.candidates[table.cursor_row]
+        if not cand.plan.fits:
+            self.runq.error(f"{cand.source.name} does not fit: " + "; ".join(cand.plan.problems),
+                            "pick a quant marked yes, or lower the context")  # fmt: skip
+            return
+        from launcher.tui.plan_screen import PlanScreen
+
+        self.app.push_screen(PlanScreen(self.target, cand))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_plan()
