@@ -397,17 +397,15 @@ async def test_tui_download_and_build_tasks(
         await pilot.pause()
         done: list[bool | None] = []
         app.push_screen(DownloadTask("tiny", "UD-Q8_0"), done.append)
-        for _ in range(100):
+        for _ in range(200):
             await pilot.pause(0.05)
-            await app.workers.wait_for_complete()
             if done:
                 break
         assert done == [True], (type(app.screen).__name__, [str(n.message) for n in app._notifications])
         assert {r.path for r in server.log if r.bytes_sent} == {f"UD-Q8_0/{p.name}" for p in tiny_repo["UD-Q8_0"]}
         app.push_screen(BuildTask(), done.append)  # cached: finds the build at once
-        for _ in range(100):
+        for _ in range(200):
             await pilot.pause(0.05)
-            await app.workers.wait_for_complete()
             if len(done) == 2:
                 break
         assert done == [True, True], [str(n.message) for n in app._notifications]
