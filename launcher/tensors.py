@@ -141,9 +141,6 @@ class TensorSet:
                 out[t.layer] = out.get(t.layer, 0) + t.nbytes
         return dict(sorted(out.items()))
 
-    def layer_tensors(self, layer: int) -> list[ModelTensor]:
-        return [t for t in self.tensors if t.layer == layer]
-
     def type_histogram(self) -> dict[str, int]:
         """Tensor count per ggml type name, most common first."""
         return dict(Counter(t.type.name for t in self.tensors).most_common())
@@ -153,6 +150,3 @@ class TensorSet:
         for t in self.tensors:
             out[t.type.name] = out.get(t.type.name, 0) + t.nbytes
         return out
-
-    def select(self, names: Iterable[str]) -> list[ModelTensor]:
-        return [self._by_name[n] for n in names]
