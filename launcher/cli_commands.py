@@ -189,7 +189,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from launcher import catalog, hub
     from launcher.choose import choose, profile_sources
     from launcher.errors import GGUFError
-    from launcher.hub_layout import group_quants, match_profile
+    from launcher.hub_layout import quants_by_name
     from launcher.model import open_local
     from launcher.planner import Request
     from launcher.units import fmt_bytes, fmt_decimal, parse_size
@@ -201,8 +201,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise hub.HubError(
             f"cannot download {profile.repo}: {e.message}", hint="connect to the network and retry"
         ) from None
-    matches = match_profile(profile, group_quants(listing.files))
-    remote = {(m.spec.name if m.spec else m.remote.name): m.remote for m in matches if m.remote is not None}
+    remote = quants_by_name(profile, listing.files)
     if args.quant:
         name = _pin_quant(profile, args.quant, list(remote))
     else:

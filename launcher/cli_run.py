@@ -274,7 +274,7 @@ def ensure_model(args: argparse.Namespace, profile: Any, quant: str, dry: bool) 
     """The chosen quant on disk: already there, or downloaded now (with --auto, asking once)."""
     from launcher import hub
     from launcher.cli import main as cli_main
-    from launcher.hub_layout import group_quants, match_profile
+    from launcher.hub_layout import quants_by_name
     from launcher.units import fmt_decimal
 
     try:
@@ -288,12 +288,7 @@ def ensure_model(args: argparse.Namespace, profile: Any, quant: str, dry: bool) 
             f"{quant} is not on this machine and {profile.repo} cannot be reached: {e.message}",
             hint="connect to the network (or unset HF_HUB_OFFLINE), or run a local file: runq run PATH.gguf",
         ) from None
-    remote = {
-        (m.spec.name if m.spec else m.remote.name): m.remote
-        for m in match_profile(profile, group_quants(listing.files))
-        if m.remote is not None
-    }
-    rq = remote[quant]
+    rq = quants_by_name(profile, listing.files)[quant]
     pp = hub.plan_pull(listing, rq, None)
     if len(pp.complete) < len(rq.files):
         step = f"download {profile.repo} {rq.name}: {fmt_decimal(pp.missing_bytes)} of {fmt_decimal(rq.size_bytes)}"

@@ -111,3 +111,12 @@ def missing_warning(profile: Profile, matches: list[QuantMatch]) -> str | None:
     return (
         f"{len(missing)} of {len(profile.quants)} quants of the profile are not in {profile.repo}: {', '.join(missing)}"
     )
+
+
+def quants_by_name(profile: Profile, files: Iterable[RemoteFile]) -> dict[str, RemoteQuant]:
+    """The repo's quants under the profile's names (the repo's own name for quants the profile lacks)."""
+    return {
+        (m.spec.name if m.spec else m.remote.name): m.remote
+        for m in match_profile(profile, group_quants(files))
+        if m.remote is not None
+    }

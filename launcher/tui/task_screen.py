@@ -93,13 +93,11 @@ class DownloadTask(TaskScreen):
 
     def run(self) -> str:
         from launcher import catalog, hub
-        from launcher.hub_layout import group_quants, match_profile
+        from launcher.hub_layout import quants_by_name
 
         profile = catalog.require_profile(self.model)
         listing = hub.list_repo(profile.repo)
-        remote = {(m.spec.name if m.spec else m.remote.name): m.remote
-                  for m in match_profile(profile, group_quants(listing.files)) if m.remote is not None}  # fmt: skip
-        rq = remote[self.quant]
+        rq = quants_by_name(profile, listing.files)[self.quant]
         hub.check_disk(hub.plan_pull(listing, rq, None), None)
         state: dict[str, Any] = {"file": "", "t0": time.monotonic(), "start": 0}
 
