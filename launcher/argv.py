@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from launcher.catalog import Sampling
@@ -22,15 +22,23 @@ class Launch:
     extra: tuple[str, ...] = ()  # the user's own flags (after `--`), passed last
     # llama.cpp prints its memory breakdown (what runq verifies) from -lv 4; -lv 5 adds per-tensor placement.
     log_verbosity: int | None = 4
+    flags: Mapping[str, bool] | None = None  # what the binary accepts (capabilities); None: the pinned build
 
 
 def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def plan_flags(plan: Plan) -> list[str]:
-    """The placement part of the command: what the planner decided."""
-    args = ["-c", str(plan.ctx), "-ngl", str(plan.ngl), "--fit", "off"]
+def plan_flags(plan: Plan, flags: Mapping[str, bool] | None = None) -> list[str]:
+    """The placement part of the command: what the planner decided, in the flags this build accepts
+    (`flags` from capabilities.parse_help; None means the pinned commit's)."""
+
+    def has(name: str) -> bool:
+        return flags is None or flags.get(name, False)
+
+    args = ["-c", str(plan.ctx), "-ngl", str(plan.ngl)]
+    if has("fit"):  # on by default since late 2025: off, so llama.cpp keeps runq's placement
+        args += ["--fit", "off"]
     for o in plan.overrides:
         args += ["-ot", str(o)]
     if plan.tensor_split:
@@ -42,8 +50,11 @@ def plan_flags(plan: Plan) -> list[str]:
     args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048))]
     args += ["-t", str(plan.threads)]
     if plan.load_mode != "mmap":
-        args += ["-lm", plan.load_mode]
-    if plan.cache_ram_bytes is not None:
+        if has("load_mode"):
+            args += ["-lm", plan.load_mode]
+        elif plan.load_mode == "none" and has("no_mmap"):
+            args.append("--no-mmap")  # older builds: -lm replaced --no-mmap/--mlock
+    if plan.cache_ram_bytes is not None and has("cache_ram"):
         args += ["-cram", str(plan.cache_ram_bytes >> 20)]
     return args
 
@@ -68,7 +79,7 @@ def sampling_flags(s: Sampling | None) -> list[str]:
 
 
 def build_argv(plan: Plan, launch: Launch) -> list[str]:
-    argv = [launch.binary, "-m", launch.model_path, *plan_flags(plan), *sampling_flags(launch.sampling)]
+    argv = [launch.binary, "-m", launch.model_path, *plan_flags(plan, launch.flags), *sampling_flags(launch.sampling)]
     argv.append("--jinja")
     if launch.template_path:
         argv += ["--chat-template-file", launch.template_path]

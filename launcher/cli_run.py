@@ -154,6 +154,23 @@ def ensure_binaries(args: argparse.Namespace, *, allowed: bool, dry: bool) -> Pa
     return built.bin_dir
 
 
+def binary_flags(bin_dir: Path) -> dict[str, bool] | None:
+    """The flags these binaries accept: from runq's build manifest, or read from `--help` of your own build."""
+    import json
+
+    from launcher.capabilities import probe_binaries
+
+    manifest = bin_dir.parent / "manifest.json"
+    if manifest.is_file():
+        try:
+            return dict(json.loads(manifest.read_text())["capabilities"]["flags"])
+        except (ValueError, KeyError, OSError):
+            pass
+    if not (bin_dir / "llama-server").is_file():
+        return None  # not built yet (dry run): the pinned commit's flags
+    return probe_binaries(bin_dir).flags
+
+
 def here_has_gpu() -> bool:
     from launcher.hardware import probe_gpus
 
@@ -231,6 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         extra=tuple(extra),
+        flags=binary_flags(binaries),
     )
     if args.server and key:
         launch = replace(
@@ -352,7 +370,7 @@ def serve(args: argparse.Namespace, argv: list[str], plan: Any, machine: Any, ke
         break
     try:
         report = llama_log.parse(server.log_text())
-        expected = expected_overrides(plan, choice.chosen.source.tensors) if args.verify_tensors else None
+        expected = plan.moved if args.verify_tensors else None
         check = llama_log.verify(plan, report, has_gpu=bool(machine.gpus) and machine.source == "probed",
                                  expected_overrides=expected)  # fmt: skip
         print(f"llama-server is ready at {server.url} (loaded in {took:.1f} s); memory per device:")
@@ -370,21 +388,6 @@ def serve(args: argparse.Namespace, argv: list[str], plan: Any, machine: Any, ke
         print("\nStopping llama-server…", file=sys.stderr)
         server.stop()
         return 130
-
-
-def expected_overrides(plan: Any, tensors: Any) -> dict[str, str]:
-    from launcher.tensors import Role
-
-    n_layer = plan.n_layer
-    start = n_layer + 1 - plan.ngl
-    default = {}
-    for t in tensors.tensors:
-        slot = t.layer if t.layer is not None else n_layer
-        on_gpu = plan.ngl > 0 and slot >= start and t.role is not Role.TOKEN_EMBD
-        default[t.name] = plan.gpu_devices[0].name if on_gpu and plan.gpu_devices else "CPU"
-    from launcher.llama_log import planned_overrides
-
-    return planned_overrides(plan, default)
 
 
 # --- demo --------------------------------------------------------------------------------------------
@@ -440,7 +443,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if speed:
             print(f"  ({speed:.0f} tokens/s generated)")
         report = llama_log.parse(server.log_text())
-        check = llama_log.verify(p, report, has_gpu=False, expected_overrides=expected_overrides(p, tensors))
+        check = llama_log.verify(p, report, has_gpu=False, expected_overrides=p.moved)
         print("\nVerification against llama.cpp's own log:")
         for line in check.lines:
             print(f"  {line}")

@@ -39,7 +39,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> tuple[Any, Any, str]:
     from launcher.argv import Launch, build_argv
     from launcher.choose import choose
     from launcher.cli_commands import resolve_machine
-    from launcher.cli_run import ensure_binaries, ensure_model, request_from, resolve_target
+    from launcher.cli_run import binary_flags, ensure_binaries, ensure_model, request_from, resolve_target
     from launcher.runner import is_loopback
     from launcher.service import Locations, Record, check_key_file, check_port
     from launcher.service_unit import UnitSpec
@@ -79,6 +79,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> tuple[Any, Any, str]:
         host=args.host,
         port=args.port,
         extra=tuple(extra),
+        flags=binary_flags(Path(binaries)),
     )
     argv = build_argv(plan, launch)
     gpus = [(int(d.name.removeprefix("CUDA")), d.used_bytes + d.margin_bytes) for d in plan.gpu_devices]

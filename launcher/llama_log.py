@@ -74,11 +74,6 @@ class Verification:
     problems: tuple[str, ...]
 
 
-def planned_overrides(plan: Plan, default_device: dict[str, str]) -> dict[str, str]:
-    """Tensors the plan moves off their layer's device (what -ot must override), and where to."""
-    return {n: d for n, d in plan.placement.items() if d != default_device.get(n, d)}
-
-
 def verify(
     plan: Plan, report: Report, *, has_gpu: bool, expected_overrides: dict[str, str] | None = None
 ) -> Verification:

@@ -82,6 +82,7 @@ class Plan:
     load_mode: Literal["mmap", "none"]
     devices: tuple[DevicePlan, ...]
     placement: dict[str, str]  # tensor name -> device name
+    moved: dict[str, str]  # tensors -ot takes off their layer's device (yours and runq's): what llama.cpp logs
     overrides: tuple[Override, ...]  # the user's first, then runq's
     tensor_split: tuple[int, ...] | None
     expert_layers: dict[str, tuple[int, ...]]  # device -> layers whose experts are all there
@@ -344,6 +345,7 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
         load_mode=load_mode,
         devices=devices,
         placement=placement,
+        moved={n: d for n, d in placement.items() if d != default_dev[n]},
         overrides=tuple(plan_overrides),
         tensor_split=tensor_split,
         expert_layers={k: tuple(v) for k, v in expert_layers.items()},

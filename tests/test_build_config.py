@@ -132,3 +132,25 @@ def test_parse_version() -> None:
         "0c1e570",
     )
     assert parse_version("garbage") == (None, None, None)
+
+
+def test_commands_follow_what_the_build_accepts(models) -> None:  # type: ignore[no-untyped-def]
+    """An older llama.cpp (no --fit, no -lm, no --cache-ram) gets --no-mmap instead of -lm none, nothing unknown."""
+    from launcher import memory
+    from launcher.argv import plan_flags
+    from launcher.model import open_local
+    from launcher.planner import Request, plan
+
+    from .test_planner import _gpu_for
+
+    m = open_local(models["deepseek2-q8"].path)
+    t, hp = m.tensors, m.hparams
+    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
+    room = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(2048) + memory.gpu_compute_bytes(hp, 2048, 512) + half
+    p = plan(_gpu_for(room), t, hp, Request(ctx=2048, ubatch=512))
+    assert p.load_mode == "none"
+    new = plan_flags(p)
+    assert "--fit" in new and "-lm" in new and "-cram" in new
+    old = plan_flags(p, parse_help("--no-mmap  do not memory-map\n--mlock\n-ot, --override-tensor\n-ngl"))
+    assert "--no-mmap" in old and not {"--fit", "-lm", "-cram"} & set(old)
+    assert old.count("-ot") == new.count("-ot") >= 1
