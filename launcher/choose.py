@@ -45,7 +45,6 @@ class Choice:
     chosen: Candidate
     candidates: tuple[Candidate, ...]  # smallest first
     reasons: tuple[str, ...]
-    template: str | None = None
 
 
 def profile_sources(
@@ -79,7 +78,6 @@ def choose(
     *,
     pinned: str | None = None,
     ctx_pinned: bool = False,
-    template: str | None = None,
 ) -> Choice:
     """Plan every source and choose: the pinned one, else the largest that fits."""
     for s in sources:
@@ -108,7 +106,7 @@ def choose(
                 f"{chosen.source.name}: the largest of {len(cands)} quants that fits "
                 f"({fmt_bytes(chosen.source.size_bytes)}; size stands in for quality)"
             )
-    return Choice(model=model, chosen=chosen, candidates=cands, reasons=tuple(reasons), template=template)
+    return Choice(model=model, chosen=chosen, candidates=cands, reasons=tuple(reasons))
 
 
 def max_fitting_ctx(machine: Machine, source: ModelSource, req: Request) -> int | None:
@@ -168,3 +166,42 @@ def _machine_needed(c: Candidate, machine: Machine) -> str:
 
 def _round_gib(n: int) -> str:
     return f"{-(-n // GiB)} GiB"
+
+
+@dataclass(frozen=True)
+class Replan:
+    """The plan after llama.cpp ran out of memory loading the last one: more margin on every GPU."""
+
+    choice: Choice
+    request: Request
+    margin_added_bytes: int
+    layers_moved: int  # expert layers that went from the GPUs to the CPU
+
+    def message(self, attempt: int, attempts: int) -> str:
+        return (
+            f"Out of memory while loading: re-planning with {self.margin_added_bytes / GiB:.1f} GiB more margin "
+            f"per GPU ({self.layers_moved} more expert layer(s) on the CPU), attempt {attempt} of {attempts}"
+        )
+
+
+def replan_after_oom(machine: Machine, choice: Choice, req: Request) -> Replan:
+    """The same quant re-planned with one more expert layer's bytes of margin per GPU (llama.cpp's real compute
+    buffers or fragmentation took more than predicted). Raises DoesNotFitError when nothing is left to move."""
+    source = choice.chosen.source
+    biggest = max((source.tensors.expert_bytes(il) for il in source.tensors.expert_layers), default=0)
+    new_req = replace(req, margin_extra_bytes=req.margin_extra_bytes + biggest)
+    new = choose(choice.model, machine, [source], new_req)
+    before = sum(len(v) for v in choice.chosen.plan.expert_layers.values())
+    after = sum(len(v) for v in new.chosen.plan.expert_layers.values())
+    return Replan(new, new_req, biggest, before - after)
+
+
+def gpu_for_half_the_experts(tensors: TensorSet, hp: HParams, ctx: int, ubatch: int) -> int:
+    """A GPU size with room for the non-expert weights, the KV cache, the compute buffer and about half of the
+    expert layers: the demo's pretend GPU, so its plan shows both sides of the placement."""
+    from launcher import memory
+
+    kv = memory.kv_layout(hp).bytes_for(ctx)
+    base = tensors.non_expert_bytes() + kv + memory.gpu_compute_bytes(hp, ctx, ubatch)
+    half = sum(tensors.expert_bytes(il) for il in tensors.expert_layers[: len(tensors.expert_layers) // 2])
+    return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half

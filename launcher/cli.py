@@ -11,10 +11,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from launcher import __version__
-from launcher.errors import EXIT_INTERRUPTED, EXIT_OK, RunqError
+from launcher.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, RunqError, UsageError
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -46,8 +46,17 @@ def _add_machine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--machine", metavar="FILE", help="a JSON description of the machine")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with runq's error format: `Error: …` and `Hint: …`, exit 2 (bad usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"Error: {message}", file=sys.stderr)
+        print(f"Hint: see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="runq",
         description="Run the largest mixture-of-experts LLM this machine can hold, fast, with llama.cpp.",
         epilog=EPILOG,
@@ -55,18 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"runq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_hw, _add_inspect, _add_plan, _add_build, _add_pull, _add_models, _add_tui):
+        add(sub)
+    add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
+    add_service_parser(sub, _add_machine_flags, _add_plan_flags)
+    return parser
 
+
+def _add_hw(sub: Any) -> None:
     hw = sub.add_parser("hw", help="show this machine (or a described one): GPUs, RAM, CPU, disk")
     hw.add_argument("--json", action="store_true", help="print JSON")
     _add_machine_flags(hw)
     hw.set_defaults(func=_lazy("launcher.cli_commands", "cmd_hw"))
 
+
+def _add_inspect(sub: Any) -> None:
     ins = sub.add_parser("inspect", help="read a GGUF file's header: architecture, tensors, bytes by role")
     ins.add_argument("path", help="a .gguf file (for a split set, shard 1: …-00001-of-0000N.gguf)")
     ins.add_argument("--json", action="store_true", help="print JSON")
     ins.add_argument("--tensors", action="store_true", help="also list every tensor")
     ins.set_defaults(func=_lazy("launcher.cli_commands", "cmd_inspect"))
 
+
+def _add_plan(sub: Any) -> None:
     pl = sub.add_parser(
         "plan",
         help="choose the quant and place every tensor for this machine (or a described one); nothing is run",
@@ -79,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_flags(pl)
     pl.set_defaults(func=_lazy("launcher.cli_commands", "cmd_plan"))
 
+
+def _add_build(sub: Any) -> None:
     b = sub.add_parser(
         "build",
         help="build llama.cpp for this machine (CUDA when there is a GPU and nvcc, CPU otherwise), cached",
@@ -97,11 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", "-j", type=int, metavar="N", help="parallel compile jobs (default: CPU cores)")
     b.add_argument("--portable", action="store_true", help="no -march=native: binaries that run on other CPUs")
     b.add_argument("--list", action="store_true", help="list cached builds")
-    b.add_argument("--clean", nargs="?", const="", metavar="KEY", help="remove a cached build (all without KEY)")
+    b.add_argument("--clean", nargs="?", const="", metavar="KEY", help="remove the cached build KEY (exactly)")
+    b.add_argument("--all", action="store_true", help="with --clean: remove every cached build")
     b.add_argument("--llama-bin", metavar="DIR", help="check a llama.cpp you built yourself: print what it supports")
     b.add_argument("--json", action="store_true", help="print JSON")
     b.set_defaults(func=_lazy("launcher.cli_commands", "cmd_build"))
 
+
+def _add_pull(sub: Any) -> None:
     pu = sub.add_parser(
         "pull",
         help="download one quant of a model (the largest that fits, or --quant), resumable",
@@ -116,19 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_flags(pu)
     pu.set_defaults(func=_lazy("launcher.cli_commands", "cmd_pull"))
 
+
+def _add_models(sub: Any) -> None:
     mo = sub.add_parser("models", help="the models runq knows; --local: what is downloaded, and complete or not")
     mo.add_argument("--local", action="store_true", help="list GGUF quants on disk (Hugging Face cache, or --dir)")
     mo.add_argument("--dir", metavar="DIR", help="also look in this download directory")
     mo.add_argument("--json", action="store_true", help="print JSON")
     mo.set_defaults(func=_lazy("launcher.cli_commands", "cmd_models"))
 
+
+def _add_tui(sub: Any) -> None:
     tui = sub.add_parser("tui", help="pick a model in a terminal UI (also: `runq` alone, in a terminal)")
     _add_machine_flags(tui)
     tui.set_defaults(func=_lazy("launcher.cli_commands", "cmd_tui"))
-
-    add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
-    add_service_parser(sub, _add_machine_flags, _add_plan_flags)
-    return parser
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -241,15 +266,17 @@ def add_service_parser(sub: Any, add_machine_flags: Any, add_plan_flags: Any) ->
     _mode_flags(ls)
     ls.set_defaults(func=_lazy("launcher.cli_service", "cmd_list"))
 
-    w = ss.add_parser("wait-gpu", help=argparse.SUPPRESS)  # the unit's ExecStartPre
+    w = ss.add_parser("wait-gpu")  # the unit's ExecStartPre
     w.add_argument("--gpu-free", action="append", default=[], metavar="INDEX:BYTES")
     w.add_argument("--timeout", type=float, default=120)
     w.set_defaults(func=_lazy("launcher.cli_service", "cmd_wait_gpu"))
-    v = ss.add_parser("verify", help=argparse.SUPPRESS)  # the unit's ExecStartPost
+    v = ss.add_parser("verify")  # the unit's ExecStartPost
     v.add_argument("name")
     _mode_flags(v)
     v.add_argument("--timeout", type=float, default=1800)
     v.set_defaults(func=_lazy("launcher.cli_service", "cmd_verify"))
+    # argparse lists a subcommand even with help=SUPPRESS ("==SUPPRESS=="): take the unit's own helpers off the list.
+    ss._choices_actions = [a for a in ss._choices_actions if a.dest not in ("wait-gpu", "verify")]
 
 
 def _mode_flags(p: argparse.ArgumentParser) -> None:
@@ -264,24 +291,12 @@ COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo", "
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:  # everything after `--` is for llama.cpp
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1 :]
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        argv = ["run", *argv]  # `runq deepseek-v3.1 --auto` is `runq run deepseek-v3.1 --auto`
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.extra = extra
-    if not getattr(args, "func", None):
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            args = parser.parse_args(["tui"])  # a person at a terminal: the picker
-            args.extra = []
-        else:
-            parser.print_help()
-            return EXIT_OK
     try:
-        return int(args.func(args))
+        while True:
+            result = _dispatch(argv)
+            if isinstance(result, int):
+                return result
+            argv = result  # the TUI handed over a command (a chat needs the terminal to itself)
     except RunqError as e:
         print(f"Error: {e.message}", file=sys.stderr)
         if e.hint:
@@ -296,5 +311,44 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def _dispatch(argv: list[str]) -> int | list[str]:
+    """Parse one command line and run it: an exit code, or the command line the TUI hands over."""
+    extra: list[str] = []
+    if "--" in argv:  # everything after `--` is for llama.cpp
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        _check_implicit_run(argv[0])
+        argv = ["run", *argv]  # `runq deepseek-v3.1 --auto` is `runq run deepseek-v3.1 --auto`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.extra = extra
+    if extra and args.command not in ("run", None):
+        raise UsageError(f"flags after -- go to llama.cpp, which `runq {args.command}` does not start",
+                         hint="use them with `runq run`")  # fmt: skip
+    if not getattr(args, "func", None):
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            return ["tui"]  # a person at a terminal: the picker
+        parser.print_help()
+        return EXIT_OK
+    result = args.func(args)
+    return result if isinstance(result, list) else int(result)
+
+
+def _check_implicit_run(word: str) -> None:
+    """`runq WORD …` runs WORD when it is a model or a file; a typo'd command gets the closest command instead."""
+    import difflib
+
+    from launcher.catalog import find_profile, load_profiles
+    from launcher.target import check_model_name, looks_like_path
+
+    check_model_name(word)
+    if looks_like_path(word) or find_profile(word) is not None:
+        return
+    models = [p.name for p in load_profiles()]
+    close = difflib.get_close_matches(word, [*COMMANDS, *models], n=1, cutoff=0.6)
+    hint = f"did you mean `runq {close[0]}`? " if close else ""
+    raise UsageError(
+        f"{word!r} is neither a runq command nor a model runq knows",
+        hint=f"{hint}commands: {', '.join(COMMANDS)}; models: {', '.join(models)} (or the path of a .gguf file)",
+    )

@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.cli_common import (
+    confirm,
+    ensure_binaries,
+    ensure_model,
+    plan_inputs,
+    read_api_key,
+    resolve_machine,
+    resolve_target,
+    server_options,
+    warn,
+)
 from launcher.errors import EXIT_OK, RunqError, UsageError
+
+UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 
 
 def _name_for(model: str) -> str:
@@ -22,106 +37,139 @@ def _name_for(model: str) -> str:
     return clean[:48] or "model"
 
 
-def _run_as(args: argparse.Namespace) -> str | None:
-    if args.mode != "system":
+def check_service_name(name: str) -> str:
+    """A name that makes a valid systemd unit name, runq-NAME.service, and a plain file name for its record."""
+    if not UNIT_NAME_RE.fullmatch(name) or name.endswith("."):
+        raise UsageError(
+            f"--name {name[:80]!r}: not a service name systemd accepts",
+            hint="1-63 letters, digits, '-', '_', '.' or ':', starting with a letter or digit (e.g. deepseek-v3)",
+        )
+    return name
+
+
+def _run_as(mode: str, run_as: str | None) -> str | None:
+    """The user a system unit runs as: --run-as, else the user behind sudo; never root, and one that exists."""
+    if mode != "system":
+        if run_as:
+            raise UsageError("--run-as applies to system units only",
+                             hint="add --system (as root), or leave --run-as out: a user unit runs as you")  # fmt: skip
         return None
-    user = args.run_as or os.environ.get("SUDO_USER")
+    user = run_as or os.environ.get("SUDO_USER")
     if not user:
         raise UsageError("a system unit needs a user to run as", hint="add --run-as USER (a dedicated user is best)")
     if user == "root":
         raise UsageError("the service would run as root", hint="add --run-as USER with an unprivileged user")
+    import pwd
+
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"--run-as {user}: no such user on this machine",
+                         hint=f"create it first (e.g. useradd --system {user}), or name another") from None  # fmt: skip
     return str(user)
 
 
-def _prepare(args: argparse.Namespace, *, act: bool) -> tuple[Any, Any, str]:
-    """(record, unit spec, unit text) for the command's model and options; downloads/builds only when `act`."""
-    from launcher import render_plan
-    from launcher.argv import Launch, build_argv
-    from launcher.choose import choose
-    from launcher.cli_commands import resolve_machine
-    from launcher.cli_run import binary_flags, ensure_binaries, ensure_model, request_from, resolve_target
-    from launcher.runner import is_loopback
-    from launcher.service import Locations, Record, check_key_file, check_port
-    from launcher.service_unit import UnitSpec
+@dataclass(frozen=True)
+class Prepared:
+    record: Any  # service.Record
+    spec: Any  # service_unit.UnitSpec
+    text: str
+    warnings: tuple[str, ...]
 
-    name = args.name or _name_for(args.model)
+
+def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
+    """The record, unit and its text for the command's model and options; downloads/builds only when `act`."""
+    from launcher import build
+    from launcher.argv import build_argv, launch_for
+    from launcher.choose import choose
+    from launcher.inputs import gpu_buffers, planning_request
+    from launcher.service import Locations, check_port
+
+    name = check_service_name(args.name) if args.name is not None else _name_for(args.model)
     loc = Locations.for_mode(args.mode)
-    run_as = _run_as(args)
-    if args.api_key_file:
-        args.api_key_file = str(Path(args.api_key_file).resolve())
-        check_key_file(args.api_key_file)
-    elif not is_loopback(args.host) and not args.insecure:
-        raise UsageError(
-            f"--host {args.host} would let anyone on the network use the model",
-            hint="give --api-key-file FILE (mode 0600), or --insecure if you really mean it",
-        )
-    check_port(loc, name, args.port)
+    run_as = _run_as(args.mode, args.run_as)
+    opts = server_options(args)
+    read_api_key(opts)
+    check_port(loc, name, opts.port)
     machine = resolve_machine(args)
     target = resolve_target(args)
-    req = request_from(args, {}, target, server=True)
-    choice = choose(target.name, machine, target.sources, req, pinned=target.pinned, ctx_pinned=args.ctx is not None)
+    inputs = plan_inputs(args, server=True)
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
+    choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
+                    ctx_pinned=args.ctx is not None)  # fmt: skip
     plan = choice.chosen.plan
-    args.auto = True  # a service makes sure its model and build exist, asking once
-    dry = not act
-    model_path = target.model_path or ensure_model(args, target.profile, choice.chosen.source.name, dry)
-    binaries = ensure_binaries(args, allowed=True, dry=dry)
-    template = target.profile.template_path() if target.profile else None
+    dry = not act  # a service makes sure its model and build exist, asking once
+    model_path = ensure_model(target, choice.chosen.source.name, auto=True, yes=getattr(args, "yes", False), dry=dry)
+    binaries = ensure_binaries(args.llama_bin, args.source, allowed=True, dry=dry)
+    warnings = _build_warnings(plan, binaries)
     log_path = loc.log_path(name)
-    extra: list[str] = ["--log-file", str(log_path)]
-    if args.api_key_file:
-        extra += ["--api-key-file", args.api_key_file]
-    launch = Launch(
-        binary=str(Path(binaries, "llama-server").absolute()),
-        model_path=str(Path(model_path).absolute()),
-        sampling=target.profile.sampling if target.profile else None,
-        template_path=str(template) if template else None,
-        server=True,
-        host=args.host,
-        port=args.port,
-        extra=tuple(extra),
-        flags=binary_flags(Path(binaries)),
-    )
+    launch = launch_for(str(Path(binaries, "llama-server").absolute()), str(Path(model_path).absolute()),
+                        target.profile, server=opts, extra=["--log-file", str(log_path)],
+                        flags=build.binary_flags(Path(binaries)))  # fmt: skip
     argv = build_argv(plan, launch)
+    return _unit(args.mode, name, run_as, target, choice, opts, argv, str(log_path), launch, warnings)
+
+
+def _build_warnings(plan: Any, binaries: Path) -> tuple[str, ...]:
+    """A plan with GPU layers pointed at a build without CUDA would run many times slower: say so."""
+    import json
+
+    if not plan.gpu_devices:
+        return ()
+    try:
+        backend = json.loads((binaries.parent / "manifest.json").read_text()).get("backend")
+    except (OSError, ValueError):
+        return ()
+    if backend == "cuda":
+        return ()
+    return (
+        f"the plan puts layers on the GPU but {binaries} is a {backend} build of llama.cpp: the service would run "
+        "everything on the CPU (`runq build --backend cuda` on the GPU machine)",
+    )
+
+
+def _unit(mode: str, name: str, run_as: str | None, target: Any, choice: Any, opts: Any, argv: list[str],
+          log_path: str, launch: Any, warnings: tuple[str, ...]) -> Prepared:  # fmt: skip
+    from launcher import render_plan
+    from launcher.service import Record
+    from launcher.service_unit import UnitSpec, render
+
+    plan = choice.chosen.plan
+    quant = choice.chosen.source.name
     gpus = [(int(d.name.removeprefix("CUDA")), d.used_bytes + d.margin_bytes) for d in plan.gpu_devices]
     record = Record(
-        name=name, mode=args.mode, model=args.model, quant=choice.chosen.source.name, host=args.host, port=args.port,
-        argv=argv, log_path=str(log_path), gpus=gpus, plan=render_plan.plan_json(plan), api_key_file=args.api_key_file,
+        name=name, mode=mode, model=target.key, quant=quant, host=opts.host, port=opts.port, argv=argv,
+        log_path=log_path, gpus=gpus, plan=render_plan.plan_json(plan), api_key_file=opts.api_key_file,
     )  # fmt: skip
-    reads = [launch.binary, launch.model_path, *([str(template)] if template else []), sys.executable]
-    if args.api_key_file:
-        reads.append(args.api_key_file)
+    reads = [launch.binary, launch.model_path, *([launch.template_path] if launch.template_path else []),
+             sys.executable, *([opts.api_key_file] if opts.api_key_file else [])]  # fmt: skip
     spec = UnitSpec(
-        name=name,
-        description=f"runq: {target.name} {choice.chosen.source.name} on {args.host}:{args.port}",
-        exec_start=argv,
-        runq=[sys.executable, "-m", "launcher"],
-        mode=args.mode,
-        run_as=run_as,
-        gpus=tuple(gpus),
-        state_dir=f"runq/{name}",
-        read_paths=tuple(reads),
-        mlock="mlock" in plan.load_mode,
-    )
-    from launcher.service_unit import render
-
-    return record, spec, render(spec)
+        name=name, description=f"runq: {target.name} {quant} on {opts.host}:{opts.port}", exec_start=argv,
+        runq=[sys.executable, "-m", "launcher"], mode=mode, run_as=run_as, gpus=tuple(gpus), state_dir=f"runq/{name}",
+        read_paths=tuple(reads), mlock="mlock" in plan.load_mode,
+    )  # fmt: skip
+    return Prepared(record, spec, render(spec), warnings)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    _, _, text = _prepare(args, act=False)
-    sys.stdout.write(text)
+    prepared = _prepare(args, act=False)
+    for w in prepared.warnings:
+        warn(w)
+    sys.stdout.write(prepared.text)
     return EXIT_OK
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     from launcher import service
     from launcher.argv import shell_quote
-    from launcher.cli_run import confirm
     from launcher.service_unit import unit_name
 
     if args.mode == "system" and os.geteuid() != 0 and not os.environ.get("RUNQ_UNIT_DIR"):
         raise UsageError("a system unit needs root", hint="sudo runq service install … --system, or use --user")
-    record, _, text = _prepare(args, act=not args.dry_run)
+    prepared = _prepare(args, act=not args.dry_run)
+    record, text = prepared.record, prepared.text
+    for w in prepared.warnings:
+        warn(w)
     loc = service.Locations.for_mode(args.mode)
     if args.dry_run:
         print(f"# {loc.unit_path(record.name)}")
@@ -174,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from launcher.units import fmt_bytes
 
     loc = service.Locations.for_mode(args.mode)
-    r = service.Record.load(loc.record_path(args.name))
+    r = service.Record.load(loc.record_path(check_service_name(args.name)))
     state = service.Systemd(args.mode).show(unit_name(r.name))
     print(f"{unit_name(r.name)}: {state.get('ActiveState', '?')} ({state.get('SubState', '?')}), "
           f"pid {state.get('MainPID', '?')}, restarts {state.get('NRestarts', '?')}")  # fmt: skip
@@ -200,7 +248,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from launcher.service_unit import unit_name
 
     loc = service.Locations.for_mode(args.mode)
-    service.Record.load(loc.record_path(args.name))  # a clear error for an unknown name
+    service.Record.load(loc.record_path(check_service_name(args.name)))  # a clear error for an unknown name
     argv = service.Systemd(args.mode).journal_argv(unit_name(args.name), args.follow)
     import subprocess
 
@@ -215,7 +263,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     from launcher.service_unit import unit_name
 
     loc = service.Locations.for_mode(args.mode)
-    service.Record.load(loc.record_path(args.name))
+    service.Record.load(loc.record_path(check_service_name(args.name)))
     service.Systemd(args.mode).systemctl("restart", unit_name(args.name))
     print(f"Restarted {unit_name(args.name)}.")
     return EXIT_OK
@@ -225,7 +273,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     from launcher import service
 
     loc = service.Locations.for_mode(args.mode)
-    gone = service.remove(loc, args.name, service.Systemd(args.mode))
+    gone = service.remove(loc, check_service_name(args.name), service.Systemd(args.mode))
     print(f"Removed the service {args.name!r}: " + ", ".join(gone))
     print("The model files and the llama.cpp build are kept.")
     return EXIT_OK
@@ -261,7 +309,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from launcher.runner import base_url, http_json
 
     loc = service.Locations.for_mode(args.mode)
-    r = service.Record.load(loc.record_path(args.name))
+    r = service.Record.load(loc.record_path(check_service_name(args.name)))
     key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
     url = base_url(r.host, r.port)
     t0 = time.monotonic()

@@ -19,17 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import RunqError
-from launcher.paths import hf_cache_dir
+from launcher.errors import DownloadError
+from launcher.paths import hf_repo_dir
 
 CHUNK = 1 << 20
 RETRIES = 5
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
-
-
-class DownloadError(RunqError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -39,15 +35,11 @@ class Target:
     link: Path | None  # the snapshot path that points at the blob (cache layout only)
 
 
-def repo_cache_dir(repo: str) -> Path:
-    return hf_cache_dir() / ("models--" + repo.replace("/", "--"))
-
-
 def target_for(repo: str, path: str, sha256: str, commit: str, dest: Path | None) -> Target:
     if dest is not None:
         final = dest / path
         return Target(final, final.with_name(final.name + ".runq-partial"), None)
-    root = repo_cache_dir(repo)
+    root = hf_repo_dir(repo)
     blob = root / "blobs" / sha256
     return Target(blob, blob.with_name(sha256 + ".incomplete"), root / "snapshots" / commit / path)
 
@@ -65,7 +57,7 @@ def _link(t: Target, revision: str, commit: str, repo: str) -> None:
         t.link.unlink()
     t.link.symlink_to(rel)
     if revision != commit:
-        refs = repo_cache_dir(repo) / "refs" / revision
+        refs = hf_repo_dir(repo) / "refs" / revision
         refs.parent.mkdir(parents=True, exist_ok=True)
         refs.write_text(commit)
 

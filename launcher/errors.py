@@ -1,8 +1,9 @@
 """The error tree users see: a message, an optional hint, an exit code.
 
 Known problems raise a RunqError subclass; the CLI prints `Error: …` and
-`Hint: …` and exits with the class's code. Anything else is a bug and keeps
-its traceback.
+`Hint: …` and exits with the class's code (the TUI shows the same two lines
+in a dialog). Anything else is a bug and keeps its traceback. Every error
+class runq has is defined here, so the tree is in one place.
 """
 
 from __future__ import annotations
@@ -58,6 +59,41 @@ class ExternalToolError(RunqError):
     """A tool runq drives (cmake, a compiler, llama.cpp) is missing or failed."""
 
     exit_code = EXIT_EXTERNAL
+
+
+# --- raised by the edges (they re-export them where they are used) ---------------------------------
+
+
+class HubError(RunqError):
+    """The Hub said no, or could not be reached."""
+
+
+class Offline(HubError):
+    """No network (or HF_HUB_OFFLINE): the caller falls back to what is cached."""
+
+
+class DownloadError(RunqError):
+    """A download that could not finish (network, disk, a checksum that does not match)."""
+
+
+class BuildFailed(ExternalToolError):
+    """cmake or the compiler failed while building llama.cpp."""
+
+
+class ServerFailed(ExternalToolError):
+    """llama-server would not start, or died; `kind` names the cause when the log tells it (port, oom, model)."""
+
+    def __init__(self, message: str, hint: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.kind = kind
+
+
+class ServiceError(RunqError):
+    """A unit file or saved service record runq will not touch or cannot read."""
+
+
+class SystemctlFailed(ExternalToolError):
+    """systemctl is missing or refused."""
 
 
 def format_validation_error(e: Any) -> str:

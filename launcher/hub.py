@@ -19,24 +19,16 @@ from pathlib import Path
 from launcher import download as dl
 from launcher.catalog import Profile
 from launcher.choose import ModelSource
-from launcher.errors import RunqError
+from launcher.errors import HubError, Offline, RunqError
 from launcher.gguf import BytesSource, GGUFHeader, read_header
 from launcher.hub_layout import RemoteFile, RemoteQuant
-from launcher.paths import cache_dir, hf_cache_dir
+from launcher.paths import cache_dir, hf_cache_dir, hf_repo_dir
 from launcher.units import fmt_decimal
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 FIRST_SHARD_READ = 8 * 1024 * 1024  # covers the vocabulary of almost every model in one request (gguf.md)
 OTHER_SHARD_READ = 256 * 1024  # later shards: only split.* keys and their tensor infos
 DISK_MARGIN_BYTES = 1024**3
-
-
-class HubError(RunqError):
-    """The Hub said no, or could not be reached."""
-
-
-class Offline(HubError):
-    """No network (or HF_HUB_OFFLINE): the caller falls back to what is cached."""
 
 
 def endpoint() -> str:
@@ -265,7 +257,7 @@ def local_path(listing: Listing, f: RemoteFile, dest: Path | None) -> Path | Non
     if snap is not None:
         return snap
     sha = listing.sha256.get(f.path)
-    blob = dl.repo_cache_dir(listing.repo) / "blobs" / sha if sha else None
+    blob = hf_repo_dir(listing.repo) / "blobs" / sha if sha else None
     return blob if blob is not None and blob.is_file() else None
 
 

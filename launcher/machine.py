@@ -75,10 +75,7 @@ class Machine:
     gpu_note: str | None = None  # why there are no GPUs, when there are none
     source: Literal["probed", "described", "mixed"] = "probed"
     ram_bandwidth_bytes_s: float | None = None  # described only; the planner has a default
-
-    @property
-    def vram_total_bytes(self) -> int:
-        return sum(g.total_bytes for g in self.gpus)
+    notes: tuple[str, ...] = ()  # what a plan for this machine must say (e.g. parts taken from this box)
 
     @property
     def cores(self) -> int:
@@ -227,7 +224,16 @@ def override(
         changes["ram_available_bytes"] = ram
         changes["swap_total_bytes"] = changes["swap_free_bytes"] = 0
     if cores is not None:
-        if cores < 1:
-            raise UsageError(f"--cores {cores}: must be at least 1")
+        if not 1 <= cores <= MAX_CORES:
+            raise UsageError(f"--cores {cores}: must be between 1 and {MAX_CORES}")
         changes["cpu"] = replace(base.cpu, physical_cores=cores, logical_cores=cores)
+    elif base.source == "probed":
+        changes["notes"] = (
+            *base.notes,
+            f"the described machine has this machine's {base.cores} CPU cores (threads and CPU speed): "
+            "add --cores N to describe its own",
+        )
     return replace(base, **changes)
+
+
+MAX_CORES = 4096

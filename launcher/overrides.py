@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from launcher.errors import UsageError
+
 _BLK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
@@ -28,6 +30,30 @@ class Override:
 
     def __str__(self) -> str:
         return f"{self.pattern}={self.buffer}"
+
+
+def parse_user_overrides(texts: Iterable[str], buffers: Sequence[str]) -> tuple[Override, ...]:
+    """The user's own `-ot PATTERN=BUF[,PATTERN=BUF…]` as llama.cpp reads them, checked: the pattern compiles and
+    the buffer is one the planned machine has (`buffers`, e.g. CPU, CUDA0), or llama.cpp would refuse the command."""
+    out = []
+    for text in texts:
+        for item in text.split(","):
+            pattern, sep, buf = item.rpartition("=")
+            if not sep or not pattern or not buf:
+                raise UsageError(
+                    f"--ot {item!r}: expected PATTERN=BUFFER", hint=r"e.g. --ot 'blk\.(3|4)\.ffn_.*_exps=CPU'"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise UsageError(f"--ot {item!r}: the pattern is not a valid regex: {e}") from None
+            if buf not in buffers:
+                raise UsageError(
+                    f"--ot {item!r}: this machine has no buffer {buf!r}",
+                    hint="the buffers it has: " + ", ".join(buffers),
+                )
+            out.append(Override(pattern, buf))
+    return tuple(out)
 
 
 def int_range_regex(lo: int, hi: int) -> str:

@@ -1,6 +1,6 @@
-"""Where runq keeps its files: XDG cache, config and data dirs.
+"""Where runq keeps its files (XDG cache and config dirs) and where the Hugging Face cache is: the one place.
 
-`RUNQ_HOME` puts all three under one directory (tests use it so the real
+`RUNQ_HOME` puts both under one directory (tests use it so the real
 home is never touched). Nothing here creates directories; callers do when
 they write.
 """
@@ -36,9 +36,9 @@ def config_dir() -> Path:
     return home / "config" if home else _xdg("XDG_CONFIG_HOME", ".config") / "runq"
 
 
-def data_dir() -> Path:
-    home = _home_override()
-    return home / "data" if home else _xdg("XDG_DATA_HOME", ".local/share") / "runq"
+def logs_dir() -> Path:
+    """llama-server and build logs (their paths are printed when they are written)."""
+    return cache_dir() / "logs"
 
 
 def hf_cache_dir() -> Path:
@@ -48,3 +48,8 @@ def hf_cache_dir() -> Path:
     if value := os.environ.get("HF_HOME"):
         return Path(value) / "hub"
     return _xdg("XDG_CACHE_HOME", ".cache") / "huggingface" / "hub"
+
+
+def hf_repo_dir(repo: str) -> Path:
+    """One repo's folder in the Hugging Face cache: models--OWNER--NAME (blobs/, snapshots/, refs/)."""
+    return hf_cache_dir() / ("models--" + repo.replace("/", "--"))

@@ -113,9 +113,6 @@ class Plan:
     def cpu_bytes(self) -> int:
         return self.cpu.used_bytes
 
-    def bytes_on(self, device: str, tensors: TensorSet) -> int:
-        return sum(tensors[n].nbytes for n, d in self.placement.items() if d == device)
-
 
 @dataclass
 class _Gpu:

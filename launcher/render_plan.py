@@ -65,6 +65,7 @@ def choice_text(choice: Choice, machine: Machine, argv: list[str], sizes: str = 
         f"{choice.model} {c.source.name}: {p.ctx:,} tokens of context, {p.predicted_tg_tps:.1f} tokens/s predicted",
         f"  machine: {machine_line(machine)}",
         f"  sizes: {sizes or kind}",
+        *(f"  note: {n}" for n in machine.notes),
         "",
     ]
     if len(choice.candidates) > 1:

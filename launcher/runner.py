@@ -21,17 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher import llama_log
-from launcher.errors import EXIT_EXTERNAL, RunqError
+from launcher.errors import ServerFailed
 
 HEALTH_POLL_S = 0.2
-
-
-class ServerFailed(RunqError):
-    exit_code = EXIT_EXTERNAL
-
-    def __init__(self, message: str, hint: str | None = None, kind: str | None = None) -> None:
-        super().__init__(message, hint)
-        self.kind = kind
 
 
 def port_free(host: str, port: int) -> bool:

@@ -16,19 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from launcher.errors import EXIT_EXTERNAL, RunqError, UsageError
+from launcher.errors import ServiceError, SystemctlFailed, UsageError
 from launcher.paths import config_dir
 from launcher.service_unit import MARKER, unit_name
 
 Mode = Literal["user", "system"]
-
-
-class ServiceError(RunqError):
-    pass
-
-
-class SystemctlFailed(RunqError):
-    exit_code = EXIT_EXTERNAL
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,12 @@ import jinja2
 import psutil
 import pytest
 
-from launcher import llama_log, memory
+from launcher import llama_log
 from launcher.build import Build
 from launcher.catalog import templates_dir
-from launcher.cli_run import split_extra
+from launcher.choose import gpu_for_half_the_experts
 from launcher.errors import UsageError
+from launcher.inputs import split_extra
 from launcher.model import open_local
 from launcher.runner import free_port
 from launcher.synth import SynthModel, SynthSpec, write_model
@@ -46,12 +47,9 @@ def run_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SynthModel
 
 
 def half_the_experts_gpu(path: Path, ctx: int = 4096, ubatch: int = 512) -> str:
-    """A GPU size (in bytes) with room for the non-expert weights and about half the expert layers."""
+    """A GPU size (in bytes) with room for the non-expert weights and about half the expert layers (the demo's)."""
     m = open_local(path)
-    t, hp = m.tensors, m.hparams
-    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(ctx) + memory.gpu_compute_bytes(hp, ctx, ubatch)
-    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
-    return f"{memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half}B"
+    return f"{gpu_for_half_the_experts(m.tensors, m.hparams, ctx, ubatch)}B"
 
 
 class RunningRunq:

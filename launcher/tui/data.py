@@ -6,17 +6,17 @@ Each function is safe to call from a worker thread: it returns values or raises 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from launcher import catalog, hub
-from launcher.catalog import Profile
-from launcher.choose import Candidate, Choice, ModelSource, choose, profile_sources
+from launcher import catalog
+from launcher.choose import Candidate, Choice, choose
 from launcher.errors import DoesNotFitError, RunqError
+from launcher.inputs import PlanInputs, gpu_buffers, planning_request
 from launcher.local_models import scan_hf_cache
 from launcher.machine import Machine
-from launcher.model import open_local
-from launcher.planner import CPU, Plan, Request
+from launcher.planner import CPU, Plan
+from launcher.target import ModelTarget, resolve
 from launcher.tensors import Role
+from launcher.units import fmt_bytes
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,6 @@ class ModelRow:
     problem: str | None = None
 
 
-@dataclass(frozen=True)
-class Target:
-    """A model the screens plan: its sources (every quant, or one file), and where they came from."""
-
-    key: str
-    title: str
-    profile: Profile | None
-    sources: tuple[ModelSource, ...]
-    sizes: str
-    default_ctx: int
-    path: Path | None = None
-
-
 def fit_badge(plan: Plan, tensors: object) -> str:
     if not plan.fits:
         return "does not fit"
@@ -54,32 +41,30 @@ def fit_badge(plan: Plan, tensors: object) -> str:
     return "GPU" if not heavy else "GPU + RAM"
 
 
-def load_target(key: str, *, network: bool = False) -> Target:
-    """A catalog model (cached Hub headers when there are some, estimates otherwise) or a local file."""
-    if key.endswith(".gguf"):
-        model = open_local(key)
-        known = catalog.profile_for_file(key)
-        profile = known[0] if known else None
-        name = Path(key).name
-        src = ModelSource(name, model.tensors, model.hparams, exact=True, size_bytes=model.file_bytes)
-        ctx = min(profile.default_ctx if profile else 16384, model.hparams.n_ctx_train or 16384)
-        return Target(key, model.hparams.name or name, profile, (src,), "exact: the file's header", ctx, Path(key))
-    profile = catalog.require_profile(key)
-    found = hub.exact_sources(profile, network=network)
-    sources = profile_sources(profile, found.sources, found.available)
-    return Target(key, profile.display_name, profile, tuple(sources), found.status, profile.default_ctx)
+def load_target(key: str, *, network: bool = False) -> ModelTarget:
+    """A catalog model (cached Hub headers when there are some, estimates otherwise) or a local file: the same
+    resolution as the CLI's (target.resolve); the first screens never wait on the network unless asked."""
+    return resolve(key, network=network)
 
 
 def plan_target(
-    machine: Machine, target: Target, ctx: int, cache_type: str = "f16"
+    machine: Machine, target: ModelTarget, ctx: int, cache_type: str = "f16"
 ) -> tuple[Choice | None, list[Candidate], str | None]:
-    """(the choice, every candidate, the reason nothing fits) for this context and KV cache type."""
-    req = Request(ctx=ctx, cache_type_k=cache_type, cache_type_v=cache_type)
+    """(the choice, every candidate, the reason nothing fits) for this context and KV cache type; the request is
+    checked the way the CLI checks it (a bad value raises UsageError)."""
+    inputs = PlanInputs(ctx=ctx, cache_type_k=cache_type, cache_type_v=cache_type)
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
     try:
-        choice = choose(target.title, machine, list(target.sources), req)
+        choice = choose(target.name, machine, list(target.sources), req)
     except DoesNotFitError as e:
         return None, list(e.detail or []), e.message + (f" ({e.hint})" if e.hint else "")
     return choice, list(choice.candidates), None
+
+
+def machine_text(m: Machine) -> str:
+    gpus = ", ".join(f"{g.name} {fmt_bytes(g.free_bytes)}" for g in m.gpus) or f"no GPU ({m.gpu_note or 'none'})"
+    kind = "described" if m.source != "probed" else "this machine"
+    return f"{kind}: {gpus}; {fmt_bytes(m.ram_available_bytes)} RAM available; {m.cores} cores"
 
 
 def model_rows(machine: Machine) -> list[ModelRow]:

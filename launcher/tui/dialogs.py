@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
@@ -20,6 +20,11 @@ Everywhere: ? this help · ctrl+q quit
 Sizes are [i]exact[/i] once GGUF headers were read (from files, or the Hub), [i]estimated[/i] before.
 Speeds are predictions from the bytes each device reads per token.
 """
+
+
+def show_error(app: App[object], message: str, hint: str | None = None) -> None:
+    """An error in a dialog, as the CLI would say it (screens call this instead of reaching into the app)."""
+    app.push_screen(ErrorDialog(message, hint))
 
 
 class ErrorDialog(ModalScreen[None]):

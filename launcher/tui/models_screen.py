@@ -11,10 +11,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from launcher.errors import RunqError
+from launcher.tui.dialogs import show_error
 from launcher.units import fmt_decimal
 
 if TYPE_CHECKING:
-    from launcher.tui.app import RunqApp
+    from launcher.machine import Machine
     from launcher.tui.data import ModelRow
 
 
@@ -26,17 +27,16 @@ class ModelsScreen(Screen[None]):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, machine: Machine) -> None:
         super().__init__()
+        self.machine = machine
         self.rows: list[ModelRow] = []
-
-    @property
-    def runq(self) -> RunqApp:
-        return self.app  # type: ignore[return-value,unused-ignore]
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(self.runq.machine_text, id="machine")
+        from launcher.tui.data import machine_text
+
+        yield Static(machine_text(self.machine), id="machine")
         yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
         yield Static("", id="status")
         yield Footer()
@@ -65,9 +65,9 @@ class ModelsScreen(Screen[None]):
         from launcher.tui.data import model_rows
 
         try:
-            rows = model_rows(self.runq.machine)
+            rows = model_rows(self.machine)
         except RunqError as e:
-            self.app.call_from_thread(self.runq.error, e.message, e.hint)
+            self.app.call_from_thread(show_error, self.app, e.message, e.hint)
             return
         self.app.call_from_thread(self.show, rows)
 
@@ -81,7 +81,7 @@ class ModelsScreen(Screen[None]):
             try:
                 load_target(p.name, network=True)
             except RunqError as e:
-                self.app.call_from_thread(self.runq.error, e.message, e.hint)
+                self.app.call_from_thread(show_error, self.app, e.message, e.hint)
                 return
         self.load()
 
@@ -91,10 +91,22 @@ class ModelsScreen(Screen[None]):
             return
         row = self.rows[table.cursor_row]
         if row.fit == "damaged":
-            self.runq.error(f"{row.key}: {row.problem or 'the file cannot be read'}",
-                            "download it again: `runq pull` continues a partial download")  # fmt: skip
+            show_error(self.app, f"{row.key}: {row.problem or 'the file cannot be read'}",
+                       "download it again: `runq pull` continues a partial download")  # fmt: skip
             return
-        self.runq.open_model(row.key)
+        self.open_model(row.key)
+
+    def open_model(self, key: str) -> None:
+        """Load a model (reading a local file's header may fail: that is a dialog, not a crash)."""
+        from launcher.tui.data import load_target
+        from launcher.tui.quants_screen import QuantsScreen
+
+        try:
+            target = load_target(key)
+        except RunqError as e:
+            show_error(self.app, e.message, e.hint)
+            return
+        self.app.push_screen(QuantsScreen(target, self.machine))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()

@@ -11,15 +11,16 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from launcher.argv import Launch, build_argv, shell_quote
+from launcher.argv import build_argv, launch_for, shell_quote
+from launcher.inputs import ServerOptions
 from launcher.render_plan import placement_lines
 from launcher.units import fmt_bytes
 
 if TYPE_CHECKING:
     from launcher.choose import Candidate
+    from launcher.machine import Machine
     from launcher.planner import DevicePlan
-    from launcher.tui.app import RunqApp
-    from launcher.tui.data import Target
+    from launcher.target import ModelTarget
 
 BAR = 40
 # Segment styles read on dark and light terminals alike (they are backgrounds, not text colours).
@@ -84,20 +85,13 @@ class PlanScreen(Screen[None]):
         Binding("question_mark", "app.help", "Help", show=False),
     ]
 
-    def __init__(self, target: Target, cand: Candidate) -> None:
+    def __init__(self, target: ModelTarget, cand: Candidate, machine: Machine) -> None:
         super().__init__()
-        self.target, self.cand = target, cand
-
-    @property
-    def runq(self) -> RunqApp:
-        return self.app  # type: ignore[return-value,unused-ignore]
+        self.target, self.cand, self.machine = target, cand, machine
 
     def command(self) -> list[str]:
-        profile = self.target.profile
-        template = profile.template_path() if profile else None
-        path = str(self.target.path) if self.target.path else f"<{self.cand.source.name} after download>"
-        launch = Launch(binary="llama-server", model_path=path, sampling=profile.sampling if profile else None,
-                        template_path=str(template) if template else None)  # fmt: skip
+        path = str(self.target.model_path) if self.target.model_path else f"<{self.cand.source.name} after download>"
+        launch = launch_for("llama-server", path, self.target.profile, server=ServerOptions())
         return build_argv(self.cand.plan, launch)
 
     def compose(self) -> ComposeResult:
@@ -105,7 +99,7 @@ class PlanScreen(Screen[None]):
         yield Header()
         with VerticalScroll():
             title = Text()
-            title.append(f"{self.target.title} {self.cand.source.name}", style="bold")
+            title.append(f"{self.target.name} {self.cand.source.name}", style="bold")
             title.append(f": {p.ctx:,} tokens of context, ")
             title.append(f"{p.predicted_tg_tps:.1f} tokens/s", style="bold")
             title.append(f" predicted ({'exact' if self.cand.source.exact else 'estimated'} sizes)")
@@ -125,9 +119,9 @@ class PlanScreen(Screen[None]):
         self.notify("Command copied to the clipboard")
 
     def _run_args(self) -> list[str]:
-        key = str(self.target.path) if self.target.path else self.target.key
+        key = str(self.target.model_path) if self.target.model_path else self.target.key
         args = [key, "--ctx", str(self.cand.plan.ctx)]
-        if not self.target.path:
+        if not self.target.model_path:
             args += ["--quant", self.cand.source.name]
         return args
 
@@ -135,14 +129,14 @@ class PlanScreen(Screen[None]):
         from launcher.tui.dialogs import TextDialog
 
         steps = []
-        if not self.target.path:
+        if not self.target.model_path:
             steps.append(f"download {self.target.key} {self.cand.source.name} if it is not on disk")
         steps.append("build llama.cpp for this machine if no build is cached")
         steps.append("start: " + shell_quote(self.command()))
         self.app.push_screen(TextDialog("Dry run: runq would", "\n".join(f"{i}. {s}" for i, s in enumerate(steps, 1))))
 
     def action_download(self) -> None:
-        if self.target.path:
+        if self.target.model_path:
             self.notify("This model is a local file: nothing to download")
             return
         from launcher.tui.task_screen import DownloadTask
@@ -155,10 +149,10 @@ class PlanScreen(Screen[None]):
         self.app.push_screen(BuildTask())
 
     def action_chat(self) -> None:
-        self.runq.exit_to(["run", *self._run_args(), "--auto"])
+        self.app.exit(["run", *self._run_args(), "--auto"])
 
     def action_server(self) -> None:
-        self.runq.exit_to(["run", *self._run_args(), "--auto", "--server"])
+        self.app.exit(["run", *self._run_args(), "--auto", "--server"])
 
     def action_service(self) -> None:
-        self.runq.exit_to(["service", "install", *self._run_args()])
+        self.app.exit(["service", "install", *self._run_args()])

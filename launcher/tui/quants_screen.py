@@ -17,8 +17,8 @@ from launcher.units import GiB, fmt_bytes
 
 if TYPE_CHECKING:
     from launcher.choose import Candidate, Choice
-    from launcher.tui.app import RunqApp
-    from launcher.tui.data import Target
+    from launcher.machine import Machine
+    from launcher.target import ModelTarget
 
 
 class QuantsScreen(Screen[None]):
@@ -30,19 +30,15 @@ class QuantsScreen(Screen[None]):
         Binding("question_mark", "app.help", "Help"),
     ]
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: ModelTarget, machine: Machine) -> None:
         super().__init__()
-        self.target = target
+        self.target, self.machine = target, machine
         self.choice: Choice | None = None
         self.candidates: list[Candidate] = []
 
-    @property
-    def runq(self) -> RunqApp:
-        return self.app  # type: ignore[return-value,unused-ignore]
-
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(Text.assemble((self.target.title, "bold"), f" — sizes: {self.target.sizes}"), id="title")
+        yield Static(Text.assemble((self.target.name, "bold"), f" — sizes: {self.target.sizes}"), id="title")
         with Horizontal(id="controls"):
             yield Label("Context")
             yield Input(str(self.target.default_ctx), id="ctx", type="integer", max_length=7)
@@ -78,7 +74,7 @@ class QuantsScreen(Screen[None]):
         from launcher.tui.data import plan_target
 
         try:
-            result = plan_target(self.runq.machine, self.target, ctx, kv)
+            result = plan_target(self.machine, self.target, ctx, kv)
         except RunqError as e:
             self.app.call_from_thread(self.query_one("#status", Static).update, f"[red]{e.message}[/red]")
             return
@@ -118,12 +114,14 @@ class QuantsScreen(Screen[None]):
             return
         cand = self.candidates[table.cursor_row]
         if not cand.plan.fits:
-            self.runq.error(f"{cand.source.name} does not fit: " + "; ".join(cand.plan.problems),
-                            "pick a quant marked yes, or lower the context")  # fmt: skip
+            from launcher.tui.dialogs import show_error
+
+            show_error(self.app, f"{cand.source.name} does not fit: " + "; ".join(cand.plan.problems),
+                       "pick a quant marked yes, or lower the context")  # fmt: skip
             return
         from launcher.tui.plan_screen import PlanScreen
 
-        self.app.push_screen(PlanScreen(self.target, cand))
+        self.app.push_screen(PlanScreen(self.target, cand, self.machine))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_plan()

@@ -13,7 +13,6 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, ProgressBar, Static
 
 from launcher.errors import RunqError
-from launcher.units import fmt_bytes
 
 
 class Cancelled(Exception):
@@ -74,8 +73,10 @@ class TaskScreen(ModalScreen[bool]):
         self.app.notify(message, severity="information" if ok else "warning", timeout=8)
 
     def fail(self, message: str, hint: str | None) -> None:
+        from launcher.tui.dialogs import ErrorDialog
+
         self.dismiss(False)
-        self.app.error(message, hint)  # type: ignore[attr-defined]
+        self.app.push_screen(ErrorDialog(message, hint))
 
     def action_cancel(self) -> None:
         self.cancelled = True
@@ -86,46 +87,42 @@ class TaskScreen(ModalScreen[bool]):
 
 
 class DownloadTask(TaskScreen):
+    """The same pull as `runq pull`: free-disk check, resume, and the finished set verified against its headers."""
+
     def __init__(self, model: str, quant: str) -> None:
         super().__init__()
         self.model, self.quant = model, quant
         self.title_text = f"Downloading {model} {quant}"
 
     def run(self) -> str:
-        from launcher import catalog, hub
-        from launcher.hub_layout import quants_by_name
+        from launcher import catalog, pull
+        from launcher.progress import Meter
 
-        profile = catalog.require_profile(self.model)
-        listing = hub.list_repo(profile.repo)
-        rq = quants_by_name(profile, listing.files)[self.quant]
-        hub.check_disk(hub.plan_pull(listing, rq, None), None)
-        state: dict[str, Any] = {"file": "", "t0": time.monotonic(), "start": 0}
+        st = pull.state(catalog.require_profile(self.model), self.quant)
+        meter = Meter()
+        current = {"file": ""}
 
-        def on_file(f: Any) -> None:
-            state.update(file=f.path, t0=time.monotonic(), start=None)
+        def on_file(i: int, n: int, f: Any) -> None:
+            current["file"] = f"[{i}/{n}] {f.path}"
+            meter.restart()
 
         def on_bytes(done: int, total: int) -> None:
-            if state["start"] is None:
-                state["start"] = done
-            rate = (done - state["start"]) / max(time.monotonic() - state["t0"], 1e-3)
-            eta = (total - done) / rate if rate > 0 else 0
-            self.progress(done, total, f"{state['file']}\n{fmt_bytes(done)} of {fmt_bytes(total)}, "
-                                       f"{fmt_bytes(rate)}/s, ETA {int(eta // 60)}m{int(eta % 60):02d}s")  # fmt: skip
+            self.progress(done, total, f"{current['file']}\n{meter.update(done, total).text()}")
 
-        paths = hub.download(listing, rq, None, on_file, on_bytes)
-        return f"Downloaded {self.quant}: {paths[0]}"
+        done = pull.pull(st, on_file=on_file, on_bytes=on_bytes)
+        return f"Downloaded {self.quant} and verified {done.files} file(s), {done.tensors} tensors: {done.first}"
 
 
 class BuildTask(TaskScreen):
     title_text = "Building llama.cpp for this machine"
 
     def run(self) -> str:
-        from launcher.build import build_for_this_machine
+        from launcher.build import BuildRequest, ensure_build
 
         notes: list[str] = []
 
         def on_progress(pct: int, step: str) -> None:
             self.progress(pct, 100, f"{step}: {pct}%" + (f"\n{notes[-1]}" if notes else ""))
 
-        built = build_for_this_machine("auto", on_progress, should_stop=lambda: self.cancelled, say=notes.append)
-        return f"llama.cpp is built: {built.bin_dir}"
+        built, cached = ensure_build(BuildRequest(), on_progress, notes.append, should_stop=lambda: self.cancelled)
+        return f"llama.cpp is {'already ' if cached else ''}built: {built.bin_dir}"
