@@ -410,7 +410,7 @@ def ensure_build(
     if req.ref and kinds != ["git"]:
         raise UsageError("--ref applies to the git source only", hint="add --source git")
     if req.jobs is not None and req.jobs < 1:
-        raise UsageError(f"--jobs {req.jobs}: must be at least 1")
+        raise UsageError(f"--jobs {req.jobs}: must be at least 1", hint="leave --jobs out to use every CPU core")
     gpus, _, _, note = probe_gpus()
     tc = toolchain()
     choice = bc.choose_backend(Machine(gpus=gpus, gpu_note=note), tc.nvcc, req.backend, req.cuda_archs)

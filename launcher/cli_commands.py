@@ -111,13 +111,15 @@ def _explain_no_fit(args: argparse.Namespace, e: Any, model_name: str, machine: 
 def cmd_pull(args: argparse.Namespace) -> int:
     from launcher import catalog, hub, pull
     from launcher.cli_common import pull_with_progress, show_profile_notes
+    from launcher.inputs import check_ctx
     from launcher.target import check_model_name, pin_quant
     from launcher.units import fmt_bytes, fmt_decimal, parse_size
 
     check_model_name(args.model)
+    check_ctx(args.ctx)
+    disk_free = parse_size(args.disk_free, what="--disk-free") if args.disk_free else None
     show_profile_notes()
     profile = catalog.require_profile(args.model)
-    disk_free = parse_size(args.disk_free, what="--disk-free") if args.disk_free else None
     try:
         listing, remote = pull.list_quants(profile)
     except hub.Offline as e:

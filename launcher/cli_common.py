@@ -102,24 +102,21 @@ def read_api_key(opts: ServerOptions) -> str | None:
         key = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", None) or "not UTF-8 text"
-        raise UsageError(f"cannot read --api-key-file {path}: {why}") from None
+        raise UsageError(
+            f"cannot read --api-key-file {path}: {why}",
+            hint="give a file holding the key on its first line, readable only by you (chmod 600)",
+        ) from None
     if mode & 0o077:
         raise UsageError(f"--api-key-file {path} can be read by other users (mode {mode & 0o777:o})",
                          hint=f"chmod 600 {path}")  # fmt: skip
     if not key:
-        raise UsageError(f"--api-key-file {path} is empty")
+        raise UsageError(f"--api-key-file {path} is empty", hint="write the key clients must send into it")
     return key
 
 
-_notes_shown = False
-
-
 def show_profile_notes() -> None:
-    """Broken user profiles (left out) and user profiles replacing runq's, said once per command."""
-    global _notes_shown  # noqa: PLW0603 - once per process, whichever command asks first
-    if _notes_shown:
-        return
-    _notes_shown = True
+    """Broken user profiles (left out) and user profiles replacing runq's: each command that reads profiles
+    says this once, before its own output."""
     from launcher.catalog import profile_notes
 
     for note in profile_notes():

@@ -282,8 +282,30 @@ _HINT = "the file is damaged or incomplete: download it again (runq never delete
 
 
 def read_header(source: ByteSource, *, first_read: int = DEFAULT_FIRST_READ) -> GGUFHeader:
-    """Parse the header of one GGUF file. Raises GGUFError for anything malformed."""
+    """Parse the header of one GGUF file. Raises GGUFError for anything malformed.
+    Phases, in file order: preamble (magic, version, counts), metadata, tensor infos, data layout."""
     r = _Reader(source, first_read)
+    version, n_tensors, n_kv = _read_preamble(r)
+    metadata, value_types = _read_metadata(r, n_kv)
+    alignment = _alignment(r, metadata, value_types)
+    raw = _read_tensor_infos(r, n_tensors)
+    tensors = tuple(_tensor_info(r, name, shape, type_id, offset) for name, shape, type_id, offset in raw)
+    data_offset = _pad(r.pos, alignment) if tensors else r.pos
+    _check_data_layout(r, tensors, alignment, data_offset)
+    return GGUFHeader(
+        source_name=source.name,
+        version=version,
+        metadata=metadata,
+        value_types=value_types,
+        tensors=tensors,
+        alignment=alignment,
+        data_offset=data_offset,
+        file_size=r.size,
+    )
+
+
+def _read_preamble(r: _Reader) -> tuple[int, int, int]:
+    """(version, tensor count, key count), each checked against what the file could hold."""
     r.what = "the magic number"
     r.need(4)
     magic = bytes(r.buf[0:4])
@@ -296,7 +318,6 @@ def read_header(source: ByteSource, *, first_read: int = DEFAULT_FIRST_READ) -> 
         if struct.unpack(">I", struct.pack("<I", version))[0] in SUPPORTED_VERSIONS:
             raise r.fail("big-endian GGUF files are not supported")
         raise r.fail(f"unsupported GGUF version {version} (supported: 2, 3)")
-
     r.what = "the tensor and key counts"
     n_tensors = r.unpack("Q")
     n_kv = r.unpack("Q")
@@ -304,7 +325,11 @@ def read_header(source: ByteSource, *, first_read: int = DEFAULT_FIRST_READ) -> 
         raise r.fail(f"header claims {n_kv} metadata keys, more than the file could hold")
     if n_tensors * _MIN_TENSOR_INFO_BYTES > r.remaining():
         raise r.fail(f"header claims {n_tensors} tensors, more than the file could hold")
+    return version, n_tensors, n_kv
 
+
+def _read_metadata(r: _Reader, n_kv: int) -> tuple[dict[str, Any], dict[str, tuple[int, int | None]]]:
+    """Every key/value pair, and each value's GGUF type (element type for arrays)."""
     metadata: dict[str, Any] = {}
     value_types: dict[str, tuple[int, int | None]] = {}
     for i in range(n_kv):
@@ -327,15 +352,22 @@ def read_header(source: ByteSource, *, first_read: int = DEFAULT_FIRST_READ) -> 
             value_types[key] = (vtype, None)
         else:
             raise r.fail(f"metadata key {key!r} has unknown value type {vtype}")
+    return metadata, value_types
 
-    alignment = DEFAULT_ALIGNMENT
-    if "general.alignment" in metadata:
-        if value_types["general.alignment"] != (T_UINT32, None):
-            raise r.fail("general.alignment must be a u32")
-        alignment = metadata["general.alignment"]
-        if alignment == 0 or alignment & (alignment - 1):
-            raise r.fail(f"general.alignment {alignment} is not a power of two")
 
+def _alignment(r: _Reader, metadata: dict[str, Any], value_types: dict[str, tuple[int, int | None]]) -> int:
+    if "general.alignment" not in metadata:
+        return DEFAULT_ALIGNMENT
+    if value_types["general.alignment"] != (T_UINT32, None):
+        raise r.fail("general.alignment must be a u32")
+    alignment = int(metadata["general.alignment"])
+    if alignment == 0 or alignment & (alignment - 1):
+        raise r.fail(f"general.alignment {alignment} is not a power of two")
+    return alignment
+
+
+def _read_tensor_infos(r: _Reader, n_tensors: int) -> list[tuple[str, tuple[int, ...], int, int]]:
+    """(name, shape, type id, offset) of every tensor; names unique, shapes sane."""
     raw: list[tuple[str, tuple[int, ...], int, int]] = []
     names: set[str] = set()
     for i in range(n_tensors):
@@ -359,10 +391,11 @@ def read_header(source: ByteSource, *, first_read: int = DEFAULT_FIRST_READ) -> 
         type_id = r.unpack("i")
         offset = r.unpack("Q")
         raw.append((name, shape, type_id, offset))
+    return raw
 
-    tensors = tuple(_tensor_info(r, name, shape, type_id, offset) for name, shape, type_id, offset in raw)
 
-    data_offset = _pad(r.pos, alignment) if tensors else r.pos
+def _check_data_layout(r: _Reader, tensors: tuple[TensorInfo, ...], alignment: int, data_offset: int) -> None:
+    """Tensor data packed in order at aligned offsets, and all of it inside the file (else: truncated)."""
     expected = 0
     for t in tensors:
         if t.offset != expected:
@@ -375,16 +408,6 @@ def read_header(source: ByteSource, *, first_read: int = DEFAULT_FIRST_READ) -> 
                 f"truncated: tensor data ends at byte {end}, but the file has {r.size} bytes "
                 f"({(end - r.size) / 2**20:.1f} MiB missing: an incomplete download?)"
             )
-    return GGUFHeader(
-        source_name=source.name,
-        version=version,
-        metadata=metadata,
-        value_types=value_types,
-        tensors=tensors,
-        alignment=alignment,
-        data_offset=data_offset,
-        file_size=r.size,
-    )
 
 
 def _tensor_info(r: _Reader, name: str, shape: tuple[int, ...], type_id: int, offset: int) -> TensorInfo:

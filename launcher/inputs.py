@@ -74,7 +74,7 @@ def split_extra(extra: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
             i += 1
             continue
         if i + 1 >= len(extra):
-            raise UsageError(f"{flag} after -- needs a value")
+            raise UsageError(f"{flag} after -- needs a value", hint=f"e.g. -- {flag} VALUE, or leave {flag} out")
         value = extra[i + 1]
         if field_name == "ot":
             pins.setdefault("ot", []).append(value)
@@ -88,11 +88,12 @@ def split_extra(extra: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
 
 def _int_pin(flag: str, field_name: str, value: str) -> int:
     if field_name == "ngl" and value in ("all", "auto"):
-        raise UsageError(f"-ngl {value}: give a number so runq can plan around it")
+        raise UsageError(f"-ngl {value}: give a number so runq can plan around it",
+                         hint="e.g. -ngl 99 (every layer), or leave -ngl out and let runq choose")  # fmt: skip
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"{flag} {value!r}: expected a whole number") from None
+        raise UsageError(f"{flag} {value!r}: expected a whole number", hint=f"e.g. {flag} 8192") from None
 
 
 def check_int(value: int | None, flag: str, lo: int, hi: int, hint: str) -> None:

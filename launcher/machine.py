@@ -96,7 +96,8 @@ def parse_gpu_flag(text: str) -> list[int]:
         raise UsageError(f"cannot read --gpu {text!r}", hint="e.g. --gpu 24GiB or --gpu 2x80GiB")
     count = int(m.group(1)) if m.group(1) else 1
     if not 1 <= count <= 64:
-        raise UsageError(f"--gpu {text!r}: {count} GPUs is not a number runq can plan for (1-64)")
+        raise UsageError(f"--gpu {text!r}: {count} GPUs is not a number runq can plan for (1-64)",
+                         hint="e.g. --gpu 2x80GiB, or --gpu none for no GPU")  # fmt: skip
     size = parse_size(m.group(2), what="GPU memory")
     if size <= 0:
         raise UsageError(f"--gpu {text!r}: GPU memory must be more than zero")
@@ -225,7 +226,9 @@ def override(
         changes["swap_total_bytes"] = changes["swap_free_bytes"] = 0
     if cores is not None:
         if not 1 <= cores <= MAX_CORES:
-            raise UsageError(f"--cores {cores}: must be between 1 and {MAX_CORES}")
+            raise UsageError(
+                f"--cores {cores}: must be between 1 and {MAX_CORES}", hint="physical cores, e.g. --cores 16"
+            )
         changes["cpu"] = replace(base.cpu, physical_cores=cores, logical_cores=cores)
     elif base.source == "probed":
         changes["notes"] = (

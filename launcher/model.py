@@ -68,10 +68,8 @@ def shard_names(first: str) -> list[str]:
     return [f"{parent}{m.group('prefix')}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
-def combine(headers: Sequence[GGUFHeader]) -> GGUFModel:
-    """Check a set of shard headers (in shard order) and present them as one model."""
-    if not headers:
-        raise GGUFError("no GGUF files given")
+def _check_split(headers: Sequence[GGUFHeader]) -> None:
+    """The shards are one set, complete and in order: split.count, split.no and split.tensors.count agree."""
     first = headers[0]
     md = first.metadata
     count = len(headers)
@@ -79,28 +77,36 @@ def combine(headers: Sequence[GGUFHeader]) -> GGUFModel:
     if declared is None:
         if count != 1:
             raise GGUFError(f"{first.source_name}: has no split.count key but {count} shards were given")
-    else:
-        if declared != count:
-            raise GGUFError(f"{first.source_name}: split.count is {declared}, but {count} shards were found")
-        total = md.get(KEY_SPLIT_TENSORS)
-        for i, h in enumerate(headers):
-            no = h.metadata.get(KEY_SPLIT_NO)
-            if no != i:
-                raise GGUFError(
-                    f"{h.source_name}: split.no is {no}, expected {i} (shard {i + 1} of {count})",
-                    hint="the shards come from different sets or were renamed",
-                )
-            if h.metadata.get(KEY_SPLIT_COUNT) != count:
-                raise GGUFError(f"{h.source_name}: split.count disagrees with shard 1 ({count})")
-            if h.metadata.get(KEY_SPLIT_TENSORS, total) != total:
-                raise GGUFError(f"{h.source_name}: split.tensors.count disagrees with shard 1 ({total})")
-        n = sum(len(h.tensors) for h in headers)
-        if total is not None and n != total:
+        return
+    if declared != count:
+        raise GGUFError(f"{first.source_name}: split.count is {declared}, but {count} shards were found")
+    total = md.get(KEY_SPLIT_TENSORS)
+    for i, h in enumerate(headers):
+        no = h.metadata.get(KEY_SPLIT_NO)
+        if no != i:
             raise GGUFError(
-                f"{first.source_name}: the shards hold {n} tensors, split.tensors.count says {total}",
-                hint="a shard is from another version of the model: download the set again",
+                f"{h.source_name}: split.no is {no}, expected {i} (shard {i + 1} of {count})",
+                hint="the shards come from different sets or were renamed",
             )
+        if h.metadata.get(KEY_SPLIT_COUNT) != count:
+            raise GGUFError(f"{h.source_name}: split.count disagrees with shard 1 ({count})")
+        if h.metadata.get(KEY_SPLIT_TENSORS, total) != total:
+            raise GGUFError(f"{h.source_name}: split.tensors.count disagrees with shard 1 ({total})")
+    n = sum(len(h.tensors) for h in headers)
+    if total is not None and n != total:
+        raise GGUFError(
+            f"{first.source_name}: the shards hold {n} tensors, split.tensors.count says {total}",
+            hint="a shard is from another version of the model: download the set again",
+        )
 
+
+def combine(headers: Sequence[GGUFHeader]) -> GGUFModel:
+    """Check a set of shard headers (in shard order) and present them as one model."""
+    if not headers:
+        raise GGUFError("no GGUF files given")
+    first = headers[0]
+    md = first.metadata
+    _check_split(headers)
     tensors: list[ModelTensor] = []
     seen: dict[str, int] = {}
     for i, h in enumerate(headers):

@@ -46,7 +46,9 @@ def parse_user_overrides(texts: Iterable[str], buffers: Sequence[str]) -> tuple[
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise UsageError(f"--ot {item!r}: the pattern is not a valid regex: {e}") from None
+                raise UsageError(
+                    f"--ot {item!r}: the pattern is not a valid regex: {e}", hint=r"e.g. --ot 'blk\.(3|4)\.ffn_.*=CPU'"
+                ) from None
             if buf not in buffers:
                 raise UsageError(
                     f"--ot {item!r}: this machine has no buffer {buf!r}",

@@ -186,7 +186,7 @@ def _layer_bytes(tensors: TensorSet, n_layer: int) -> tuple[dict[int, int], dict
     return non_expert, experts
 
 
-def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:
+def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:  # noqa: C901, PLR0912, PLR0915 - being split into phases with the multi-GPU placement (issue 16)
     n_layer = hp.n_layer
     threads = req.threads or machine.cores
     kv = mem.kv_layout(hp, req.cache_type_k, req.cache_type_v)

@@ -8,6 +8,7 @@ out of memory, a model llama.cpp cannot load). The argv comes from argv.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -21,29 +22,48 @@ from pathlib import Path
 from typing import Any
 
 from launcher import llama_log
-from launcher.errors import ServerFailed
+from launcher.errors import RunqError, ServerFailed, UsageError
 
 HEALTH_POLL_S = 0.2
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+def check_bind(host: str, port: int) -> None:
+    """Fail before starting llama-server when it could not listen, saying why: a host that does not resolve or
+    is not this machine's, a privileged port, or a port in use."""
+    try:
+        family, kind, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UsageError(
+            f"--host {host}: cannot resolve it ({e.strerror})",
+            hint="give an address (127.0.0.1 this machine only, 0.0.0.0 every address) or a known name",
+        ) from None
+    with socket.socket(family, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+            s.bind(addr)
+        except OSError as e:
+            raise _bind_error(host, port, e) from None
+
+
+def _bind_error(host: str, port: int, e: OSError) -> RunqError:
+    if e.errno == errno.EADDRINUSE:
+        return ServerFailed(f"port {port} on {host} is already in use", hint="stop what uses it, or pick --port",
+                            kind="port")  # fmt: skip
+    if e.errno == errno.EADDRNOTAVAIL:
+        return UsageError(
+            f"--host {host} is not an address of this machine",
+            hint="use one that `ip addr` lists, 127.0.0.1 (this machine only) or 0.0.0.0 (every address)",
+        )
+    if e.errno == errno.EACCES:
+        return UsageError(f"port {port} is privileged: only root may listen on ports below 1024",
+                          hint="pick --port 1024 or above, e.g. 8080")  # fmt: skip
+    return ServerFailed(f"cannot listen on {host}:{port}: {e.strerror}", hint="pick another --host or --port")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 @dataclass
@@ -98,10 +118,7 @@ def http_json(
 
 
 def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | None = None) -> Server:
-    if not port_free(host, port):
-        raise ServerFailed(
-            f"port {port} on {host} is already in use", hint="stop what uses it, or pick --port", kind="port"
-        )
+    check_bind(host, port)
     binary = Path(argv[0])
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise ServerFailed(f"{binary}: llama.cpp binary not found", hint="run `runq build` (or give --llama-bin DIR)")

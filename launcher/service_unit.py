@@ -62,7 +62,7 @@ def render(spec: UnitSpec) -> str:
         lines.append("After=network.target")
     lines += ["StartLimitIntervalSec=900", "StartLimitBurst=5", "", "[Service]", "Type=exec"]
     if spec.mode == "system" and spec.run_as:
-        lines += [f"User={spec.run_as}", f"Group={spec.run_as}"]
+        lines.append(f"User={spec.run_as}")  # the primary group is the user's own: systemd looks it up
     if spec.gpus:
         wanted = " ".join(f"--gpu-free {i}:{b}" for i, b in spec.gpus)
         lines.append(f"ExecStartPre={_cmd(spec.runq)} service wait-gpu {wanted} --timeout {GPU_WAIT_S}")

@@ -50,7 +50,7 @@ _DENSE_FFN = frozenset({"ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"})
 _ROUTER = frozenset({"ffn_gate_inp", "exp_probs_b"})
 
 
-def classify(name: str) -> tuple[int | None, Role]:
+def classify(name: str) -> tuple[int | None, Role]:  # noqa: PLR0911 - a decision table: one return per role
     """(layer index or None, role) of a tensor name."""
     m = _BLOCK_RE.match(name)
     if m is None:

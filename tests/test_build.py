@@ -93,7 +93,11 @@ def test_list_and_clean_ignore_unfinished_builds(
     assert code == 0 and done.name in out and "bbbbbbbb" not in out
     code, _, err = run(capsys, "build", "--clean", "zzz")
     assert code == 2 and "no cached build 'zzz'" in err
-    code, out, _ = run(capsys, "build", "--clean")
+    code, _, err = run(capsys, "build", "--clean", "0c1e")  # a key must match exactly: never a prefix
+    assert code == 2 and "no cached build '0c1e'" in err and done.exists()
+    code, _, err = run(capsys, "build", "--clean", "")  # never "everything" by accident
+    assert code == 2 and "--clean --all" in err and done.exists()
+    code, out, _ = run(capsys, "build", "--clean", "--all")
     assert code == 0 and "Removed 2 build(s)" in out
     assert not done.exists() and not (root / ".tmp-0c1e57098b-cpu-cccccccc-123").exists()
 

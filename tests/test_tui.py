@@ -87,7 +87,8 @@ async def test_nothing_fits_says_why() -> None:
         a.screen.query_one("#ctx", Input).value = "163840"
         await settle(pilot)
         status = str(a.screen.query_one("#status", Static).render())
-        assert "fits" in status
+        assert "no quant of" in status and "fits this machine at 163,840 tokens" in status, status
+        assert "★" not in status and "the largest that fits" not in status
         await pilot.press("enter")  # a row that does not fit: a dialog, not a plan
         await pilot.pause()
         assert isinstance(a.screen, ErrorDialog)
