@@ -30,7 +30,8 @@ fi
 
 say "Installing runq and its test tools into .venv…"
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' ||
+# setuptools warns about every editable install (folders named like the package); nothing to act on here.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' ||
     fail "pip could not install runq: see the messages above (network or package index problem?)"
 
 # 3. What building llama.cpp needs. runq plans and inspects without them; `runq build` needs them.

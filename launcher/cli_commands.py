@@ -135,8 +135,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     )
     if st.plan.partial_bytes:
         print(f"Continuing interrupted downloads: the {fmt_decimal(st.plan.partial_bytes)} already here are kept.")
-    done = pull_with_progress(st, disk_free)
-    print(f"Ready: {done.first} ({done.files} file(s), {done.tensors} tensors verified)")
+    pull_with_progress(st, disk_free)
     return EXIT_OK
 
 

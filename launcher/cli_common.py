@@ -244,10 +244,12 @@ def pull_with_progress(st: Any, disk_free: int | None = None) -> Any:
 
     bar = ByteBar()
     try:
-        return pull(st, disk_free=disk_free, on_file=lambda i, n, f: bar.file(i, n, f.path, f.size), on_bytes=bar)
+        done = pull(st, disk_free=disk_free, on_file=lambda i, n, f: bar.file(i, n, f.path, f.size), on_bytes=bar)
     except KeyboardInterrupt:
         print("\nInterrupted: run the same command again to continue; nothing downloaded is lost.", file=sys.stderr)
         raise
+    print(f"Ready: {done.first} ({done.files} file(s), {done.tensors} tensors verified)", flush=True)
+    return done
 
 
 def ensure_model(target: ModelTarget, quant: str, *, auto: bool, yes: bool, dry: bool) -> Path:

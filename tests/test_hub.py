@@ -410,3 +410,43 @@ async def test_tui_download_and_build_tasks(
             if len(done) == 2:
                 break
         assert done == [True, True], [str(n.message) for n in app._notifications]
+
+
+@pytest.mark.anyio
+async def test_tui_download_is_the_same_pull_verification_included(
+    online: dict[str, str], tiny_repo: dict[str, list[Path]], server: HubServer, tmp_path: Path
+) -> None:
+    """The TUI's download goes through pull.pull: a set whose bytes arrive intact (sizes and sha256 match what
+    the Hub says) but do not form a model is caught by the same header verification as `runq pull`."""
+    from textual.widgets import Static
+
+    from launcher.tui.app import RunqApp
+    from launcher.tui.dialogs import ErrorDialog
+    from launcher.tui.task_screen import DownloadTask
+
+    damaged = tmp_path / "damaged"
+    files: dict[str, Path] = {}
+    for p in tiny_repo["UD-Q8_0"]:
+        copy = damaged / "UD-Q8_0" / p.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        data = bytearray(p.read_bytes())
+        if p.name.endswith("-00002-of-00003.gguf"):
+            data[0:4] = b"FUGG"  # same size, same sha256 on the "Hub": only reading the header can tell
+        copy.write_bytes(bytes(data))
+        files[f"UD-Q8_0/{p.name}"] = copy
+    files["Tiny-F16.gguf"] = tiny_repo["F16"][0]
+    server.repos["runq/Damaged-GGUF"] = Repo(files)
+    write_tiny_profile("runq/Damaged-GGUF", tiny_repo, name="damaged")
+    app = RunqApp(MachineSpec.model_validate({"ram": "16GiB", "cores": 2}).to_machine())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        done: list[bool | None] = []
+        app.push_screen(DownloadTask("damaged", "UD-Q8_0"), done.append)
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if done:
+                break
+        assert done == [False]
+        assert isinstance(app.screen, ErrorDialog)
+        message = str(app.screen.query_one("#error-message", Static).render())
+        assert "downloaded, but the files do not form a valid model" in message and "not a GGUF file" in message
