@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.cli_common import (
     confirm,
@@ -27,6 +27,9 @@ from launcher.cli_common import (
     warn,
 )
 from launcher.errors import EXIT_OK, RunqError, UsageError
+
+if TYPE_CHECKING:
+    from launcher.service import Mode
 
 UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 
@@ -128,7 +131,7 @@ def _build_warnings(plan: Any, binaries: Path) -> tuple[str, ...]:
     )
 
 
-def _unit(mode: str, name: str, run_as: str | None, target: Any, choice: Any, opts: Any, argv: list[str],
+def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, opts: Any, argv: list[str],
           log_path: str, launch: Any, warnings: tuple[str, ...]) -> Prepared:  # fmt: skip
     from launcher import render_plan
     from launcher.service import Record
