@@ -29,26 +29,26 @@ Progress = Callable[[int, int], None]  # (bytes done, total)
 
 
 @dataclass(frozen=True)
-class Target:
+class Destination:
     final: Path  # where the finished file lives (a blob, or dest/path)
     partial: Path  # the kept partial download
     link: Path | None  # the snapshot path that points at the blob (cache layout only)
 
 
-def target_for(repo: str, path: str, sha256: str, commit: str, dest: Path | None) -> Target:
+def target_for(repo: str, path: str, sha256: str, commit: str, dest: Path | None) -> Destination:
     if dest is not None:
         final = dest / path
-        return Target(final, final.with_name(final.name + ".runq-partial"), None)
+        return Destination(final, final.with_name(final.name + ".runq-partial"), None)
     root = hf_repo_dir(repo)
     blob = root / "blobs" / sha256
-    return Target(blob, blob.with_name(sha256 + ".incomplete"), root / "snapshots" / commit / path)
+    return Destination(blob, blob.with_name(sha256 + ".incomplete"), root / "snapshots" / commit / path)
 
 
-def partial_size(t: Target) -> int:
+def partial_size(t: Destination) -> int:
     return t.partial.stat().st_size if t.partial.is_file() else 0
 
 
-def _link(t: Target, revision: str, commit: str, repo: str) -> None:
+def _link(t: Destination, revision: str, commit: str, repo: str) -> None:
     if t.link is None:
         return
     t.link.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def _link(t: Target, revision: str, commit: str, repo: str) -> None:
 
 def fetch(
     url: str,
-    t: Target,
+    t: Destination,
     *,
     size: int,
     sha256: str | None,

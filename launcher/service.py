@@ -131,21 +131,6 @@ def check_port(loc: Locations, name: str, port: int) -> None:
             raise UsageError(f"port {port} is already used by the runq service {r.name!r}", hint="pick another --port")
 
 
-def check_key_file(path: str) -> None:
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError as e:
-        raise UsageError(f"--api-key-file {path}: {e.strerror}") from None
-    if st.st_mode & 0o077:
-        raise UsageError(
-            f"--api-key-file {path} can be read by other users (mode {st.st_mode & 0o777:o})",
-            hint=f"chmod 600 {path}",
-        )
-    if not p.read_text().strip():
-        raise UsageError(f"--api-key-file {path} is empty")
-
-
 class Systemd:
     """systemctl and journalctl, for user or system units."""
 

@@ -216,3 +216,29 @@ def test_service_help_lists_only_what_users_run(capsys: pytest.CaptureFixture[st
     assert "SUPPRESS" not in out and "wait-gpu" not in out
     assert listed == ["install", "render", "status", "restart", "remove", "logs", "list"], listed
     assert "install" in out and "render" in out
+
+
+def test_a_described_machine_says_whose_cores_it_has(
+    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]
+) -> None:
+    """--gpu/--ram without --cores: the plan says it took this machine's cores; --cores says nothing."""
+    import json
+
+    path = str(models["deepseek2-q8"].path)
+    assert main(["plan", path, "--gpu", "24GiB", "--ram", "64GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "note: the described machine has this machine's" in out and "add --cores N to describe its own" in out
+    assert main(["plan", path, "--gpu", "24GiB", "--ram", "64GiB", "--json"]) == 0
+    assert any("--cores N" in n for n in json.loads(capsys.readouterr().out)["notes"])
+    assert main(["plan", path, *MACHINE]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_the_banner_shows_the_address_asked_for() -> None:
+    from launcher.cli_run import listening_url
+
+    assert listening_url(ServerOptions(host="0.0.0.0", port=8081)) == (
+        "http://0.0.0.0:8081 (every address of this machine)"
+    )
+    assert listening_url(ServerOptions(host="::1", port=9000)) == "http://[::1]:9000"
+    assert listening_url(ServerOptions()) == "http://127.0.0.1:8080"
