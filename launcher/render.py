@@ -51,6 +51,7 @@ def machine_text(m: Machine) -> str:
     if m.disk_free_bytes is not None:
         where = f" in {_tilde(m.disk_path)}" if m.disk_path else ""
         rows.append(("Disk", f"{fmt_bytes(m.disk_free_bytes)} free{where}"))
+    rows += [("Note", n) for n in m.notes]
     title = {
         "probed": "This machine",
         "described": "Described machine",
@@ -62,6 +63,7 @@ def machine_text(m: Machine) -> str:
 def machine_json(m: Machine) -> dict[str, Any]:
     return {
         "source": m.source,
+        "notes": list(m.notes),
         "gpus": [
             {
                 "index": g.index,

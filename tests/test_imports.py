@@ -25,6 +25,10 @@ PURE = [
     "launcher.estimate",
     "launcher.choose",
     "launcher.argv",
+    "launcher.inputs",
+    "launcher.progress",
+    "launcher.service_unit",
+    "launcher.llama_log",
     "launcher.catalog",
     "launcher.arch_shapes",
     "launcher.synth",  # gguf/numpy only when a model is written
