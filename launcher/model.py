@@ -142,14 +142,19 @@ def combine(headers: Sequence[GGUFHeader]) -> GGUFModel:
 def open_local(path: str | Path) -> GGUFModel:
     """Read the header of a local GGUF file, or of every shard of a split set given shard 1."""
     p = Path(path)
+    if len(str(p)) > MAX_PATH or len(p.name) > MAX_NAME:
+        raise GGUFError(f"{str(p)[:80]}…: a file name this long cannot exist here",
+                        hint="give the path of a .gguf file")  # fmt: skip
     names = shard_names(str(p))
     missing = [n for n in names if not Path(n).is_file()]
-    if missing:
+    if missing and len(names) > 1:
         shown = ", ".join(Path(n).name for n in missing[:3]) + (" …" if len(missing) > 3 else "")
         raise GGUFError(
-            f"{len(missing)} of {len(names)} shards missing next to {p.name}: {shown}"
-            if len(names) > 1
-            else f"{p}: no such file",
-            hint="download the missing shards (runq never deletes the ones you have)" if len(names) > 1 else None,
+            f"{len(missing)} of {len(names)} shards missing next to {p.name}: {shown}",
+            hint="download the missing shards (runq never deletes the ones you have)",
         )
-    return combine([read_file_header(n) for n in names])
+    return combine([read_file_header(n) for n in names])  # one file: the reader names what is wrong with it
+
+
+MAX_PATH = 4096  # Linux PATH_MAX
+MAX_NAME = 255  # NAME_MAX

@@ -96,6 +96,8 @@ BAD: list[tuple[list[str], int, str]] = [
     (["demo", "--port", "99999"], 2, "--port 99999"),
     (["demo", "--timeout", "0"], 2, "--timeout 0"),
     (["hw", "--ram", "lots"], 2, "cannot read --ram 'lots'"),
+    (["inspect", LONG], 1, "a file name this long cannot exist here"),
+    (["inspect", "/etc/passwd"], 1, "not a GGUF file"),
     (["hw", "--gpu", "0x24GiB"], 2, "0 GPUs is not a number runq can plan for"),
     (["tui", "--gpu", "24GiB", "--gpu", "none"], 2, "'none' cannot be combined with GPU sizes"),
 ]
