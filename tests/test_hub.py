@@ -450,3 +450,35 @@ async def test_tui_download_is_the_same_pull_verification_included(
         assert isinstance(app.screen, ErrorDialog)
         message = str(app.screen.query_one("#error-message", Static).render())
         assert "downloaded, but the files do not form a valid model" in message and "not a GGUF file" in message
+
+
+@pytest.mark.anyio
+async def test_tui_download_checks_the_disk_first(
+    online: dict[str, str], deepseek_repo: dict[str, list[Path]], server: HubServer
+) -> None:
+    """The TUI's download is `runq pull`'s: a quant larger than the free disk is refused before a byte moves."""
+    from textual.widgets import Static
+
+    from launcher.hardware import free_disk_bytes
+    from launcher.paths import hf_cache_dir
+    from launcher.tui.app import RunqApp
+    from launcher.tui.dialogs import ErrorDialog
+    from launcher.tui.task_screen import DownloadTask
+
+    size = sum(p.stat().st_size for p in deepseek_repo["UD-Q2_K_XL"])  # ~250 GB, sparse on the Hub's side
+    hf_cache_dir().mkdir(parents=True, exist_ok=True)
+    free = free_disk_bytes(hf_cache_dir())
+    if free is None or free > size:
+        pytest.skip(f"this disk has room for {size / 1e9:.0f} GB: the refusal cannot be shown here")
+    app = RunqApp(MachineSpec.model_validate({"ram": "16GiB", "cores": 2}).to_machine())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        done: list[bool | None] = []
+        app.push_screen(DownloadTask("deepseek-v3.1", "UD-Q2_K_XL"), done.append)
+        for _ in range(200):
+            await pilot.pause(0.05)
+            if done:
+                break
+        assert done == [False] and isinstance(app.screen, ErrorDialog)
+        assert "not enough disk space" in str(app.screen.query_one("#error-message", Static).render())
+    assert not [r for r in server.log if r.bytes_sent and r.path.endswith(".gguf") and not r.range]
