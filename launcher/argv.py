@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from launcher.catalog import Profile, Sampling
 from launcher.inputs import ServerOptions
 from launcher.planner import Plan
+from launcher.sampling import to_pass
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,11 @@ def launch_for(
     server: ServerOptions | None = None,
     extra: Sequence[str] = (),
     flags: Mapping[str, bool] | None = None,
+    gguf_sampling: Sampling | None = None,
 ) -> Launch:
-    """The one way a launch is described, for the CLI, services, the TUI and the demo: the profile's sampling and
-    chat template, and for llama-server its address and the clients' key (a key file is passed as a file)."""
+    """The one way a launch is described, for the CLI, services, the TUI and the demo: the profile's sampling (and
+    the GGUF's own general.sampling.* for what it leaves open, or all of them without a profile) and chat template,
+    and for llama-server its address and the clients' key (a key file is passed as a file)."""
     template = profile.template_path() if profile else None
     more = list(extra)
     if server is not None and server.api_key_file:
@@ -112,7 +115,7 @@ def launch_for(
     return Launch(
         binary=binary,
         model_path=model_path,
-        sampling=profile.sampling if profile else None,
+        sampling=to_pass(profile.sampling if profile else None, gguf_sampling),
         template_path=str(template) if template else None,
         server=server is not None,
         host=server.host if server else "127.0.0.1",

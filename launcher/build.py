@@ -386,6 +386,7 @@ class BuildRequest:
     git_url: str | None = None
     jobs: int | None = None
     portable: bool = False
+    quirks: tuple[str, ...] = ()  # the model's build quirks (profile build_quirks), e.g. cuda_force_cublas
 
 
 def logs_path(kind: str) -> Path:
@@ -419,7 +420,8 @@ def ensure_build(
     target = bc.cpu_target(cpu_flags(), portable=req.portable)
 
     def config(commit: str) -> bc.BuildConfig:
-        return bc.BuildConfig(commit, choice.backend, choice.cuda_archs, native=target.native, extra=target.options)
+        extra = target.options + bc.quirk_options(choice.backend, req.quirks)  # a model's needs (MiniMax on CUDA)
+        return bc.BuildConfig(commit, choice.backend, choice.cuda_archs, native=target.native, extra=extra)
 
     ref = req.ref or bc.LLAMA_CPP_COMMIT
     if kinds[0] != "dir" and len(ref) == 40:  # a known commit: no network, no compiler needed when it is built
@@ -471,9 +473,15 @@ def _fetch_source(
     raise AssertionError("unreachable: kinds is never empty")
 
 
-def find_build(backend: str) -> Build | None:
-    """A cached build of the pinned commit for `backend` (any pinned build will do for the CPU)."""
-    builds = [b for b in cached_builds() if b.manifest.get("commit") == bc.LLAMA_CPP_COMMIT]
+def find_build(backend: str, quirks: tuple[str, ...] = ()) -> Build | None:
+    """A cached build of the pinned commit for `backend` (any pinned build will do for the CPU), built with the
+    options the model's quirks need on that backend (MiniMax on CUDA: -DGGML_CUDA_FORCE_CUBLAS=ON)."""
+    needed = set(bc.quirk_flags(backend, quirks))
+    builds = [
+        b
+        for b in cached_builds()
+        if b.manifest.get("commit") == bc.LLAMA_CPP_COMMIT and needed <= set(b.manifest.get("configure") or [])
+    ]
     for b in builds:
         if b.manifest.get("backend") == backend:
             return b

@@ -165,6 +165,29 @@ def configure_args(cfg: BuildConfig, source_dir: str, build_dir: str, *, ccache:
     return args
 
 
+# Options a model needs on a backend (a profile's build_quirks). MiniMax-M2.x Q4_K/Q5_K blk.61.ffn_down_exps give NaN
+# on CUDA unless matrix multiplications go through cuBLAS (bartowski/MiniMaxAI_MiniMax-M2.7-GGUF README,
+# landscape-2026 §1.6).
+QUIRK_OPTIONS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+    "cuda_force_cublas": {"cuda": (("GGML_CUDA_FORCE_CUBLAS", "ON"),)},
+}
+
+
+def quirk_options(backend: str, quirks: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+    """The -D options these quirks need on this backend (none on others)."""
+    out: list[tuple[str, str]] = []
+    for q in quirks:
+        for opt in QUIRK_OPTIONS.get(q, {}).get(backend, ()):
+            if opt not in out:
+                out.append(opt)
+    return tuple(out)
+
+
+def quirk_flags(backend: str, quirks: tuple[str, ...] | list[str]) -> list[str]:
+    """The same as cmake arguments, as a build's manifest records them ('-DGGML_CUDA_FORCE_CUBLAS=ON')."""
+    return [f"-D{k}={v}" for k, v in quirk_options(backend, quirks)]
+
+
 def build_args(build_dir: str, jobs: int) -> list[str]:
     return ["cmake", "--build", build_dir, "--config", "Release", "-j", str(jobs), "--target", *TARGETS]
 

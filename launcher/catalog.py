@@ -8,7 +8,9 @@ fixed chat template. A bad profile is an error naming the file and the field.
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
+import re
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -16,8 +18,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from launcher.arch_shapes import HYBRID_ARCHS, MLA_ARCHS, Arch
 from launcher.errors import UsageError, format_validation_error
-from launcher.hparams import HParams
+from launcher.ggml_types import TYPES_BY_NAME
+from launcher.hparams import HParams, delta_net_state_bytes, recurrent_pattern, swa_pattern
 from launcher.model import SHARD_RE
 from launcher.paths import config_dir
 
@@ -29,8 +33,8 @@ class _Strict(BaseModel):
 class ArchSpec(_Strict):
     """The real model's shape (llama.cpp's GGUF metadata names, without the arch prefix)."""
 
-    name: Literal["deepseek2", "qwen3moe"]
-    n_layer: int = Field(gt=0, le=1000)
+    name: Arch
+    n_layer: int = Field(gt=0, le=1000, description="block_count, NextN/MTP layers included")
     n_embd: int = Field(gt=0)
     n_vocab: int = Field(gt=0)
     context_length: int = Field(gt=0)
@@ -44,12 +48,35 @@ class ArchSpec(_Strict):
     n_expert_used: int = Field(gt=0)
     n_expert_shared: int = Field(ge=0, default=0)
     n_dense_lead: int = Field(ge=0, default=0)
-    # MLA (deepseek2)
+    nextn_layers: int = Field(ge=0, default=0, description="nextn_predict_layers (MTP), the last block(s)")
+    # MLA (deepseek2, deepseek32, glm-dsa)
     key_length_mla: int = 0
     value_length_mla: int = 0
     q_lora_rank: int = 0
     kv_lora_rank: int = 0
     rope_dim: int = 0
+    # DSA lightning indexer (deepseek32, glm-dsa, deepseek4)
+    indexer_n_head: int = Field(ge=0, default=0)
+    indexer_head_size: int = Field(ge=0, default=0)
+    # Sliding-window attention (gpt-oss: every 2nd layer full; deepseek4: every layer)
+    sliding_window: int = Field(ge=0, default=0)
+    swa_pattern: int = Field(ge=0, default=0)
+    attn_bias: bool = False  # gpt-oss: attention and expert biases, attention sinks
+    fused_gate_up: bool = False
+    # Hybrids (qwen35moe, qwen3next): gated DeltaNet layers, every full_attn_interval-th layer full attention
+    n_ff_shexp: int = Field(ge=0, default=0)
+    full_attn_interval: int = Field(ge=0, default=0)
+    ssm_d_conv: int = Field(ge=0, default=0)
+    ssm_d_state: int = Field(ge=0, default=0)
+    ssm_n_group: int = Field(ge=0, default=0)
+    ssm_dt_rank: int = Field(ge=0, default=0)
+    # deepseek4: grouped low-rank output, hyper-connections, hash-routed layers, compressed KV
+    o_groups: int = Field(ge=0, default=0)
+    o_lora_rank: int = Field(ge=0, default=0)
+    hc_mult: int = Field(ge=0, default=0)
+    hash_layers: int = Field(ge=0, default=0)
+    compress_ratios: list[int] = []
+    shape_source: Literal["gguf", "config", "approximate"] = "gguf"  # read from a GGUF, a config.json, or inferred
 
     @model_validator(mode="after")
     def _consistent(self) -> ArchSpec:
@@ -57,12 +84,23 @@ class ArchSpec(_Strict):
             raise ValueError("n_expert_used is larger than n_expert")
         if self.n_dense_lead >= self.n_layer:
             raise ValueError("n_dense_lead must be smaller than n_layer")
-        if self.name == "deepseek2" and not (self.kv_lora_rank and self.key_length_mla and self.rope_dim):
-            raise ValueError("deepseek2 needs kv_lora_rank, key_length_mla and rope_dim (MLA)")
+        if self.name in MLA_ARCHS and not (self.kv_lora_rank and self.key_length_mla and self.rope_dim):
+            raise ValueError(f"{self.name} needs kv_lora_rank, key_length_mla and rope_dim (MLA)")
+        if self.name in HYBRID_ARCHS and not (self.full_attn_interval and self.ssm_d_state and self.ssm_dt_rank):
+            raise ValueError(f"{self.name} needs full_attn_interval, ssm_d_state and ssm_dt_rank (hybrid layers)")
+        if self.name == "deepseek4" and not (self.o_groups and self.hc_mult and self.sliding_window):
+            raise ValueError("deepseek4 needs o_groups, hc_mult and sliding_window")
+        if self.compress_ratios and len(self.compress_ratios) != self.n_layer:
+            raise ValueError(f"compress_ratios needs {self.n_layer} values, one per block")
         return self
+
+    @property
+    def n_trunk(self) -> int:
+        return self.n_layer - self.nextn_layers
 
     def hparams(self, display_name: str | None = None) -> HParams:
         n = self.n_layer
+        heads_kv = self.n_head_kv
         return HParams(
             arch=self.name,
             name=display_name,
@@ -71,7 +109,7 @@ class ArchSpec(_Strict):
             n_embd=self.n_embd,
             n_vocab=self.n_vocab,
             n_head=(self.n_head,) * n,
-            n_head_kv=(self.n_head_kv,) * n,
+            n_head_kv=(heads_kv,) * n,
             key_length=self.key_length,
             value_length=self.value_length,
             n_ff=(self.n_ff,) * n,
@@ -82,8 +120,24 @@ class ArchSpec(_Strict):
             n_dense_lead=self.n_dense_lead,
             kv_lora_rank=self.kv_lora_rank,
             q_lora_rank=self.q_lora_rank,
-            sliding_window=0,
+            sliding_window=self.sliding_window,
             file_type=None,
+            n_layer_nextn=self.nextn_layers,
+            swa_layers=(
+                swa_pattern(self.n_trunk, self.swa_pattern) + (False,) * self.nextn_layers
+                if self.sliding_window and self.name != "deepseek4"
+                else ()
+            ),
+            recurrent_layers=(
+                recurrent_pattern(n, self.n_trunk, self.full_attn_interval) if self.name in HYBRID_ARCHS else ()
+            ),
+            recurrent_state_bytes=(
+                delta_net_state_bytes(self.ssm_d_conv, self.ssm_d_state, self.ssm_n_group, self.ssm_dt_rank)
+                if self.name in HYBRID_ARCHS
+                else 0
+            ),
+            kv_compress=tuple(self.compress_ratios),
+            indexer_head_size=self.indexer_head_size if self.name in ("deepseek32", "glm-dsa") else 0,
         )
 
 
@@ -98,7 +152,11 @@ class QuantSpec(_Strict):
     path: str = Field(min_length=6, description="repo path of the single file or of shard 1")
     size_bytes: int = Field(gt=0, description="published size of all files, bytes")
     expert_bits: ExpertBits | None = None
-    confirmed: bool = False  # size and layout read from the Hub (not docs or seed figures)
+    expert_type: str | None = None  # all routed experts in one native type whatever the quant (gpt-oss: MXFP4)
+    confirmed: bool = False  # size and layout read from the Hub or a real header (not docs or seed figures)
+    # Where size_bytes comes from: "hub" (a listing or header: confirmed), "published" (Unsloth's docs or a
+    # page quoting them), "approximate" (derived, e.g. from a sister model's size or parameters x bits).
+    size_source: Literal["hub", "published", "approximate"] = "published"
 
     @model_validator(mode="after")
     def _path(self) -> QuantSpec:
@@ -108,6 +166,14 @@ class QuantSpec(_Strict):
         m = SHARD_RE.match(name)
         if m and int(m.group("no")) != 1:
             raise ValueError(f"path {self.path!r} must name shard 1 of the set")
+        return self
+
+    @model_validator(mode="after")
+    def _source(self) -> QuantSpec:
+        if self.expert_type is not None and self.expert_type not in TYPES_BY_NAME:
+            raise ValueError(f"expert_type {self.expert_type!r} is not a ggml type")
+        if self.confirmed != (self.size_source == "hub"):
+            raise ValueError('confirmed = true goes with size_source = "hub" (and only with it)')
         return self
 
     @property
@@ -126,17 +192,25 @@ class Sampling(_Strict):
     seed: int | None = None
 
 
+BuildQuirk = Literal["cuda_force_cublas"]  # MiniMax: NaN on CUDA with Q4_K/Q5_K blk.61.ffn_down_exps otherwise
+
+
 class Profile(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9.\-]*$")
     display_name: str
     aliases: list[str] = []
+    # Published parameter counts, billions (None: counted from the architecture's tensor list).
+    params_b: float | None = Field(default=None, gt=0)
+    active_b: float | None = Field(default=None, gt=0)
     repo: str = Field(pattern=r"^[\w.\-]+/[\w.\-]+$")
     revision: str = "main"
     template: str | None = None
     default_ctx: int = Field(gt=0)
     notes: str = ""
     arch: ArchSpec
-    sampling: Sampling = Sampling()
+    sampling: Sampling = Sampling()  # the default mode's settings (what runq passes)
+    modes: dict[str, Sampling] = {}  # every mode's recommended settings ("thinking", "non-thinking", …)
+    build_quirks: list[BuildQuirk] = []
     quants: list[QuantSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -267,12 +341,37 @@ def _load_with(stamp: tuple[tuple[str, int, int], ...]) -> tuple[tuple[Profile, 
     return tuple(by_name.values()), tuple(notes)
 
 
+REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+
+
 def find_profile(name: str) -> Profile | None:
+    """A profile by name, alias or Hub repo id (any case)."""
     wanted = name.lower()
     for p in load_profiles():
-        if wanted == p.name or wanted in p.aliases:
+        if wanted == p.name or wanted in p.aliases or wanted == p.repo.lower():
             return p
     return None
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def suggestions(name: str, limit: int = 3) -> list[str]:
+    """Known names closest to a mistyped one: 'deepseek-v31' -> ['deepseek-v3.1']."""
+    names = {n: p.name for p in load_profiles() for n in (p.name, *p.aliases)}
+    squashed = {_squash(n): target for n, target in names.items()}
+    out: list[str] = []
+    exact = squashed.get(_squash(name))
+    if exact:
+        out.append(exact)
+    for n in difflib.get_close_matches(name.lower(), list(names), n=limit * 2, cutoff=0.6):
+        if names[n] not in out:
+            out.append(names[n])
+    for n in difflib.get_close_matches(_squash(name), list(squashed), n=limit * 2, cutoff=0.6):
+        if squashed[n] not in out:
+            out.append(squashed[n])
+    return out[:limit]
 
 
 def profile_for_file(path: str) -> tuple[Profile, QuantSpec] | None:
@@ -286,11 +385,19 @@ def profile_for_file(path: str) -> tuple[Profile, QuantSpec] | None:
 
 
 def require_profile(name: str) -> Profile:
+    """A catalog profile (by name, alias or repo id); a typo gets the closest names. A Hub repo id outside the
+    catalog becomes a profile in `target.require_profile` (it reads the repo)."""
     p = find_profile(name)
-    if p is None:
-        known = ", ".join(p.name for p in load_profiles())
+    if p is not None:
+        return p
+    close = suggestions(name)
+    if close:
         raise UsageError(
-            f"no model called {name!r}",
-            hint=f"known models: {known}; or give the path of a .gguf file",
+            f"no model called {name!r}: did you mean {' or '.join(close)}?",
+            hint="`runq models` lists the catalog; a Hub repo id (unsloth/NAME-GGUF) or a .gguf path also works",
         )
-    return p
+    known = ", ".join(p.name for p in load_profiles())
+    raise UsageError(
+        f"no model called {name!r}",
+        hint=f"known models: {known}; or a Hub repo id (unsloth/NAME-GGUF), or the path of a .gguf file",
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from launcher.catalog import Profile
+from launcher.catalog import Profile, Sampling
 from launcher.errors import DoesNotFitError, UsageError
 from launcher.estimate import estimate
 from launcher.hparams import HParams
@@ -31,6 +31,7 @@ class ModelSource:
     hparams: HParams
     exact: bool
     size_bytes: int  # published or file size
+    sampling: Sampling | None = None  # the GGUF's own general.sampling.* defaults, when its header was read
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ def _add_models(sub: Any) -> None:
     mo.add_argument("--local", action="store_true", help="list GGUF quants on disk (Hugging Face cache, or --dir)")
     mo.add_argument("--dir", metavar="DIR", help="also look in this download directory")
     mo.add_argument("--json", action="store_true", help="print JSON")
+    _add_machine_flags(mo)
     mo.set_defaults(func=_lazy("launcher.cli_commands", "cmd_models"))
 
 

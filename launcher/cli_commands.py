@@ -61,7 +61,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from launcher import render_plan
+    from launcher import render_plan, sampling
     from launcher.argv import build_argv, launch_for
     from launcher.choose import choose
     from launcher.cli_common import plan_inputs, resolve_target
@@ -87,12 +87,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.inputs import ServerOptions
 
     launch = launch_for("llama-cli" if args.cli else "llama-server", model_path, target.profile,
-                        server=None if args.cli else ServerOptions())  # fmt: skip
+                        server=None if args.cli else ServerOptions(), gguf_sampling=chosen.source.sampling)  # fmt: skip
     argv = build_argv(chosen.plan, launch)
+    values = sampling.effective(target.profile.sampling if target.profile else None, chosen.source.sampling)
     if args.json:
-        print_json({**render_plan.choice_json(choice, argv), "sizes": target.sizes, "notes": list(machine.notes)})
+        print_json({**render_plan.choice_json(choice, argv, values), "sizes": target.sizes,
+                    "notes": list(machine.notes)})  # fmt: skip
     else:
-        print(render_plan.choice_text(choice, machine, argv, target.sizes))
+        print(render_plan.choice_text(choice, machine, argv, target.sizes, values))
     return EXIT_OK
 
 
@@ -109,17 +111,17 @@ def _explain_no_fit(args: argparse.Namespace, e: Any, model_name: str, machine: 
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from launcher import catalog, hub, pull
+    from launcher import hub, pull
     from launcher.cli_common import pull_with_progress, show_profile_notes
     from launcher.inputs import check_ctx
-    from launcher.target import check_model_name, pin_quant
+    from launcher.target import check_model_name, pin_quant, require_profile
     from launcher.units import fmt_bytes, fmt_decimal, parse_size
 
     check_model_name(args.model)
     check_ctx(args.ctx)
     disk_free = parse_size(args.disk_free, what="--disk-free") if args.disk_free else None
     show_profile_notes()
-    profile = catalog.require_profile(args.model)
+    profile = require_profile(args.model)
     try:
         listing, remote = pull.list_quants(profile)
     except hub.Offline as e:
@@ -157,9 +159,8 @@ def _largest_that_fits(args: argparse.Namespace, profile: Any) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from launcher import catalog
     from launcher.cli_common import show_profile_notes
-    from launcher.units import fmt_bytes, fmt_decimal
+    from launcher.units import fmt_bytes
 
     if args.dir and not Path(args.dir).is_dir():
         raise UsageError(f"--dir {args.dir}: no such directory", hint="give the directory `runq pull --dir` used")
@@ -169,20 +170,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         )
     show_profile_notes()
     if not args.local:
-        profiles = catalog.load_profiles()
+        from launcher import model_list
+        from launcher.render_plan import machine_line
+
+        machine = resolve_machine(args)
+        rows = model_list.catalog_rows(machine)
         if args.json:
-            print_json(
-                [
-                    {"name": p.name, "display_name": p.display_name, "repo": p.repo,
-                     "quants": [{"name": q.name, "size_bytes": q.size_bytes} for q in p.quants]}
-                    for p in profiles
-                ]
-            )  # fmt: skip
-            return EXIT_OK
-        for p in profiles:
-            sizes = [q.size_bytes for q in p.quants]
-            print(f"{p.name:<18} {p.display_name:<18} {p.repo:<32} {len(p.quants)} quants, "
-                  f"{fmt_decimal(min(sizes))} to {fmt_decimal(max(sizes))}")  # fmt: skip
+            print_json([model_list.row_json(r) for r in rows])
+        else:
+            print(model_list.rows_text(rows, machine_line(machine)))
         return EXIT_OK
     from launcher.local_models import scan_dir, scan_hf_cache
 

@@ -211,28 +211,39 @@ def say(text: str) -> None:
 # --- steps that may ask first ------------------------------------------------------------------------
 
 
-def ensure_binaries(llama_bin: str | None, source: str, *, allowed: bool, dry: bool) -> Path:
-    """llama.cpp binaries for this machine's real hardware (a described GPU does not make a CUDA build useful)."""
+def ensure_binaries(
+    llama_bin: str | None, source: str, *, allowed: bool, dry: bool, quirks: tuple[str, ...] = ()
+) -> Path:
+    """llama.cpp binaries for this machine's real hardware (a described GPU does not make a CUDA build useful),
+    with what the model's build quirks need (MiniMax on CUDA: -DGGML_CUDA_FORCE_CUBLAS=ON)."""
     from launcher import build as bld
+    from launcher.build_config import quirk_flags
     from launcher.hardware import probe_gpus
 
     if llama_bin:
         return Path(llama_bin)
     wanted = "cuda" if probe_gpus()[0] else "cpu"
-    found = bld.find_build(wanted)
+    found = bld.find_build(wanted, quirks)
     if found is not None:
         return found.bin_dir
+    also = " ".join(quirk_flags(wanted, quirks))
     if dry:
-        say(f"[dry-run] would build llama.cpp ({wanted}): runq build --source {source}")
+        say(f"[dry-run] would build llama.cpp ({wanted}{', with ' + also + ' for this model' if also else ''}): "
+            f"runq build --source {source}")  # fmt: skip
         return Path("<runq build>")
     if not allowed:
+        if also:
+            raise RunqError(
+                f"no {wanted} build of llama.cpp with {also} yet (this model needs it)",
+                hint="add --auto to build it now",
+            )
         raise RunqError(
             f"no {wanted} build of llama.cpp yet",
             hint="run `runq build` first, or add --auto to build it now (about 5 minutes on 2 cores)",
         )
     bar = StepBar()
     try:
-        built, _ = bld.ensure_build(bld.BuildRequest(source=source), bar, say)
+        built, _ = bld.ensure_build(bld.BuildRequest(source=source, quirks=quirks), bar, say)
     finally:
         bar.done()
     return built.bin_dir

@@ -80,14 +80,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Note: {note}", file=sys.stderr)
     dry = args.dry_run
     model_path = ensure_model(p.target, chosen.source.name, auto=args.auto, yes=args.yes, dry=dry)
-    binaries = ensure_binaries(args.llama_bin, args.source, allowed=args.auto or bool(args.llama_bin), dry=dry)
+    quirks = tuple(p.target.profile.build_quirks) if p.target.profile else ()
+    binaries = ensure_binaries(
+        args.llama_bin, args.source, allowed=args.auto or bool(args.llama_bin), dry=dry, quirks=quirks
+    )
     if p.machine.source != "probed" and p.machine.gpus and not _here_has_gpu():
         say("Note: the plan is for the GPU you described; this machine has none: llama.cpp runs it all on the CPU.")
     extra = list(p.passthrough)
     if args.verify_tensors and "-lv" not in extra:
         extra += ["-lv", "5"]
     launch = launch_for(str(binaries / ("llama-server" if args.server else "llama-cli")), str(model_path),
-                        p.target.profile, server=opts, extra=extra, flags=build.binary_flags(binaries))  # fmt: skip
+                        p.target.profile, server=opts, extra=extra, flags=build.binary_flags(binaries),
+                        gguf_sampling=chosen.source.sampling)  # fmt: skip
     argv = build_argv(chosen.plan, launch)
     if dry:
         print(f"[dry-run] would run: {shell_quote([a if a != key else '<api key>' for a in argv])}")

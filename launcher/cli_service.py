@@ -103,12 +103,14 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     plan = choice.chosen.plan
     dry = not act  # a service makes sure its model and build exist, asking once
     model_path = ensure_model(target, choice.chosen.source.name, auto=True, yes=getattr(args, "yes", False), dry=dry)
-    binaries = ensure_binaries(args.llama_bin, args.source, allowed=True, dry=dry)
+    quirks = tuple(target.profile.build_quirks) if target.profile else ()
+    binaries = ensure_binaries(args.llama_bin, args.source, allowed=True, dry=dry, quirks=quirks)
     warnings = _build_warnings(plan, binaries)
     log_path = loc.log_path(name)
     launch = launch_for(str(Path(binaries, "llama-server").absolute()), str(Path(model_path).absolute()),
                         target.profile, server=opts, extra=["--log-file", str(log_path)],
-                        flags=build.binary_flags(Path(binaries)))  # fmt: skip
+                        flags=build.binary_flags(Path(binaries)),
+                        gguf_sampling=choice.chosen.source.sampling)  # fmt: skip
     argv = build_argv(plan, launch)
     return _unit(args.mode, name, run_as, target, choice, opts, argv, str(log_path), launch, warnings)
 

@@ -36,6 +36,13 @@ class HParams:
     q_lora_rank: int
     sliding_window: int  # 0 when the model has no sliding-window attention
     file_type: int | None
+    # Layer kinds beyond "full attention" (defaults: none). Per-layer tuples are empty or n_layer long.
+    n_layer_nextn: int = 0  # NextN/MTP layers at the end of block_count: no KV cache unless MTP drafting is on
+    swa_layers: tuple[bool, ...] = ()  # sliding-window layers (cache min(ctx, window + ubatch) cells)
+    recurrent_layers: tuple[bool, ...] = ()  # linear-attention / SSM layers: a fixed state, no KV cache
+    recurrent_state_bytes: int = 0  # per recurrent layer and sequence (conv + SSM state, f32)
+    kv_compress: tuple[int, ...] = ()  # deepseek4: per-layer KV compression ratio (0 = sliding window only)
+    indexer_head_size: int = 0  # DSA lightning indexer (deepseek32, glm-dsa): its keys are cached too
 
     @property
     def is_moe(self) -> bool:
@@ -93,6 +100,7 @@ class HParams:
         n_vocab = integer("vocab_size", len(tokens) if isinstance(tokens, tuple) else 0)
         name = md.get("general.name")
         file_type = md.get("general.file_type")
+        layers = _layer_kinds(arch, n_layer, get, integer)
         return cls(
             arch=arch,
             name=name if isinstance(name, str) else None,
@@ -114,4 +122,58 @@ class HParams:
             q_lora_rank=integer("attention.q_lora_rank"),
             sliding_window=integer("attention.sliding_window"),
             file_type=file_type if isinstance(file_type, int) else None,
+            **layers,
         )
+
+
+# Sliding-window pattern llama.cpp assumes when the GGUF has none (`load_swa_pattern(ml, N)` per arch).
+_DEFAULT_SWA_PATTERN = {"gpt-oss": 2}
+_HYBRIDS = frozenset({"qwen35moe", "qwen3next"})
+
+
+def swa_pattern(n_layer: int, n_pattern: int) -> tuple[bool, ...]:
+    """llama_hparams::set_swa_pattern: every n_pattern-th layer is full attention, the rest sliding-window."""
+    return tuple(n_pattern == 0 or il % n_pattern < n_pattern - 1 for il in range(n_layer))
+
+
+def recurrent_pattern(n_layer: int, n_trunk: int, interval: int) -> tuple[bool, ...]:
+    """Hybrids (qwen35moe, qwen3next): every interval-th trunk layer is full attention, the others recurrent."""
+    return tuple(il < n_trunk and (il + 1) % interval != 0 for il in range(n_layer))
+
+
+def delta_net_state_bytes(d_conv: int, d_state: int, n_group: int, dt_rank: int) -> int:
+    """llama_hparams::n_embd_r + n_embd_s (f32): the conv and SSM state of one gated-DeltaNet layer."""
+    d_inner = d_state * dt_rank
+    return 4 * ((max(d_conv - 1, 0)) * (d_inner + 2 * n_group * d_state) + d_state * d_inner)
+
+
+def _layer_kinds(arch: str, n_layer: int, get: Any, integer: Any) -> dict[str, Any]:
+    """The per-layer kinds of an architecture from its metadata, as llama.cpp's loader derives them."""
+    nextn = integer("nextn_predict_layers")
+    out: dict[str, Any] = {"n_layer_nextn": nextn}
+    if integer("attention.sliding_window") and arch != "deepseek4":
+        pattern = get("attention.sliding_window_pattern", _DEFAULT_SWA_PATTERN.get(arch, 0))
+        if isinstance(pattern, tuple):
+            out["swa_layers"] = tuple(bool(v) for v in pattern[:n_layer]) + (False,) * (n_layer - len(pattern))
+        elif isinstance(pattern, int) and not isinstance(pattern, bool):
+            out["swa_layers"] = swa_pattern(n_layer, pattern)[: n_layer - nextn] + (False,) * nextn
+    if arch in _HYBRIDS:
+        recurrent = get("attention.recurrent_layers")
+        if isinstance(recurrent, tuple) and len(recurrent) == n_layer:
+            out["recurrent_layers"] = tuple(bool(v) for v in recurrent)
+        else:
+            out["recurrent_layers"] = recurrent_pattern(
+                n_layer, n_layer - nextn, integer("full_attention_interval", 4) or 4
+            )
+        out["recurrent_state_bytes"] = delta_net_state_bytes(
+            integer("ssm.conv_kernel"),
+            integer("ssm.state_size"),
+            integer("ssm.group_count"),
+            integer("ssm.time_step_rank"),
+        )
+    if arch in ("deepseek32", "glm-dsa"):
+        out["indexer_head_size"] = integer("attention.indexer.key_length")
+    ratios = get("attention.compress_ratios")
+    if arch == "deepseek4" and isinstance(ratios, tuple):
+        out["kv_compress"] = tuple(int(r) for r in ratios[:n_layer])
+    return out

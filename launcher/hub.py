@@ -23,6 +23,7 @@ from launcher.errors import HubError, Offline, RunqError
 from launcher.gguf import BytesSource, GGUFHeader, read_header
 from launcher.hub_layout import RemoteFile, RemoteQuant
 from launcher.paths import cache_dir, hf_cache_dir, hf_repo_dir
+from launcher.sampling import from_gguf
 from launcher.units import fmt_decimal
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -378,7 +379,9 @@ def exact_sources(profile: Profile, revision: str = "main", *, network: bool = T
             failed.append(f"{name}: {got}")
             continue
         model = combine(got)
-        sources[name] = ModelSource(name, model.tensors, model.hparams, exact=True, size_bytes=m.remote.size_bytes)
+        sources[name] = ModelSource(
+            name, model.tensors, model.hparams, True, m.remote.size_bytes, sampling=from_gguf(model.metadata)
+        )
     where = "cached headers (offline)" if listing.cached else f"the GGUF headers on {endpoint()}"
     status = f"exact: {len(sources)} of {len(remote)} quants from {where}"
     if failed:

@@ -96,31 +96,69 @@ def ram_margin(ram_total: int) -> int:
 # --- per-layer KV and compute ----------------------------------------------------------------
 
 
+# Sliding-window layers cache min(ctx, PAD(n_swa + n_ubatch, 256)) cells (llama_kv_cache_iswa, one sequence).
+SWA_PAD_CELLS = 256
+
+
 @dataclass(frozen=True)
 class KVLayout:
-    """KV cache bytes per context token for each layer."""
+    """KV cache bytes per context token for each layer; sliding-window parts and fixed recurrent state aside."""
 
-    per_layer: tuple[int, ...]
+    per_layer: tuple[int, ...]  # bytes per context token (full-attention cache)
+    windowed: tuple[int, ...] = ()  # bytes per cell of a sliding-window cache, capped at window_cells
+    window_cells: int = 0
+    fixed: tuple[int, ...] = ()  # bytes independent of the context (recurrent state of linear-attention layers)
 
     def bytes_for(self, ctx: int, layers: list[int] | range | None = None) -> int:
         chosen = range(len(self.per_layer)) if layers is None else layers
-        return int(sum(self.per_layer[i] for i in chosen) * ctx)
+        total = sum(self.per_layer[i] for i in chosen) * ctx
+        if self.windowed:
+            total += sum(self.windowed[i] for i in chosen) * min(ctx, self.window_cells)
+        if self.fixed:
+            total += sum(self.fixed[i] for i in chosen)
+        return int(total)
 
     @property
     def per_token(self) -> int:
         return int(sum(self.per_layer))
 
 
-def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16") -> KVLayout:
-    """(key + value) x KV heads x element size per layer; MLA caches only the latent K."""
+def _flag(values: tuple[bool, ...] | tuple[int, ...], il: int) -> int:
+    return int(values[il]) if il < len(values) else 0
+
+
+def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512) -> KVLayout:
+    """(key + value) x KV heads x element size per layer; MLA caches only the latent K.
+
+    NextN/MTP layers get no cache (llama.cpp skips them unless MTP drafting is on); recurrent layers keep a
+    fixed state; sliding-window layers a window; deepseek4 a window plus a cache compressed by its ratio."""
     kb, vb = KV_TYPE_BYTES[cache_type_k], KV_TYPE_BYTES[cache_type_v]
-    out = []
+    per, windowed, fixed = [], [], []
+    trunk = hp.n_layer - hp.n_layer_nextn
     for il in range(hp.n_layer):
         kv_heads = hp.n_head_kv[il]
         k = hp.key_length * kv_heads * kb
         v = 0.0 if (hp.is_mla and MLA_V_LESS) else hp.value_length * kv_heads * vb
-        out.append(round(k + v))
-    return KVLayout(tuple(out))
+        full, win, state = k + v + hp.indexer_head_size * kb, 0.0, 0  # DSA: one indexer key head per token
+        if il >= trunk:
+            full = 0.0
+        elif _flag(hp.recurrent_layers, il):
+            full, state = 0.0, hp.recurrent_state_bytes
+        elif hp.arch == "deepseek4":  # one shared K=V head: a window of raw cells + the compressed cache
+            ratio = _flag(hp.kv_compress, il)
+            full, win = (hp.key_length * kb / ratio if ratio else 0.0), hp.key_length * kb
+        elif _flag(hp.swa_layers, il):
+            full, win = 0.0, k + v
+        per.append(round(full))
+        windowed.append(round(win))
+        fixed.append(state)
+    cells = -(-(hp.sliding_window + ubatch) // SWA_PAD_CELLS) * SWA_PAD_CELLS if hp.sliding_window else 0
+    return KVLayout(
+        tuple(per),
+        tuple(windowed) if any(windowed) else (),
+        cells,
+        tuple(fixed) if any(fixed) else (),
+    )
 
 
 def uses_flash_attention(hp: HParams) -> bool:

@@ -22,7 +22,7 @@ from launcher import overrides as ovr
 from launcher.hparams import HParams
 from launcher.machine import Machine
 from launcher.overrides import Override
-from launcher.tensors import ModelTensor, Role, TensorSet, layer_ranges
+from launcher.tensors import ModelTensor, Role, TensorSet, layer_ranges, loaded_tensors
 from launcher.units import fmt_bytes
 
 DEFAULT_UBATCH = 512
@@ -142,6 +142,7 @@ def gpu_usable(machine: Machine, extra_margin: int = 0) -> list[_Gpu]:
 def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
     """Place every tensor. With no ubatch pinned, a larger ubatch is chosen when experts live on the CPU
     and it costs at most one expert layer of VRAM."""
+    tensors = loaded_tensors(tensors, hp.n_layer, hp.n_layer_nextn)  # NextN/MTP layers are not loaded
     if req.ubatch is not None:
         return _place(machine, tensors, hp, req, req.ubatch)
     small = _place(machine, tensors, hp, req, DEFAULT_UBATCH)
@@ -360,12 +361,17 @@ def _kind(name: str) -> str:
 
 
 def _best_subset(candidates: list[ModelTensor], free: int) -> list[ModelTensor]:
-    """The subset of one layer's expert tensors with the most bytes that fits in `free` (at most 3-4 tensors)."""
+    """The subset of one layer's expert kinds with the most bytes that fits in `free` (3-4 kinds). A kind's
+    tensors move together (gpt-oss: ffn_up_exps.weight with ffn_up_exps.bias), so one -ot pattern covers them."""
+    kinds: dict[str, list[ModelTensor]] = {}
+    for t in candidates:
+        kinds.setdefault(_kind(t.name), []).append(t)
+    groups = list(kinds.values())
     best: list[ModelTensor] = []
     best_bytes = 0
-    n = len(candidates)
+    n = len(groups)
     for mask in range(1, 1 << n):
-        chosen = [candidates[i] for i in range(n) if mask >> i & 1]
+        chosen = [t for i in range(n) if mask >> i & 1 for t in groups[i]]
         size = sum(t.nbytes for t in chosen)
         if best_bytes < size <= free:
             best, best_bytes = chosen, size

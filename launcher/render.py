@@ -7,7 +7,7 @@ from typing import Any
 
 from launcher.machine import Machine
 from launcher.model import GGUFModel
-from launcher.tensors import Role, layer_ranges
+from launcher.tensors import Role, layer_ranges, unknown_tensors
 from launcher.units import fmt_bytes
 
 
@@ -144,6 +144,10 @@ def model_text(m: GGUFModel) -> str:
     by_role = ts.bytes_by_role()
     detail = ", ".join(f"{r.value} {fmt_bytes(n)}" for r, n in sorted(by_role.items(), key=lambda kv: -kv[1]))
     rows.append(("", detail))
+    unknown = unknown_tensors(t.name for t in ts.tensors)
+    if unknown:
+        more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+        rows.append(("Unknown", f"{', '.join(unknown[:8])}{more} (kept on the GPU side of a plan, never as experts)"))
     runs = expert_layer_runs(ts.expert_bytes_per_layer())
     for i, (layers, n) in enumerate(runs[:8]):
         rows.append(("Experts/layer" if i == 0 else "", f"layers {layers}: {fmt_bytes(n)} each"))
@@ -192,6 +196,7 @@ def model_json(m: GGUFModel) -> dict[str, Any]:
         "expert_bytes": ts.expert_bytes(),
         "non_expert_bytes": ts.non_expert_bytes(),
         "bytes_by_role": {r.value: by_role.get(r, 0) for r in Role},
+        "unknown_tensors": unknown_tensors(t.name for t in ts.tensors),
         "expert_bytes_per_layer": {str(k): v for k, v in ts.expert_bytes_per_layer().items()},
         "types": {name: {"tensors": c, "bytes": ts.type_bytes()[name]} for name, c in ts.type_histogram().items()},
         "shards": [

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from launcher.argv import shell_quote
 from launcher.choose import Candidate, Choice
 from launcher.machine import Machine
 from launcher.planner import CPU, Plan
-from launcher.tensors import layer_ranges
+from launcher.sampling import SamplingValue, describe
+from launcher.tensors import layer_ranges, unknown_tensors
 from launcher.units import fmt_bytes, fmt_gib
 
 
@@ -57,7 +59,9 @@ def placement_lines(p: Plan) -> list[str]:
     return out
 
 
-def choice_text(choice: Choice, machine: Machine, argv: list[str], sizes: str = "") -> str:
+def choice_text(
+    choice: Choice, machine: Machine, argv: list[str], sizes: str = "", sampling: Sequence[SamplingValue] = ()
+) -> str:
     c = choice.chosen
     p = c.plan
     kind = "exact sizes from the GGUF headers" if c.source.exact else "estimated sizes: no GGUF header read yet"
@@ -75,6 +79,12 @@ def choice_text(choice: Choice, machine: Machine, argv: list[str], sizes: str = 
     lines += ["Why:"] + [f"  - {r}" for r in (*choice.reasons, *p.reasons)]
     lines += ["", "Memory per device:", *memory_table(p)]
     lines += ["", "Placement:"] + [f"  {x}" for x in placement_lines(p) or ["everything on one device"]]
+    unknown = unknown_tensors(t.name for t in c.source.tensors.tensors)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        lines.append(f"  tensors runq does not know, kept with their layer (GPU side, never moved as experts): {shown}")
+    if sampling:
+        lines += ["", "Sampling (source):", f"  {describe(list(sampling))}"]
     lines += ["", "Command:", f"  {shell_quote(argv)}"]
     return "\n".join(lines)
 
@@ -128,9 +138,10 @@ def plan_json(p: Plan) -> dict[str, Any]:
     }
 
 
-def choice_json(choice: Choice, argv: list[str]) -> dict[str, Any]:
+def choice_json(choice: Choice, argv: list[str], sampling: Sequence[SamplingValue] = ()) -> dict[str, Any]:
     c = choice.chosen
     return {
+        "sampling": [{"name": v.name, "value": v.value, "source": v.source} for v in sampling],
         "model": choice.model,
         "quant": c.source.name,
         "exact": c.source.exact,

@@ -65,7 +65,7 @@ class SynthSpec:
 
     arch: Arch = "deepseek2"
     n_layer: int = 4
-    n_dense_lead: int = 1  # deepseek2 only
+    n_dense_lead: int = 1  # deepseek2 and glm4moe only
     n_expert: int = 8
     n_expert_used: int = 2
     n_embd: int = 64
@@ -83,9 +83,16 @@ class SynthSpec:
     weight_type: str = "Q8_0"  # any ggml type name; types gguf-py cannot quantize are written as zeros
     expert_type: str | None = None  # routed experts' type, default weight_type
     fused_gate_up: bool = False  # one ffn_gate_up_exps instead of ffn_gate_exps + ffn_up_exps
+    n_nextn: int = 0  # glm4moe: NextN/MTP layers after the trunk (n_layer counts the trunk only)
+    sliding_window: int = 0  # gpt-oss: window of the sliding-window layers (every other layer)
+    full_attn_interval: int = 4  # qwen35moe: every 4th layer full attention, the others gated DeltaNet
+    ssm_d_state: int = 16  # qwen35moe linear attention: head size, key heads, value heads
+    ssm_n_group: int = 2
+    ssm_dt_rank: int = 4
     n_merges: int = 120
     seed: int = 0
     name: str = field(default="")
+    extra_kv: tuple[tuple[str, float | int], ...] = ()  # more metadata, e.g. ("general.sampling.temp", 0.7)
 
     def with_(self, **kw: Any) -> SynthSpec:
         return replace(self, **kw)
@@ -159,8 +166,15 @@ def bpe_vocab(n_merges: int) -> tuple[list[str], list[str]]:
 # --- tensors ---------------------------------------------------------------------------------
 
 
+MLA = ("deepseek2", "deepseek32", "glm-dsa")  # MLA attention
+DEEPSEEK_TOKENS = (*MLA, "deepseek4")  # DeepSeek's tokens and template
+SHARED_EXPERT_ARCHS = (*DEEPSEEK_TOKENS, "glm4moe", "qwen35moe", "qwen3next")
+# deepseek4: layer 0 hash-routed and sliding-window only, then compressed attention (4: with the indexer, 128)
+DSV4_RATIOS = (0, 4, 128, 4, 128, 4, 128, 4)
+HYBRIDS = ("qwen35moe", "qwen3next")
+
+
 def shape_of(spec: SynthSpec) -> Shape:
-    ds = spec.arch == "deepseek2"
     return Shape(
         arch=spec.arch,
         n_layer=spec.n_layer,
@@ -169,11 +183,27 @@ def shape_of(spec: SynthSpec) -> Shape:
         n_ff=spec.n_ff,
         n_ff_exp=spec.n_ff_exp,
         n_expert=spec.n_expert,
-        n_dense_lead=spec.n_dense_lead if ds else 0,
+        n_dense_lead=spec.n_dense_lead if spec.arch in (*MLA, "glm4moe") else 0,
         n_head=spec.n_head,
         n_head_kv=spec.n_head_kv,
         head_dim=spec.head_dim,
-        n_expert_shared=1 if ds else 0,
+        n_expert_shared=1 if spec.arch in SHARED_EXPERT_ARCHS else 0,
+        n_nextn=spec.n_nextn if spec.arch == "glm4moe" else 0,
+        n_ff_shexp=spec.n_ff_exp if spec.arch in HYBRIDS else 0,
+        full_attn_interval=spec.full_attn_interval if spec.arch in HYBRIDS else 0,
+        indexer_n_head=4 if spec.arch in ("deepseek32", "glm-dsa", "deepseek4") else 0,
+        indexer_head_size=64 if spec.arch in ("deepseek32", "glm-dsa", "deepseek4") else 0,  # rotated in 64s
+        n_expert_used=spec.n_expert_used,
+        o_groups=2,
+        o_lora_rank=spec.q_lora_rank,
+        hc_mult=4 if spec.arch == "deepseek4" else 0,
+        hash_layers=1,
+        compress_ratios=DSV4_RATIOS[: spec.n_layer] if spec.arch == "deepseek4" else (),
+        ssm_d_conv=4,
+        ssm_d_state=spec.ssm_d_state,
+        ssm_n_group=spec.ssm_n_group,
+        ssm_dt_rank=spec.ssm_dt_rank,
+        attn_bias=spec.arch == "gpt-oss",
         q_lora_rank=spec.q_lora_rank,
         kv_lora_rank=spec.kv_lora_rank,
         qk_nope_dim=spec.qk_nope_dim,
@@ -190,12 +220,18 @@ def tensor_shapes(spec: SynthSpec) -> list[tuple[str, tuple[int, ...]]]:
 
 def _n_vocab(spec: SynthSpec) -> int:
     tokens, _ = bpe_vocab(spec.n_merges)
-    specials = DEEPSEEK_SPECIALS if spec.arch == "deepseek2" else QWEN_SPECIALS
+    specials = DEEPSEEK_SPECIALS if spec.arch in DEEPSEEK_TOKENS else QWEN_SPECIALS
     return len(tokens) + len(specials)
 
 
 def _tensor_type(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> str:
-    if len(shape) == 1 or "ffn_gate_inp" in name or "exp_probs_b" in name:
+    if "ffn_gate_tid2eid" in name:  # deepseek4 hash routing: expert ids per token
+        return "I32"
+    if len(shape) == 1 or name.endswith(".bias") or "ffn_gate_inp" in name or "exp_probs_b" in name:
+        return "F32"
+    if "hc_" in name or "_ape." in name:  # deepseek4 hyper-connection mixers and compressor positions
+        return "F32"
+    if "ssm_conv1d" in name or "ssm_alpha" in name or "ssm_beta" in name:  # small, kept F32 as converters do
         return "F32"
     wanted = spec.expert_type if (spec.expert_type and "_exps." in name) else spec.weight_type
     from launcher.ggml_types import type_by_name
@@ -210,8 +246,18 @@ def _tensor_data(rng: np.random.Generator, name: str, shape: tuple[int, ...], ty
     from gguf.quants import quantize
 
     np_shape = tuple(reversed(shape))
+    if type_name == "I32":  # hash routing table: each token's experts, distinct per row
+        n_expert_used = shape[0]
+        return (
+            rng.permuted(np.tile(np.arange(2 * n_expert_used, dtype=np.int32), (np_shape[0], 1)), axis=1)[
+                :, :n_expert_used
+            ].copy(),
+            None,
+        )
     if name.endswith("norm.weight"):
         values = np.ones(np_shape, dtype=np.float32)
+    elif name.endswith(".ssm_a"):  # the DeltaNet decay: negative, as -exp(A_log)
+        values = -np.ones(np_shape, dtype=np.float32)
     elif "exp_probs_b" in name:
         values = np.zeros(np_shape, dtype=np.float32)
     else:
@@ -267,7 +313,7 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
     w.add_uint32("general.file_type", file_types.get(spec.weight_type, 7))
     w.add_uint32(f"{a}.context_length", spec.n_ctx_train)
     w.add_uint32(f"{a}.embedding_length", spec.n_embd)
-    w.add_uint32(f"{a}.block_count", spec.n_layer)
+    w.add_uint32(f"{a}.block_count", spec.n_layer + (spec.n_nextn if a == "glm4moe" else 0))
     w.add_uint32(f"{a}.attention.head_count", spec.n_head)
     w.add_float32(f"{a}.rope.freq_base", 10000.0)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
@@ -275,29 +321,16 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
     w.add_uint32(f"{a}.expert_used_count", spec.n_expert_used)
     w.add_uint32(f"{a}.expert_feed_forward_length", spec.n_ff_exp)
     tokens, merges = bpe_vocab(spec.n_merges)
-    if a == "deepseek2":
-        w.add_uint32(f"{a}.feed_forward_length", spec.n_ff)
-        w.add_uint32(f"{a}.attention.head_count_kv", 1)
-        w.add_uint32(f"{a}.leading_dense_block_count", spec.n_dense_lead)
-        w.add_uint32(f"{a}.vocab_size", len(tokens) + len(DEEPSEEK_SPECIALS))
-        w.add_uint32(f"{a}.attention.q_lora_rank", spec.q_lora_rank)
-        w.add_uint32(f"{a}.attention.kv_lora_rank", spec.kv_lora_rank)
-        w.add_uint32(f"{a}.attention.key_length", spec.kv_lora_rank + spec.qk_rope_dim)
-        w.add_uint32(f"{a}.attention.value_length", spec.kv_lora_rank)
-        w.add_uint32(f"{a}.attention.key_length_mla", spec.qk_nope_dim + spec.qk_rope_dim)
-        w.add_uint32(f"{a}.attention.value_length_mla", spec.v_head_dim)
-        w.add_uint32(f"{a}.rope.dimension_count", spec.qk_rope_dim)
-        w.add_uint32(f"{a}.expert_shared_count", 1)
-        w.add_float32(f"{a}.expert_weights_scale", 2.5)
-        w.add_bool(f"{a}.expert_weights_norm", True)
-        w.add_uint32(f"{a}.expert_gating_func", 2)  # sigmoid
+    if a == "deepseek4":
+        _deepseek4_metadata(w, spec, len(tokens))
+        specials, pre, template = DEEPSEEK_SPECIALS, "deepseek-v3", DEEPSEEK_TEMPLATE
+        bos, eos = len(tokens), len(tokens) + 1
+    elif a in MLA:
+        _deepseek2_metadata(w, spec, len(tokens))
         specials, pre, template = DEEPSEEK_SPECIALS, "deepseek-v3", DEEPSEEK_TEMPLATE
         bos, eos = len(tokens), len(tokens) + 1
     else:
-        w.add_uint32(f"{a}.feed_forward_length", spec.n_ff)
-        w.add_uint32(f"{a}.attention.head_count_kv", spec.n_head_kv)
-        w.add_uint32(f"{a}.attention.key_length", spec.head_dim)
-        w.add_uint32(f"{a}.attention.value_length", spec.head_dim)
+        _gqa_metadata(w, spec)
         specials, pre, template = QWEN_SPECIALS, "qwen2", CHATML_TEMPLATE
         bos, eos = len(tokens), len(tokens) + 2  # <|endoftext|>, <|im_end|>
     w.add_tokenizer_model("gpt2")
@@ -307,5 +340,96 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
     w.add_token_merges(merges)
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
-    w.add_add_bos_token(a == "deepseek2")
+    w.add_add_bos_token(a in DEEPSEEK_TOKENS)
     w.add_chat_template(template)
+    for key, value in spec.extra_kv:
+        if isinstance(value, int):
+            w.add_int32(key, value)
+        else:
+            w.add_float32(key, value)
+
+
+def _deepseek2_metadata(w: Any, spec: SynthSpec, n_tokens: int) -> None:
+    a = spec.arch
+    w.add_uint32(f"{a}.feed_forward_length", spec.n_ff)
+    w.add_uint32(f"{a}.attention.head_count_kv", 1)
+    w.add_uint32(f"{a}.leading_dense_block_count", spec.n_dense_lead)
+    w.add_uint32(f"{a}.vocab_size", n_tokens + len(DEEPSEEK_SPECIALS))
+    w.add_uint32(f"{a}.attention.q_lora_rank", spec.q_lora_rank)
+    w.add_uint32(f"{a}.attention.kv_lora_rank", spec.kv_lora_rank)
+    w.add_uint32(f"{a}.attention.key_length", spec.kv_lora_rank + spec.qk_rope_dim)
+    w.add_uint32(f"{a}.attention.value_length", spec.kv_lora_rank)
+    w.add_uint32(f"{a}.attention.key_length_mla", spec.qk_nope_dim + spec.qk_rope_dim)
+    w.add_uint32(f"{a}.attention.value_length_mla", spec.v_head_dim)
+    w.add_uint32(f"{a}.rope.dimension_count", spec.qk_rope_dim)
+    w.add_uint32(f"{a}.expert_shared_count", 1)
+    w.add_float32(f"{a}.expert_weights_scale", 2.5)
+    w.add_bool(f"{a}.expert_weights_norm", True)
+    w.add_uint32(f"{a}.expert_gating_func", 2)  # sigmoid
+    if a in ("deepseek32", "glm-dsa"):  # the DSA lightning indexer
+        w.add_uint32(f"{a}.attention.indexer.head_count", 4)
+        w.add_uint32(f"{a}.attention.indexer.key_length", 64)
+        w.add_uint32(f"{a}.attention.indexer.top_k", 64)
+
+
+def _gqa_metadata(w: Any, spec: SynthSpec) -> None:
+    """qwen3moe, gpt-oss, glm4moe, minimax-m2 and qwen35moe: GQA attention, each with its own extras
+    (the keys their `load_arch_hparams` read at the pinned llama.cpp)."""
+    a = spec.arch
+    w.add_uint32(f"{a}.feed_forward_length", spec.n_ff_exp if a == "minimax-m2" else spec.n_ff)
+    w.add_uint32(f"{a}.attention.head_count_kv", spec.n_head_kv)
+    w.add_uint32(f"{a}.attention.key_length", spec.head_dim)
+    w.add_uint32(f"{a}.attention.value_length", spec.head_dim)
+    if a == "gpt-oss":
+        w.add_uint32(f"{a}.attention.sliding_window", spec.sliding_window or 128)
+        w.add_uint32(f"{a}.rope.dimension_count", spec.head_dim)
+    if a in ("glm4moe", "minimax-m2"):
+        w.add_uint32(f"{a}.rope.dimension_count", spec.head_dim // 2)  # partial rotary, as GLM-4.x and MiniMax
+        w.add_uint32(f"{a}.expert_gating_func", 2)  # sigmoid with exp_probs_b
+    if a == "glm4moe":
+        w.add_uint32(f"{a}.leading_dense_block_count", spec.n_dense_lead)
+        w.add_uint32(f"{a}.expert_shared_count", 1)
+        w.add_float32(f"{a}.expert_weights_scale", 2.5)
+        w.add_bool(f"{a}.expert_weights_norm", True)
+        w.add_uint32(f"{a}.nextn_predict_layers", spec.n_nextn)
+    if a in HYBRIDS:
+        rot = spec.head_dim // 4  # partial rotary (Qwen3.5: 64 of 256), split in mrope sections (qwen35moe)
+        w.add_uint32(f"{a}.rope.dimension_count", rot)
+        if a == "qwen35moe":
+            w.add_array(f"{a}.rope.dimension_sections", [rot // 2 - rot // 4, rot // 4, 0, 0])
+        w.add_uint32(f"{a}.expert_shared_feed_forward_length", spec.n_ff_exp)
+        w.add_uint32(f"{a}.ssm.conv_kernel", 4)
+        w.add_uint32(f"{a}.ssm.state_size", spec.ssm_d_state)
+        w.add_uint32(f"{a}.ssm.group_count", spec.ssm_n_group)
+        w.add_uint32(f"{a}.ssm.time_step_rank", spec.ssm_dt_rank)
+        w.add_uint32(f"{a}.ssm.inner_size", spec.ssm_d_state * spec.ssm_dt_rank)
+        w.add_uint32(f"{a}.full_attention_interval", spec.full_attn_interval)
+
+
+def _deepseek4_metadata(w: Any, spec: SynthSpec, n_tokens: int) -> None:
+    """deepseek4 (llama_model_deepseek4::load_arch_hparams): one shared K=V head of head_dim, grouped low-rank
+    output, hyper-connections, hash-routed leading layers, compressed KV with a sliding window."""
+    a = spec.arch
+    w.add_uint32(f"{a}.vocab_size", n_tokens + len(DEEPSEEK_SPECIALS))
+    w.add_uint32(f"{a}.attention.head_count_kv", 1)
+    w.add_uint32(f"{a}.attention.key_length", spec.head_dim)
+    w.add_uint32(f"{a}.attention.value_length", spec.head_dim)
+    w.add_uint32(f"{a}.rope.dimension_count", spec.head_dim // 4)
+    w.add_uint32(f"{a}.attention.q_lora_rank", spec.q_lora_rank)
+    w.add_uint32(f"{a}.attention.sliding_window", spec.sliding_window or 128)
+    w.add_uint32(f"{a}.expert_shared_count", 1)
+    w.add_float32(f"{a}.expert_weights_scale", 1.5)
+    w.add_bool(f"{a}.expert_weights_norm", True)
+    w.add_float32(f"{a}.swiglu_clamp_exp", 10.0)
+    w.add_uint32(f"{a}.attention.indexer.head_count", 4)
+    w.add_uint32(f"{a}.attention.indexer.key_length", 64)
+    w.add_uint32(f"{a}.attention.indexer.top_k", 64)
+    w.add_uint32(f"{a}.attention.output_group_count", 2)
+    w.add_uint32(f"{a}.attention.output_lora_rank", spec.q_lora_rank)
+    w.add_float32(f"{a}.attention.compress_rope_freq_base", 160000.0)
+    w.add_uint32(f"{a}.hyper_connection.count", 4)
+    w.add_uint32(f"{a}.hyper_connection.sinkhorn_iterations", 20)
+    w.add_float32(f"{a}.hyper_connection.epsilon", 1e-6)
+    w.add_uint32(f"{a}.hash_layer_count", 1)
+    w.add_array(f"{a}.attention.compress_ratios", list(DSV4_RATIOS[: spec.n_layer]))
+    w.add_uint32(f"{a}.expert_gating_func", 4)  # sqrt(softplus)

@@ -34,8 +34,14 @@ class ModelTarget:
 
 
 def looks_like_path(text: str) -> bool:
-    if text.endswith(".gguf") or "/" in text:
+    """A file, not a model name or a Hub repo id ('unsloth/Qwen3.6-35B-A3B-GGUF', planned from its headers)."""
+    if text.endswith(".gguf"):
         return True
+    if "/" in text:
+        try:
+            return Path(text).exists() or not catalog.REPO_ID_RE.fullmatch(text)
+        except OSError:
+            return True
     try:
         return Path(text).exists()
     except OSError:  # a name too long to be a file
@@ -60,7 +66,7 @@ def resolve(model: str, *, quant: str | None = None, estimate: bool = False, net
                 "--quant applies to a model name, not to a file", hint="give a model name, or another file"
             )
         return _local(model)
-    profile = catalog.require_profile(model)
+    profile = require_profile(model)
     if estimate:
         from launcher.hub import ExactSources
 
@@ -78,14 +84,27 @@ def resolve(model: str, *, quant: str | None = None, estimate: bool = False, net
     )  # fmt: skip
 
 
+def require_profile(model: str) -> Profile:
+    """A catalog profile by name, alias or repo id; any other Hub repo id ('unsloth/Some-Model-GGUF') becomes a
+    profile read from the repo's listing and GGUF headers; a typo gets the closest names."""
+    if catalog.find_profile(model) is None and catalog.REPO_ID_RE.fullmatch(model):
+        from launcher.hub_repo import profile_for_repo
+
+        return profile_for_repo(model)
+    return catalog.require_profile(model)
+
+
 def _local(path_text: str) -> ModelTarget:
     from launcher.model import open_local
+    from launcher.sampling import from_gguf
 
     model = open_local(path_text)
     found = catalog.profile_for_file(path_text)
     profile = found[0] if found else None
     file_name = Path(path_text).name
-    src = ModelSource(file_name, model.tensors, model.hparams, exact=True, size_bytes=model.file_bytes)
+    src = ModelSource(
+        file_name, model.tensors, model.hparams, True, model.file_bytes, sampling=from_gguf(model.metadata)
+    )
     trained = model.hparams.n_ctx_train or FALLBACK_CTX
     ctx = min(profile.default_ctx if profile else FALLBACK_CTX, trained)
     name = profile.display_name if profile else (model.hparams.name or file_name)

@@ -33,49 +33,99 @@ def layer_ranges(layers: Iterable[int]) -> str:
 
 
 class Role(StrEnum):
-    ROUTED_EXPERT = "routed_expert"  # blk.N.ffn_{gate,up,down,gate_up}_{,ch}exps
+    ROUTED_EXPERT = "routed_expert"  # blk.N.ffn_{gate,up,down,gate_up}_{,ch}exps, legacy blk.N.ffn_up.E
     SHARED_EXPERT = "shared_expert"  # blk.N.ffn_*_shexp, ffn_gate_inp_shexp
-    ROUTER = "router"  # blk.N.ffn_gate_inp, blk.N.exp_probs_b
-    ATTENTION = "attention"  # blk.N.attn_* (not norms)
+    ROUTER = "router"  # blk.N.ffn_gate_inp, exp_probs_b, ffn_gate_tid2eid (hash routing)
+    MOE_LATENT = "moe_latent"  # blk.N.ffn_latent_*, ffn_routed_*: every token passes them (latent MoE)
+    ATTENTION = "attention"  # blk.N.attn_* (not norms), incl. compressed attention (attn_compressor_*)
+    INDEXER = "indexer"  # blk.N.indexer.*, indexer_compressor_* (DSA lightning indexer)
+    RECURRENT = "recurrent"  # blk.N.ssm_*, time_mix_*, shortconv.* (linear attention / SSM layers)
+    HYPER_CONNECTION = "hyper_connection"  # blk.N.hc_*, output_hc_* (manifold hyper-connections)
+    MTP = "mtp"  # blk.N.nextn.* (multi-token prediction layer)
     DENSE_FFN = "dense_ffn"  # blk.N.ffn_{gate,up,down} of dense layers
     NORM = "norm"
     TOKEN_EMBD = "token_embd"
     OUTPUT = "output"
-    OTHER = "other"  # rope factors, MTP/nextn blocks, anything new
+    OTHER = "other"  # rope factors and other small known tensors
+    UNKNOWN = "unknown"  # a name runq does not know: kept with the layer (GPU side), reported by name
 
 
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([^.]+)")
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([^.]+)(?:\.(\d+))?")
 _ROUTED_RE = re.compile(r"^ffn_[a-z_]+?_(?:ch)?exps$")
+_LEGACY_EXPERT = frozenset({"ffn_gate", "ffn_up", "ffn_down"})  # blk.N.ffn_up.E.weight (one tensor per expert)
 _DENSE_FFN = frozenset({"ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"})
-_ROUTER = frozenset({"ffn_gate_inp", "exp_probs_b"})
+_ROUTER = frozenset({"ffn_gate_inp", "exp_probs_b", "exp_probs_b_vl", "ffn_gate_tid2eid"})
+_RECURRENT_PREFIXES = ("ssm_", "time_mix_", "channel_mix_", "shortconv")
+_OTHER_GLOBAL = frozenset(
+    {"rope_freqs", "rope_factors_long", "rope_factors_short", "token_types", "position_embd", "output_res_score",
+     "per_layer_model_proj", "dense_2", "dense_3", "altup_proj", "altup_unembd_proj",
+     # draft-model heads (eagle3, dflash)
+     "fc", "d2t", "markov_w1", "markov_w2", "conf_proj",
+     "selector_hidden", "selector_predecessor", "selector_successor"}
+)  # fmt: skip
+_OTHER_IN_BLOCK = frozenset(
+    {"ffn", "attn_rot_embd", "layer_output_scale", "inp_gate", "proj", "attn_res_score", "ffn_res_score",
+     "ple_key", "ple_value", "ple_conv1d", "ffn_conv_base", "ffn_conv_proj", "attn_conv_base", "attn_conv_proj",
+     "altup_correct_coef", "altup_correct_scale", "altup_predict_coef", "altup_router", "laurel_l", "laurel_r"}
+)  # fmt: skip
 
 
-def classify(name: str) -> tuple[int | None, Role]:  # noqa: PLR0911 - a decision table: one return per role
-    """(layer index or None, role) of a tensor name."""
+def classify(name: str) -> tuple[int | None, Role]:
+    """(layer index or None, role) of a tensor name (llama.cpp's `LLM_TENSOR_NAMES` at the pinned commit)."""
     m = _BLOCK_RE.match(name)
     if m is None:
-        kind = name.split(".", 1)[0]
-        if kind == "token_embd":
-            return None, Role.TOKEN_EMBD
-        if kind == "output":
-            return None, Role.OUTPUT
-        if kind.endswith("_norm"):
-            return None, Role.NORM
-        return None, Role.OTHER
+        return None, _global_role(name.split(".", 1)[0])
     layer, kind = int(m.group(1)), m.group(2)
+    if m.group(3) is not None:  # blk.N.ffn_up.E.weight: a legacy per-expert tensor
+        return layer, Role.ROUTED_EXPERT if kind in _LEGACY_EXPERT else Role.UNKNOWN
+    return layer, _block_role(kind)
+
+
+def _global_role(kind: str) -> Role:
+    if kind in ("token_embd", "per_layer_token_embd"):
+        return Role.TOKEN_EMBD
+    if kind == "output":
+        return Role.OUTPUT
+    if kind.startswith("output_hc_"):
+        return Role.HYPER_CONNECTION
+    if kind.endswith("_norm") or kind == "enc":  # enc.output_norm
+        return Role.NORM
+    if kind == "nextn":
+        return Role.MTP
+    return Role.OTHER if kind in _OTHER_GLOBAL else Role.UNKNOWN
+
+
+def _block_role(kind: str) -> Role:  # noqa: PLR0911 - a decision table: one return per role, in priority order
+    if kind == "ffn_norm_exps":  # arctic: a norm vector in front of the experts, not an expert tensor
+        return Role.NORM
     if _ROUTED_RE.match(kind):
-        return layer, Role.ROUTED_EXPERT
+        return Role.ROUTED_EXPERT
     if "shexp" in kind:
-        return layer, Role.SHARED_EXPERT
+        return Role.SHARED_EXPERT
     if kind in _ROUTER:
-        return layer, Role.ROUTER
-    if kind.endswith("_norm") or kind == "norm":
-        return layer, Role.NORM
+        return Role.ROUTER
+    if kind.startswith(("ffn_latent_", "ffn_routed_")):  # nemotron-h latent MoE, kimi-k3 routed projections
+        return Role.MOE_LATENT
+    if kind == "nextn":
+        return Role.MTP
+    if kind == "indexer" or kind.startswith("indexer_"):
+        return Role.INDEXER
+    if kind.startswith("hc_"):
+        return Role.HYPER_CONNECTION
+    if kind.startswith(_RECURRENT_PREFIXES):
+        return Role.RECURRENT
+    if kind.endswith("_norm") or kind == "norm" or kind.startswith(("post_", "pre_ffw_norm", "ple_norm_", "attn_norm")):
+        return Role.NORM
     if kind.startswith("attn_"):
-        return layer, Role.ATTENTION
+        return Role.ATTENTION
     if kind in _DENSE_FFN:
-        return layer, Role.DENSE_FFN
-    return layer, Role.OTHER
+        return Role.DENSE_FFN
+    return Role.OTHER if kind in _OTHER_IN_BLOCK else Role.UNKNOWN
+
+
+def unknown_tensors(names: Iterable[str]) -> list[str]:
+    """The names runq cannot classify (kept on the GPU side of a plan, never moved as experts)."""
+    return [n for n in names if classify(n)[1] is Role.UNKNOWN]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,3 +200,12 @@ class TensorSet:
         for t in self.tensors:
             out[t.type.name] = out.get(t.type.name, 0) + t.nbytes
         return out
+
+
+def loaded_tensors(tensors: TensorSet, n_layer: int, n_nextn: int) -> TensorSet:
+    """The tensors llama.cpp loads: without the trailing NextN/MTP layers' (block_count - nextn_predict_layers
+    and up), which its loaders create with TENSOR_SKIP unless MTP drafting is on — no memory, no -ot lines."""
+    if not n_nextn:
+        return tensors
+    first = n_layer - n_nextn
+    return TensorSet(tuple(t for t in tensors.tensors if t.layer is None or t.layer < first))

@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent / "launcher"
 PURE = [
     "argv", "arch_shapes", "catalog", "choose", "errors", "estimate", "ggml_types", "gguf", "hparams", "inputs",
     "machine", "memory", "model", "overrides", "planner", "progress", "render", "render_plan", "service_unit",
-    "tensors", "units", "build_config", "hub_layout", "llama_log", "paths",
+    "tensors", "units", "build_config", "hub_layout", "llama_log", "paths", "sampling",
 ]  # fmt: skip
-EDGES = ("hub", "hardware", "download", "runner", "service", "build", "pull", "target", "local_models", "tui", "cli")
+EDGES = ("hub", "hardware", "download", "runner", "service", "build", "pull", "target", "local_models", "tui", "cli",
+         "hub_repo", "model_list")  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -39,7 +39,7 @@ from launcher.tensors import Role, classify
         ("blk.17.ffn_gate_inp_shexp.weight", 17, Role.SHARED_EXPERT),
         ("blk.17.ffn_gate_inp.weight", 17, Role.ROUTER),
         ("blk.17.exp_probs_b.bias", 17, Role.ROUTER),
-        ("blk.61.nextn.eh_proj.weight", 61, Role.OTHER),
+        ("blk.61.nextn.eh_proj.weight", 61, Role.MTP),
     ],
 )
 def test_classify(name: str, layer: int | None, role: Role) -> None:

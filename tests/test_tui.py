@@ -41,6 +41,13 @@ def rows(table: DataTable[object]) -> list[list[str]]:
     return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
 
 
+def select(table: DataTable[object], title: str) -> list[str]:
+    """Move the cursor to the model row with this title; its cells."""
+    found = [r[0] for r in rows(table)]
+    table.move_cursor(row=found.index(title))
+    return rows(table)[found.index(title)]
+
+
 @pytest.mark.anyio
 async def test_pick_a_model_change_the_context_open_the_plan() -> None:
     a = app()
@@ -48,7 +55,13 @@ async def test_pick_a_model_change_the_context_open_the_plan() -> None:
         await settle(pilot)
         assert isinstance(a.screen, ModelsScreen)
         models = rows(a.screen.query_one(DataTable))
-        assert models[0][:3] == ["DeepSeek-V3.1", "UD-Q2_K_XL", "GPU + RAM"]
+        fitting = [r for r in models if r[1] != "-"]
+        assert models[: len(fitting)] == fitting  # what fits comes first
+        assert select(a.screen.query_one(DataTable), "DeepSeek-V3.1")[:3] == [
+            "DeepSeek-V3.1",
+            "UD-Q2_K_XL",
+            "GPU + RAM",
+        ]
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(a.screen, QuantsScreen)
@@ -82,6 +95,7 @@ async def test_nothing_fits_says_why() -> None:
     a = app()
     async with a.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
+        select(a.screen.query_one(DataTable), "DeepSeek-V3.1")
         await pilot.press("enter")
         await settle(pilot)
         a.screen.query_one("#ctx", Input).value = "163840"
@@ -119,6 +133,20 @@ async def test_a_corrupt_local_gguf_opens_an_error_dialog(tmp_path: Path, models
         await pilot.press("question_mark")
         await pilot.pause()
         assert isinstance(a.screen, HelpScreen)
+
+
+@pytest.mark.anyio
+async def test_a_home_server_sees_several_models_that_fit_first() -> None:
+    home = {"gpus": [{"memory": "24GiB", "name": "RTX 3090"}], "ram": "64GiB", "cores": 8}
+    a = RunqApp(MachineSpec.model_validate(home).to_machine())
+    async with a.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        models = rows(a.screen.query_one(DataTable))
+        fitting = [r for r in models if r[1] != "-"]
+        assert len(fitting) >= 5 and models[: len(fitting)] == fitting
+        assert "gpt-oss-120b" in [r[0] for r in fitting]
+        assert all(r[2] in ("GPU", "GPU + RAM") for r in fitting)
+        assert models[len(fitting)][2] == "does not fit"
 
 
 # --- snapshots ------------------------------------------------------------------------------------

@@ -67,6 +67,12 @@ def machine_text(m: Machine) -> str:
     return f"{kind}: {gpus}; {fmt_bytes(m.ram_available_bytes)} RAM available; {m.cores} cores"
 
 
+def fits_first(rows: list[ModelRow]) -> list[ModelRow]:
+    """What fits this machine first (largest download first: the most model for it), then the rest."""
+    fitting = sorted((r for r in rows if r.best), key=lambda r: -(r.download_bytes or 0))
+    return fitting + [r for r in rows if not r.best]
+
+
 def model_rows(machine: Machine) -> list[ModelRow]:
     rows = []
     local, _ = scan_hf_cache()
@@ -87,6 +93,7 @@ def model_rows(machine: Machine) -> list[ModelRow]:
                 on_disk=on_disk,
             )
         )
+    rows = fits_first(rows)
     for q in local:
         row = ModelRow(
             key=str(q.first),

@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from launcher.errors import RunqError
 from launcher.tui.dialogs import show_error
-from launcher.units import fmt_decimal
+from launcher.units import fmt_bytes
 
 if TYPE_CHECKING:
     from launcher.machine import Machine
@@ -51,7 +51,7 @@ class ModelsScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.clear()
         for r in rows:
-            size = fmt_decimal(r.download_bytes) if r.download_bytes else "-"
+            size = fmt_bytes(r.download_bytes) if r.download_bytes else "-"
             table.add_row(r.title, r.best or "-", r.fit, size, r.on_disk, key=r.key)
         local = sum(1 for r in rows if r.kind == "local")
         n = len(rows) - local

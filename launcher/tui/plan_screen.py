@@ -91,7 +91,9 @@ class PlanScreen(Screen[None]):
 
     def command(self) -> list[str]:
         path = str(self.target.model_path) if self.target.model_path else f"<{self.cand.source.name} after download>"
-        launch = launch_for("llama-server", path, self.target.profile, server=ServerOptions())
+        launch = launch_for(
+            "llama-server", path, self.target.profile, server=ServerOptions(), gguf_sampling=self.cand.source.sampling
+        )
         return build_argv(self.cand.plan, launch)
 
     def compose(self) -> ComposeResult:
