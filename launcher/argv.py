@@ -38,7 +38,10 @@ def plan_flags(plan: Plan, flags: Mapping[str, bool] | None = None) -> list[str]
     def has(name: str) -> bool:
         return flags is None or flags.get(name, False)
 
-    args = ["-c", str(plan.ctx), "-ngl", str(plan.ngl)]
+    args = []
+    if plan.rpc:  # first: llama.cpp registers the workers' devices when it reads --rpc, and -ot names them
+        args += ["--rpc", ",".join(plan.rpc)]
+    args += ["-c", str(plan.ctx), "-ngl", str(plan.ngl)]
     if has("fit"):  # on by default since late 2025: off, so llama.cpp keeps runq's placement
         args += ["--fit", "off"]
     for o in plan.overrides:

@@ -353,7 +353,11 @@ def _manifest(
         m = re.search(r"release ([\d.]+)", run_text([tc.nvcc, "--version"]))
         cuda = m.group(1) if m else None
     caps = probe_binaries(bin_dir)
-    versions = {t: (run_text([str(bin_dir / t), "--version"]).strip().splitlines() or [""])[-2:] for t in bc.TARGETS}
+    versions = {
+        t: (run_text([str(bin_dir / t), "--version"]).strip().splitlines() or [""])[-2:]
+        for t in bc.TARGETS
+        if t != bc.RPC_SERVER  # it has no --version: an unknown flag prints its usage
+    }
     return {
         "key": cfg.key,
         "commit": cfg.commit,

@@ -20,8 +20,10 @@ LLAMA_CPP_GIT_URL = "https://github.com/ggml-org/llama.cpp"
 PYPI_PACKAGE = "llama-cpp-python"
 PYPI_VERSION = "0.3.36"  # vendors llama.cpp at LLAMA_CPP_COMMIT
 
-# Only what runq runs; tests, examples and the web-UI download stay off.
-TARGETS = ("llama-server", "llama-cli", "llama-bench", "llama-fit-params", "llama-gguf-split")
+# Only what runq runs; tests, examples and the web-UI download stay off. `ggml-rpc-server` (tools/rpc, built
+# with -DGGML_RPC=ON) is what `runq worker` starts on the other hosts; the same flag lets llama-server take --rpc.
+TARGETS = ("llama-server", "llama-cli", "llama-bench", "llama-fit-params", "llama-gguf-split", "ggml-rpc-server")
+RPC_SERVER = "ggml-rpc-server"
 
 Backend = Literal["cpu", "cuda"]
 BACKENDS: tuple[str, ...] = ("cpu", "cuda")
@@ -158,6 +160,7 @@ def configure_args(cfg: BuildConfig, source_dir: str, build_dir: str, *, ccache:
         f"-DLLAMA_BUILD_COMMIT={short}",
         f"-DGGML_NATIVE={'ON' if cfg.native else 'OFF'}",
         f"-DGGML_CCACHE={'ON' if ccache else 'OFF'}",
+        "-DGGML_RPC=ON",
     ]
     if cfg.backend == "cuda":
         args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(cfg.cuda_archs)}"]

@@ -31,6 +31,7 @@ KNOWN_FLAGS = {
     "log_jsonl": ("--log-jsonl",),
     "log_verbosity": ("-lv", "--verbosity"),
     "tensor_split": ("-ts", "--tensor-split"),
+    "rpc": ("--rpc",),
     "flash_attn": ("-fa", "--flash-attn"),
     "api_key_file": ("--api-key-file",),
 }

@@ -35,6 +35,8 @@ exit codes: 0 ok, 1 runtime error, 2 bad usage or config, 3 does not fit,
 machine flags (plan for hardware you describe instead of this machine):
   --gpu 24GiB (repeat, or 2x80GiB; 'none' for no GPU)  --ram 256GiB  --cores 16
   --machine FILE.json  (sizes accept GiB/MiB/TiB (binary) and GB/MB/TB (decimal))
+other hosts (llama.cpp RPC; start `runq worker` on each):
+  --rpc HOST:PORT[,HOST:PORT…] (asked for their devices)  --worker ram=256GiB[,gpu=24GiB][,net=10Gbit]
 """
 
 
@@ -44,6 +46,14 @@ def _add_machine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ram", metavar="SIZE", help="system RAM available to the model, e.g. 256GiB")
     g.add_argument("--cores", type=int, metavar="N", help="physical CPU cores")
     g.add_argument("--machine", metavar="FILE", help="a JSON description of the machine")
+    g.add_argument(
+        "--rpc", action="append", metavar="HOST:PORT[,…]",
+        help="other hosts running `runq worker`: their devices take expert layers this host cannot hold",
+    )  # fmt: skip
+    g.add_argument(
+        "--worker", action="append", metavar="ram=SIZE[,gpu=SIZE][,net=SPEED][,at=HOST:PORT]",
+        help="describe another host (repeatable), e.g. ram=256GiB,net=10Gbit",
+    )  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
     add_service_parser(sub, _add_machine_flags, _add_plan_flags)
+    add_worker_parser(sub)
     return parser
 
 
@@ -155,6 +166,29 @@ def _add_tui(sub: Any) -> None:
     tui = sub.add_parser("tui", help="pick a model in a terminal UI (also: `runq` alone, in a terminal)")
     _add_machine_flags(tui)
     tui.set_defaults(func=_lazy("launcher.cli_commands", "cmd_tui"))
+
+
+def add_worker_parser(sub: Any) -> None:
+    w = sub.add_parser(
+        "worker",
+        help="lend this host's GPUs or CPU and RAM to a main host (llama.cpp RPC; the main host adds --rpc)",
+        description="Start llama.cpp's ggml-rpc-server for this host's GPUs (and its CPU and RAM), print the "
+        "address and what it lends; Ctrl-C or SIGTERM stops it. The protocol has no authentication: it listens "
+        "on 127.0.0.1 unless --host says otherwise.",
+    )
+    worker_flags(w)
+    w.add_argument("--yes", "-y", action="store_true", help="build llama.cpp without asking if there is no build")
+    w.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+    w.set_defaults(func=_lazy("launcher.cli_worker", "cmd_worker"))
+
+
+def worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--cache", action="store_true", help="cache tensors on this host's disk (faster reloads)")
+    p.add_argument("--device", action="append", metavar="DEV[,DEV…]", help="lend only these (CUDA0, CPU…)")
+    p.add_argument("--threads", "-t", type=int, metavar="N", help="CPU threads for the CPU device")
+    p.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -247,6 +281,8 @@ def add_service_parser(sub: Any, add_machine_flags: Any, add_plan_flags: Any) ->
     i.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading or building")
     i.set_defaults(func=_lazy("launcher.cli_service", "cmd_install"))
 
+    _add_install_worker(ss)
+
     r = ss.add_parser("render", help="print exactly the unit file, nothing else")
     target_flags(r)
     r.set_defaults(func=_lazy("launcher.cli_service", "cmd_render"))
@@ -277,7 +313,28 @@ def add_service_parser(sub: Any, add_machine_flags: Any, add_plan_flags: Any) ->
     v.add_argument("--timeout", type=float, default=1800)
     v.set_defaults(func=_lazy("launcher.cli_service", "cmd_verify"))
     # argparse lists a subcommand even with help=SUPPRESS ("==SUPPRESS=="): take the unit's own helpers off the list.
-    ss._choices_actions = [a for a in ss._choices_actions if a.dest not in ("wait-gpu", "verify")]
+    ss._choices_actions = [a for a in ss._choices_actions if a.dest not in ("wait-gpu", "wait-workers", "verify")]
+
+
+def _add_install_worker(ss: Any) -> None:
+    ww = ss.add_parser("wait-workers")  # ExecStartPre of a plan with --rpc
+    ww.add_argument("--need", action="append", default=[], metavar="HOST:PORT/INDEX:BYTES")
+    ww.add_argument("--llama-bin", metavar="DIR", required=True)
+    ww.add_argument("--timeout", type=float, default=120)
+    ww.set_defaults(func=_lazy("launcher.cli_worker", "cmd_wait_workers"))
+    iw = ss.add_parser("install-worker", help="run `runq worker` as a systemd service (starts at boot)")
+    worker_flags(iw)
+    iw.add_argument("--name", help="service name (default: worker-PORT); the unit is runq-NAME.service")
+    iw.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+    wmode = iw.add_mutually_exclusive_group()
+    wmode.add_argument("--user", dest="mode", action="store_const", const="user", help="a user unit (default)")
+    wmode.add_argument("--system", dest="mode", action="store_const", const="system", help="a system unit (root)")
+    iw.add_argument("--run-as", metavar="USER", help="system units: the user the worker runs as (never root)")
+    iw.set_defaults(mode="user")
+    iw.add_argument("--dry-run", action="store_true", help="print the unit; write nothing")
+    iw.add_argument("--force", action="store_true", help="replace a different unit runq wrote before")
+    iw.add_argument("--yes", "-y", action="store_true", help="do not ask before building or installing")
+    iw.set_defaults(func=_lazy("launcher.cli_service", "cmd_install_worker"))
 
 
 def _mode_flags(p: argparse.ArgumentParser) -> None:
@@ -287,7 +344,7 @@ def _mode_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(mode="user")
 
 
-COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo", "service", "tui")
+COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo", "service", "tui", "worker")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ the core; none imports another command module, and no core module imports this o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -58,7 +59,12 @@ def resolve_machine(args: argparse.Namespace, *, cpu_details: bool = False) -> M
         from launcher.paths import hf_cache_dir
 
         base = probe(disk_path=hf_cache_dir(), cpu_details=cpu_details)
-    return mach.override(base, gpus=gpus, ram=ram, cores=args.cores)
+    machine = mach.override(base, gpus=gpus, ram=ram, cores=args.cores)
+    if getattr(args, "rpc", None) or getattr(args, "worker", None):
+        from launcher.workers import attach
+
+        machine = attach(machine, args)  # other hosts: described (--worker) or asked (--rpc)
+    return machine
 
 
 def plan_inputs(args: argparse.Namespace, *, server: bool) -> PlanInputs:
@@ -247,6 +253,37 @@ def ensure_binaries(
     finally:
         bar.done()
     return built.bin_dir
+
+
+def rpc_server_binary(llama_bin: str | None, source: str, *, yes: bool) -> tuple[Path, str | None]:
+    """ggml-rpc-server (`runq worker`) of runq's build for this machine (built now if there is none, asking once),
+    or of --llama-bin; and the build's backend when known."""
+    from launcher import build as bld
+    from launcher import build_config as bc
+    from launcher.errors import ExternalToolError
+    from launcher.hardware import probe_gpus
+
+    wanted = "cuda" if probe_gpus()[0] else "cpu"
+    found = bld.find_build(wanted) if not llama_bin else None
+    if (
+        not llama_bin
+        and found is None
+        and not confirm(f"No {wanted} build of llama.cpp yet: build it now (about 5 minutes on 2 cores)?", yes)
+    ):
+        raise RunqError("a worker needs a llama.cpp build", hint="run `runq build`, or add --yes")
+    bin_dir = found.bin_dir if found else ensure_binaries(llama_bin, source, allowed=True, dry=False)
+    server = bin_dir / bc.RPC_SERVER
+    if not server.is_file():
+        raise ExternalToolError(
+            f"{server}: not found (llama.cpp built without -DGGML_RPC=ON?)",
+            hint="build it with `runq build`, or give --llama-bin a build with ggml-rpc-server",
+        )
+    backend = None
+    manifest = bin_dir.parent / "manifest.json"
+    if manifest.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            backend = json.loads(manifest.read_text()).get("backend")
+    return server, backend
 
 
 def pull_with_progress(st: Any, disk_free: int | None = None) -> Any:

@@ -119,6 +119,7 @@ def start_verified(p: Planned, launch: Launch, opts: ServerOptions, key: str | N
     from launcher.argv import build_argv
     from launcher.choose import replan_after_oom
     from launcher.paths import logs_dir
+    from launcher.workers import name_dead
 
     attempt = 1
     while True:
@@ -129,7 +130,7 @@ def start_verified(p: Planned, launch: Launch, opts: ServerOptions, key: str | N
             return server, runner.wait_healthy(server, opts.timeout_s), p
         except runner.ServerFailed as e:
             if e.kind != "oom" or attempt >= OOM_ATTEMPTS:
-                raise
+                raise name_dead(e, p.choice.chosen.plan.rpc) from None  # a lost worker is named
             again = replan_after_oom(p.machine, p.choice, p.request)
             attempt += 1
             say(again.message(attempt, OOM_ATTEMPTS))
@@ -156,7 +157,9 @@ def serve(p: Planned, launch: Launch, opts: ServerOptions, key: str | None, *, v
             return 1
         print("Serving. Ctrl-C stops it.", flush=True)
         code = server.proc.wait()
-        raise runner.died(server, code)
+        from launcher.workers import name_dead
+
+        raise name_dead(runner.died(server, code), plan.rpc)
     except KeyboardInterrupt:
         print("\nStopping llama-server…", file=sys.stderr)
         server.stop()

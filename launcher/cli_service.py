@@ -142,6 +142,8 @@ def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, o
     plan = choice.chosen.plan
     quant = choice.chosen.source.name
     gpus = [(int(d.name.removeprefix("CUDA")), d.used_bytes + d.margin_bytes) for d in plan.gpu_devices]
+    workers = [(d.name.split("[", 1)[1].rstrip("]"), int(d.name[3 : d.name.index("[")]), d.used_bytes + d.margin_bytes)
+               for d in plan.remote_devices if d.weights_bytes]  # fmt: skip
     record = Record(
         name=name, mode=mode, model=target.key, quant=quant, host=opts.host, port=opts.port, argv=argv,
         log_path=log_path, gpus=gpus, plan=render_plan.plan_json(plan), api_key_file=opts.api_key_file,
@@ -151,7 +153,7 @@ def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, o
     spec = UnitSpec(
         name=name, description=f"runq: {target.name} {quant} on {opts.host}:{opts.port}", exec_start=argv,
         runq=[sys.executable, "-m", "launcher"], mode=mode, run_as=run_as, gpus=tuple(gpus), state_dir=f"runq/{name}",
-        read_paths=tuple(reads), mlock="mlock" in plan.load_mode,
+        read_paths=tuple(reads), mlock="mlock" in plan.load_mode, workers=tuple(workers),
     )  # fmt: skip
     return Prepared(record, spec, render(spec), warnings)
 
@@ -231,6 +233,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = service.Systemd(args.mode).show(unit_name(r.name))
     print(f"{unit_name(r.name)}: {state.get('ActiveState', '?')} ({state.get('SubState', '?')}), "
           f"pid {state.get('MainPID', '?')}, restarts {state.get('NRestarts', '?')}")  # fmt: skip
+    if r.kind == "worker":
+        print(f"  worker: ggml-rpc-server on {r.host}:{r.port} (main hosts add --rpc {r.host}:{r.port})")
+        return EXIT_OK
     print(f"  model: {r.model} {r.quant}, ctx {r.plan['ctx']:,}, {r.plan['predicted_tg_tps']} tokens/s predicted")
     key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
     url = base_url(r.host, r.port)
@@ -329,7 +334,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 1
         time.sleep(1)
     report = llama_log.parse(_read(r.log_path))
-    on_gpu = [name for name, b in report.buffers.items() if name != "CPU" and b.get("weights", 0) > 0]
+    on_gpu = [n for n, b in report.buffers.items() if n.startswith("CUDA") and b.get("weights", 0) > 0]
     if r.gpus and not on_gpu:
         print("Error: the plan puts weights on the GPU but llama.cpp loaded everything on the CPU: "
               "failing the start instead of serving many times slower", file=sys.stderr)  # fmt: skip
@@ -344,3 +349,54 @@ def _read(path: str) -> str:
         return Path(path).read_text(errors="replace")
     except OSError:
         return ""
+
+
+def cmd_install_worker(args: argparse.Namespace) -> int:
+    """`runq worker` as a systemd unit: the resolved ggml-rpc-server command, sandboxed like the model services."""
+    from launcher import service
+    from launcher.cli_common import confirm, rpc_server_binary
+    from launcher.cli_worker import public
+    from launcher.hardware import probe_gpus
+    from launcher.inputs import check_port, is_loopback
+    from launcher.service_unit import render, unit_name
+    from launcher.workers import default_devices, exposure_warning, worker_argv, worker_unit_spec
+
+    if args.mode == "system" and os.geteuid() != 0 and not os.environ.get("RUNQ_UNIT_DIR"):
+        raise UsageError("a system unit needs root", hint="sudo runq service install-worker … --system, or --user")
+    check_port(args.port)
+    name = check_service_name(args.name or f"worker-{args.port}")
+    loc = service.Locations.for_mode(args.mode)
+    run_as = _run_as(args.mode, args.run_as)
+    service.check_port(loc, name, args.port)
+    server, backend = rpc_server_binary(args.llama_bin, args.source, yes=args.yes)
+    devices = [d for text in args.device or [] for d in text.split(",") if d]
+    devices = devices or default_devices(len(probe_gpus()[0]), backend)
+    threads = args.threads or os.cpu_count() or 1
+    argv = worker_argv(server.absolute(), args.host, args.port, threads, args.cache, devices)
+    n_gpus = sum(1 for d in devices if d.startswith("CUDA"))
+    spec = worker_unit_spec(name, argv, args.mode, run_as, n_gpus, [sys.executable, "-m", "launcher"])
+    text = render(spec)
+    if not is_loopback(args.host):
+        print(exposure_warning(args.host, args.port), file=sys.stderr)
+    if args.dry_run:
+        print(f"# {loc.unit_path(name)}")
+        sys.stdout.write(text)
+        return EXIT_OK
+    write_unit = service.check_unit_slot(loc, name, text, args.force)
+    systemd = service.Systemd(args.mode)
+    systemd.check()
+    if not confirm(f"Install and start {unit_name(name)} ({args.mode} unit)?", args.yes):
+        return 1
+    record = service.Record(
+        name=name, mode=args.mode, model="(worker)", quant="", host=args.host, port=args.port, argv=argv,
+        log_path="", gpus=[(i, 1) for i in range(n_gpus)], plan={}, kind="worker",
+    )  # fmt: skip
+    service.write_atomic(loc.record_path(name), record.to_json())
+    if write_unit:
+        service.write_atomic(loc.unit_path(name), text)
+    systemd.systemctl("daemon-reload")
+    systemd.systemctl("enable", "--now", unit_name(name))
+    print(f"Running: {unit_name(name)}, llama.cpp RPC on {args.host}:{args.port}")
+    print(f"  unit: {loc.unit_path(name)}")
+    print(f"  on the main host: runq plan MODEL --rpc {public(args.host)}:{args.port}")
+    return EXIT_OK

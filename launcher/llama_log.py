@@ -27,6 +27,8 @@ FAILURES = (
     ("port", re.compile(r"couldn't bind|Address already in use|failed to bind", re.I)),
     ("oom", re.compile(r"out of memory|cudaMalloc failed|failed to allocate .* buffer|ErrorOutOfDeviceMemory", re.I)),
     ("model", re.compile(r"failed to load model|error loading model|gguf_init_from_file|invalid magic", re.I)),
+    # ggml-rpc's client aborts without naming the worker: runq names it (workers.name_dead)
+    ("rpc", re.compile(r"Remote RPC server crashed|RPC handshake failed|Failed to connect to \S+:\d+", re.I)),
 )
 
 
@@ -80,13 +82,18 @@ def verify(
     """Compare llama.cpp's buffers (and, when the log has them, its override lines) with the plan."""
     lines: list[str] = []
     problems: list[str] = []
-    lines.append(f"{'device':<8}{'predicted':>12}{'llama.cpp':>12}   (weights + KV + compute)")
+    width = max(8, *(len(d.name) + 1 for d in plan.devices))
+    lines.append(f"{'device':<{width}}{'predicted':>12}{'llama.cpp':>12}   (weights + KV + compute)")
     for d in plan.devices:
         predicted = d.weights_bytes + d.kv_bytes + d.compute_bytes
         measured = report.device_bytes(d.name)
-        lines.append(f"{d.name:<8}{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}")
+        lines.append(f"{d.name:<{width}}{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}")
     gpus_planned = [d for d in plan.gpu_devices if d.weights_bytes > 0]
-    gpus_used = [name for name in report.buffers if name != CPU and report.buffers[name].get("weights", 0) > 0]
+    gpus_used = [
+        name
+        for name in report.buffers
+        if name != CPU and not name.startswith("RPC") and report.buffers[name].get("weights", 0) > 0
+    ]
     if has_gpu and gpus_planned and not gpus_used:
         problems.append(
             "the plan puts weights on the GPU but llama.cpp loaded everything on the CPU (driver not ready, "

@@ -61,6 +61,32 @@ class CPU:
 
 
 @dataclass(frozen=True)
+class RemoteDevice:
+    """One device a `runq worker` (llama.cpp's ggml-rpc-server) exposes: a GPU, or its CPU and RAM."""
+
+    index: int  # its index on the worker: the N of llama.cpp's buffer name RPC<N>[host:port]
+    kind: Literal["gpu", "cpu"]
+    total_bytes: int
+    free_bytes: int
+    bandwidth_bytes_s: float | None = None  # None: the memory model's default for its kind
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Another host lending its devices over llama.cpp's RPC backend (`--rpc host:port`)."""
+
+    endpoint: str  # host:port, as llama.cpp's --rpc takes it
+    devices: tuple[RemoteDevice, ...]
+    net_bytes_s: float | None = None  # the link to it; None: the memory model's default
+    described: bool = False  # from --worker (a host you may not have yet), not asked over the network
+    note: str | None = None  # what was assumed about it
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True)
 class Machine:
     gpus: tuple[GPU, ...] = ()
     ram_total_bytes: int = 0
@@ -76,6 +102,7 @@ class Machine:
     source: Literal["probed", "described", "mixed"] = "probed"
     ram_bandwidth_bytes_s: float | None = None  # described only; the planner has a default
     notes: tuple[str, ...] = ()  # what a plan for this machine must say (e.g. parts taken from this box)
+    workers: tuple[Worker, ...] = ()  # other hosts over RPC, in --rpc order (llama.cpp numbers their devices so)
 
     @property
     def cores(self) -> int:
@@ -102,6 +129,59 @@ def parse_gpu_flag(text: str) -> list[int]:
     if size <= 0:
         raise UsageError(f"--gpu {text!r}: GPU memory must be more than zero")
     return [size] * count
+
+
+_NET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([gm])(?:bit|b)(?:/s)?\s*$", re.IGNORECASE)
+RPC_DEFAULT_PORT = 50052
+
+
+def parse_net(text: str) -> float:
+    """'10Gbit' -> 1.25e9 bytes/s; '2.5Gbit', '100Mbit' (link speeds are decimal bits per second)."""
+    m = _NET_RE.match(text)
+    if not m:
+        raise UsageError(f"cannot read the network speed {text!r}", hint="e.g. net=10Gbit, net=2.5Gbit, net=1Gbit")
+    bits = float(m.group(1)) * (1e9 if m.group(2).lower() == "g" else 1e6)
+    if bits <= 0:
+        raise UsageError(f"network speed {text!r} must be more than zero")
+    return bits / 8
+
+
+def parse_endpoint(text: str) -> str:
+    """'10.0.0.2:50052' (or '10.0.0.2', the default port) -> 'host:port', checked."""
+    host, _, port = text.strip().rpartition(":")
+    if not host:
+        host, port = text.strip(), str(RPC_DEFAULT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c in host for c in ",= "):
+        raise UsageError(f"cannot read the worker address {text!r}", hint="write host:port, e.g. 10.0.0.2:50052")
+    return f"{host}:{int(port)}"
+
+
+def parse_worker_flag(text: str, number: int) -> Worker:
+    """`--worker ram=256GiB[,gpu=24GiB][,net=10Gbit][,at=host:port]`: a host runq worker would serve.
+    Its devices are listed as `runq worker` exposes them: the GPUs first, then the CPU with its RAM."""
+    fields: dict[str, str] = {}
+    gpus: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in ("ram", "gpu", "net", "at"):
+            raise UsageError(
+                f"--worker {text!r}: cannot read {part!r}",
+                hint="e.g. --worker ram=256GiB,gpu=24GiB,net=10Gbit (at=host:port for its address)",
+            )
+        if key == "gpu":
+            gpus += parse_gpu_flag(value)
+        else:
+            fields[key] = value.strip()
+    if "ram" not in fields and not gpus:
+        raise UsageError(f"--worker {text!r}: say what it lends", hint="e.g. --worker ram=256GiB")
+    ram = parse_size(fields["ram"], what="worker RAM") if "ram" in fields else 0
+    devices = [RemoteDevice(i, "gpu", size, size) for i, size in enumerate(gpus)]
+    if ram:
+        devices.append(RemoteDevice(len(devices), "cpu", ram, ram))
+    endpoint = parse_endpoint(fields["at"]) if "at" in fields else f"worker{number}:{RPC_DEFAULT_PORT}"
+    net = parse_net(fields["net"]) if "net" in fields else None
+    return Worker(endpoint, tuple(devices), net, described=True)
 
 
 def _size_field(value: Any, what: str) -> int:

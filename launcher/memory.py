@@ -184,3 +184,29 @@ def cpu_compute_bytes(hp: HParams, ubatch: int) -> int:
 def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
     """The compute buffer when everything runs on the CPU."""
     return ubatch * (CPU_MASK_BYTES * ctx + LOGIT_BYTES * (hp.n_vocab + CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd))
+
+
+# --- other hosts over llama.cpp's RPC backend (runq worker) ----------------------------------
+# Assumptions, not measurements (no second host to measure on yet); each is stated in the plan's reasons.
+# A device on a worker keeps what llama.cpp's RPC server allocates for the graph it runs: like the CPU's own
+# compute buffer when the layers run elsewhere (the expert matmuls' activations), kept generous.
+RPC_COMPUTE_BYTES = 256 * MiB
+# Stock RPC makes about 600 round trips per token for a 47-layer model (GLM-4.7-Flash; graph_compute,
+# get_alloc_size, set/get_tensor per split: michaelneale/decentralized-inference README), ~13 per layer;
+# runq puts only expert tensors on workers, one graph split per layer and worker: 12 round trips per layer.
+RPC_ROUND_TRIPS_PER_LAYER = 12
+# A switched 1-10 GbE LAN: about 0.2 ms per TCP round trip (assumed). Loopback, measured here (2-core EPYC VM,
+# generated deepseek2, n_embd 256, experts of 6 layers on two loopback workers): decode 1,450-1,570 -> 275 tok/s,
+# 3.0 ms more per token = 0.5 ms per remote layer = 12 round trips of 0.042 ms.
+NET_LATENCY_S = 0.2e-3
+LOOPBACK_LATENCY_S = 0.042e-3
+# A worker whose link speed is not given: 1 Gbit/s (the common home LAN); loopback: memory-copy speed.
+DEFAULT_NET_BYTES_S = 1e9 / 8
+LOOPBACK_NET_BYTES_S = 10e9
+# Activations crossing per layer and token: the hidden state there and back, f32.
+ACTIVATION_BYTES = 4
+
+
+def rpc_layer_seconds(n_embd: int, net_bytes_s: float, latency_s: float) -> float:
+    """Network time per token for one layer whose experts run on a worker: round trips plus activations."""
+    return RPC_ROUND_TRIPS_PER_LAYER * latency_s + 2 * n_embd * ACTIVATION_BYTES / net_bytes_s

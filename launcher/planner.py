@@ -13,7 +13,8 @@ The plan carries its reasons, so the CLI and the TUI explain without recomputing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -52,6 +53,7 @@ class DevicePlan:
     kv_bytes: int = 0
     compute_bytes: int = 0
     extra_bytes: int = 0  # llama-server's host prompt cache
+    remote: bool = False  # a device on a worker (llama.cpp's RPC backend)
 
     @property
     def budget_bytes(self) -> int:
@@ -92,10 +94,17 @@ class Plan:
     reasons: tuple[str, ...]
     problems: tuple[str, ...] = ()
     n_layer: int = 0
+    rpc: tuple[str, ...] = ()  # workers' host:port for llama.cpp's --rpc, in the order their devices are numbered
+    gpu_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # local GPU -> its layer slots (-ts)
 
     @property
     def gpu_devices(self) -> tuple[DevicePlan, ...]:
-        return tuple(d for d in self.devices if d.name != CPU)
+        """This host's GPUs."""
+        return tuple(d for d in self.devices if d.name != CPU and not d.remote)
+
+    @property
+    def remote_devices(self) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if d.remote)
 
     @property
     def cpu(self) -> DevicePlan:
@@ -115,27 +124,53 @@ class Plan:
 
 
 @dataclass
-class _Gpu:
-    name: str
+class _Dev:
+    """A device the planner hands bytes to: a local GPU, or a device on a worker (llama.cpp's RPC backend)."""
+
+    name: str  # the buffer name -ot takes and llama.cpp logs: CUDA0, RPC0[10.0.0.2:50052]
     index: int
     capacity: int
     margin: int
-    bandwidth: float
+    bandwidth: float  # effective bytes/s reading weights
+    remote: bool = False
+    kind: str = "gpu"  # "gpu" or "cpu" (a worker's CPU and RAM)
+    net_s: float = 0.0  # network seconds per token for each layer with tensors here
     layers: list[int] = field(default_factory=list)  # layer slots owned (n_layer = the output layer)
 
 
-def gpu_usable(machine: Machine, extra_margin: int = 0) -> list[_Gpu]:
+def gpu_usable(machine: Machine, extra_margin: int = 0) -> list[_Dev]:
     out = []
     for g in machine.gpus:
         out.append(
-            _Gpu(
+            _Dev(
                 name=f"CUDA{g.index}",
                 index=g.index,
                 capacity=g.free_bytes,
                 margin=mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_margin,
-                bandwidth=mem.gpu_bandwidth(g.name, g.memory_bandwidth),
+                bandwidth=mem.gpu_bandwidth(g.name, g.memory_bandwidth) * mem.GPU_BANDWIDTH_EFFICIENCY,
             )
         )
+    return [g for g in out if g.capacity > g.margin]
+
+
+def remote_usable(machine: Machine, n_embd: int, cpu_bw: float, extra_margin: int = 0) -> list[_Dev]:
+    """The workers' devices in llama.cpp's order (--rpc order, then each worker's own), each with the network
+    cost of a layer placed there. A worker's RAM reads as fast as this host's unless described."""
+    out = []
+    for w in machine.workers:
+        loop = w.host in ("localhost", "::1") or w.host.startswith("127.")
+        net = w.net_bytes_s or (mem.LOOPBACK_NET_BYTES_S if loop else mem.DEFAULT_NET_BYTES_S)
+        net_s = mem.rpc_layer_seconds(n_embd, net, mem.LOOPBACK_LATENCY_S if loop else mem.NET_LATENCY_S)
+        for d in w.devices:
+            if d.kind == "gpu":
+                margin = mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_margin
+                bw = mem.gpu_bandwidth("", d.bandwidth_bytes_s) * mem.GPU_BANDWIDTH_EFFICIENCY
+            else:
+                margin = mem.ram_margin(d.total_bytes) + extra_margin
+                bw = d.bandwidth_bytes_s or cpu_bw
+            dev = _Dev(f"RPC{d.index}[{w.endpoint}]", d.index, d.free_bytes, margin, bw, True, d.kind, net_s)
+            if dev.capacity > dev.margin + mem.RPC_COMPUTE_BYTES:
+                out.append(dev)
     return out
 
 
@@ -169,7 +204,8 @@ def _has_cpu_experts(p: Plan, tensors: TensorSet) -> bool:
 
 
 def _gpu_expert_layer_count(p: Plan) -> int:
-    return sum(len(v) for k, v in p.expert_layers.items() if k != CPU)
+    local = {d.name for d in p.gpu_devices}
+    return sum(len(v) for k, v in p.expert_layers.items() if k in local)
 
 
 def _layer_bytes(tensors: TensorSet, n_layer: int) -> tuple[dict[int, int], dict[int, list[ModelTensor]]]:
@@ -187,173 +223,361 @@ def _layer_bytes(tensors: TensorSet, n_layer: int) -> tuple[dict[int, int], dict
     return non_expert, experts
 
 
-def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:  # noqa: C901, PLR0912, PLR0915 - being split into phases with the multi-GPU placement (issue 16)
-    n_layer = hp.n_layer
-    threads = req.threads or machine.cores
-    kv = mem.kv_layout(hp, req.cache_type_k, req.cache_type_v)
-    names = [t.name for t in tensors.tensors]
-    reasons: list[str] = []
-    problems: list[str] = []
+@dataclass
+class _Work:
+    """What the placement phases share: the inputs, and the placement as it is built."""
 
-    # Tensors the user pinned with their own -ot stay where they said.
-    forced: dict[str, str] = {}
-    for name in names:
-        for o in req.user_overrides:
-            if ovr.selects([o.pattern], name):
-                forced[name] = o.buffer
-                break
-    if forced:
-        reasons.append(f"{len(forced)} tensors placed by your own -ot patterns")
+    machine: Machine
+    tensors: TensorSet
+    hp: HParams
+    req: Request
+    ubatch: int
+    kv: mem.KVLayout
+    forced: dict[str, str]
+    gpus: list[_Dev]
+    remotes: list[_Dev]
+    layer_dev: dict[int, str] = field(default_factory=dict)
+    placement: dict[str, str] = field(default_factory=dict)
+    expert_layers: dict[str, list[int]] = field(default_factory=dict)
+    partials: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
-    gpus = gpu_usable(machine, req.margin_extra_bytes)
-    gpus = [g for g in gpus if g.capacity > g.margin]
-    non_expert, experts = _layer_bytes(tensors, n_layer)
-    cpu_compute = mem.cpu_compute_bytes(hp, ubatch)
-    cache_ram = mem.SERVER_CACHE_RAM_BYTES if req.server else None
+    @property
+    def n_layer(self) -> int:
+        return self.hp.n_layer
 
-    layer_dev: dict[int, str] | None
-    if not gpus:
-        if machine.gpus:
-            reasons.append("no GPU has room beyond its margin: planning for the CPU only")
-        ngl = 0
-        layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
-        tensor_split = None
-    else:
-        ngl = req.ngl if req.ngl is not None else n_layer + 1
-        ngl = max(0, min(ngl, n_layer + 1))
-        while True:
-            layer_dev, tensor_split = _assign_layers(gpus, ngl, n_layer, non_expert, kv, hp, req.ctx, ubatch)
-            if layer_dev is not None or ngl == 0 or req.ngl is not None:
-                break
-            ngl -= 1
-        if layer_dev is None:
-            layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
-            problems.append(f"-ngl {ngl}: the non-expert weights of those layers do not fit on the GPUs")
-        elif ngl < n_layer + 1:
-            reasons.append(
-                f"-ngl {ngl}: only the last {ngl} layer slots fit on the GPU even with every expert on the CPU"
-            )
+    @property
+    def threads(self) -> int:
+        return self.req.threads or self.machine.cores
 
-    # Start: every tensor on its layer's device; experts on the CPU until VRAM is handed out.
-    placement: dict[str, str] = {}
-    for t in tensors.tensors:
-        if t.name in forced:
-            placement[t.name] = forced[t.name]
-        elif t.role is Role.TOKEN_EMBD or t.is_expert:
-            placement[t.name] = CPU
-        else:
-            slot = t.layer if t.layer is not None else n_layer
-            placement[t.name] = layer_dev[min(slot, n_layer)]
+    def placed_bytes(self, device: str) -> int:
+        return sum(self.tensors[n].nbytes for n, d in self.placement.items() if d == device)
 
-    def gpu_state(g: _Gpu) -> DevicePlan:
-        layers = [il for il in g.layers if il < n_layer]
+    def gpu_state(self, g: _Dev) -> DevicePlan:
+        n_layer = self.n_layer
         return DevicePlan(
             name=g.name,
             capacity_bytes=g.capacity,
             margin_bytes=g.margin,
-            weights_bytes=sum(tensors[n].nbytes for n, d in placement.items() if d == g.name),
-            kv_bytes=kv.bytes_for(req.ctx, layers),
-            compute_bytes=mem.gpu_compute_bytes(hp, req.ctx, ubatch, has_output=n_layer in g.layers),
+            weights_bytes=self.placed_bytes(g.name),
+            kv_bytes=self.kv.bytes_for(self.req.ctx, [il for il in g.layers if il < n_layer]),
+            compute_bytes=mem.gpu_compute_bytes(self.hp, self.req.ctx, self.ubatch, has_output=n_layer in g.layers),
         )
 
-    expert_layers: dict[str, list[int]] = {}
-    partials: list[tuple[int, str, tuple[str, ...]]] = []
-    for g in gpus:
-        state = gpu_state(g)
-        free = state.free_bytes
-        own = [il for il in g.layers if il in experts]
-        placed: list[int] = []
-        for il in own:
-            movable = [t for t in experts[il] if t.name not in forced]
-            need = sum(t.nbytes for t in movable)
-            if need <= free:
-                for t in movable:
-                    placement[t.name] = g.name
-                free -= need
-                placed.append(il)
-            else:
-                best = _best_subset(movable, free)
-                if best:
-                    for t in best:
-                        placement[t.name] = g.name
-                    free -= sum(t.nbytes for t in best)
-                    partials.append((il, g.name, tuple(sorted(_kind(t.name) for t in best))))
-                break
-        expert_layers[g.name] = placed
+    def remote_state(self, d: _Dev) -> DevicePlan:
+        weights = self.placed_bytes(d.name)
+        compute = mem.RPC_COMPUTE_BYTES if weights else 0
+        return DevicePlan(d.name, d.capacity, d.margin, weights, 0, compute, remote=True)
 
-    gpu_plans = [gpu_state(g) for g in gpus]
-    cpu_layers = [il for il in range(n_layer) if layer_dev[il] == CPU]
-    cpu_weights = sum(tensors[n].nbytes for n, d in placement.items() if d == CPU)
-    cpu_kv = kv.bytes_for(req.ctx, cpu_layers)
-    cpu_comp = cpu_compute if gpus else mem.cpu_only_compute_bytes(hp, req.ctx, ubatch)
-    ram_avail = machine.ram_available_bytes
-    margin = mem.ram_margin(machine.ram_total_bytes or ram_avail)
-    cpu_plan = DevicePlan(CPU, ram_avail, margin, cpu_weights, cpu_kv, cpu_comp, cache_ram or 0)
-    if cache_ram and not cpu_plan.fits:
-        # Give up prompt-cache RAM before giving up the plan.
-        room = cpu_plan.budget_bytes - (cpu_plan.used_bytes - cache_ram)
-        cache_ram = max(mem.SERVER_CACHE_RAM_MIN_BYTES, min(cache_ram, room // (1 << 20) << 20))
-        cpu_plan = replace(cpu_plan, extra_bytes=cache_ram)
-        reasons.append(f"--cache-ram {cache_ram >> 20} MiB: the host prompt cache shrunk to leave RAM for weights")
+    def movable(self, il: int, experts: dict[int, list[ModelTensor]]) -> list[ModelTensor]:
+        return [t for t in experts.get(il, []) if t.name not in self.forced]
 
-    for gp in gpu_plans:
-        if not gp.fits:
-            problems.append(
-                f"{gp.name}: needs {fmt_bytes(gp.used_bytes)} but has {fmt_bytes(gp.budget_bytes)} "
-                f"({fmt_bytes(gp.capacity_bytes)} free minus {fmt_bytes(gp.margin_bytes)} margin)"
-            )
-    if not cpu_plan.fits:
-        problems.append(
-            f"RAM: the CPU part needs {fmt_bytes(cpu_plan.used_bytes)} plus a {fmt_bytes(margin)} margin, "
-            f"but {fmt_bytes(ram_avail)} is available ({fmt_bytes(cpu_plan.used_bytes - cpu_plan.budget_bytes)} short;"
-            f" paging weights from disk would be orders of magnitude slower)"
-        )
 
-    # The -ot list: experts (or anything) the plan moves off their layer's device.
-    default_dev = {}
+def _forced(tensors: TensorSet, req: Request) -> dict[str, str]:
+    """Tensors the user pinned with their own -ot stay where they said (the first pattern that matches)."""
+    forced: dict[str, str] = {}
     for t in tensors.tensors:
-        slot = t.layer if t.layer is not None else n_layer
-        default_dev[t.name] = CPU if t.role is Role.TOKEN_EMBD else layer_dev[min(slot, n_layer)]
-    plan_overrides: list[Override] = list(req.user_overrides)
-    by_buffer: dict[str, set[str]] = {}
-    for n, dev in placement.items():
-        if n not in forced and dev != default_dev[n]:
-            by_buffer.setdefault(dev, set()).add(n)
-    for buf, target in sorted(by_buffer.items()):
-        # Names already on `buf` by default, or taken by the user's patterns, may be covered harmlessly.
-        dont_care = {n for n in names if (default_dev[n] == buf and placement[n] == buf) or n in forced}
-        plan_overrides += [Override(p, buf) for p in ovr.build(target, names, dont_care=dont_care)]
+        for o in req.user_overrides:
+            if ovr.selects([o.pattern], t.name):
+                forced[t.name] = o.buffer
+                break
+    return forced
 
-    has_overrides = bool(by_buffer) or bool(forced)
-    load_mode: Literal["mmap", "none"] = "none" if (gpus and has_overrides) else "mmap"
 
-    devices = (*gpu_plans, cpu_plan)
-    tps = predict_tg(
-        tensors, hp, placement, {g.name: g.bandwidth for g in gpus}, threads, machine.ram_bandwidth_bytes_s
-    )
-    reasons += _explain(tensors, req, placement, devices, expert_layers, partials, load_mode)
+def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:
+    w = _Work(
+        machine, tensors, hp, req, ubatch,
+        kv=mem.kv_layout(hp, req.cache_type_k, req.cache_type_v),
+        forced=_forced(tensors, req),
+        gpus=gpu_usable(machine, req.margin_extra_bytes),
+        remotes=remote_usable(
+            machine, hp.n_embd, mem.cpu_bandwidth(req.threads or machine.cores, machine.ram_bandwidth_bytes_s),
+            req.margin_extra_bytes,
+        ),
+    )  # fmt: skip
+    if w.forced:
+        w.reasons.append(f"{len(w.forced)} tensors placed by your own -ot patterns")
+    non_expert, experts = _layer_bytes(tensors, hp.n_layer)
+    ngl, tensor_split = _split_layers(w, non_expert)
+    _initial_placement(w)
+    _fill_own_layers(w, experts)
+    cpu_fixed = _cpu_plan(w, ngl, cache_ram=mem.SERVER_CACHE_RAM_MIN_BYTES if req.server else None)
+    _fill_by_cost(w, experts, cpu_room=cpu_fixed.free_bytes)
+    cpu_plan = _cpu_plan(w, ngl, cache_ram=mem.SERVER_CACHE_RAM_BYTES if req.server else None)
+    cpu_plan = _shrink_cache_ram(w, cpu_plan)
+    devices = (*[w.gpu_state(g) for g in w.gpus], *[w.remote_state(d) for d in w.remotes], cpu_plan)
+    _check_budgets(w, devices)
+    default_dev = _default_devices(w)
+    overrides, has_moves = _overrides(w, default_dev)
+    load_mode: Literal["mmap", "none"] = "none" if (w.gpus and (has_moves or w.forced)) else "mmap"
+    tps = _predict(w)
+    w.reasons += _explain(w, devices, load_mode)
     return Plan(
-        fits=not problems,
+        fits=not w.problems,
         ctx=req.ctx,
         cache_type_k=req.cache_type_k,
         cache_type_v=req.cache_type_v,
         ubatch=ubatch,
-        threads=threads,
+        threads=w.threads,
         ngl=ngl,
         load_mode=load_mode,
         devices=devices,
-        placement=placement,
-        moved={n: d for n, d in placement.items() if d != default_dev[n]},
-        overrides=tuple(plan_overrides),
+        placement=w.placement,
+        moved={n: d for n, d in w.placement.items() if d != default_dev[n]},
+        overrides=overrides,
         tensor_split=tensor_split,
-        expert_layers={k: tuple(v) for k, v in expert_layers.items()},
-        partials=tuple(partials),
+        expert_layers={k: tuple(v) for k, v in w.expert_layers.items()},
+        partials=tuple(w.partials),
         predicted_tg_tps=tps,
-        cache_ram_bytes=cache_ram,
-        reasons=tuple(reasons),
-        problems=tuple(problems),
-        n_layer=n_layer,
+        cache_ram_bytes=cpu_plan.extra_bytes if req.server else None,
+        reasons=tuple(w.reasons),
+        problems=tuple(w.problems),
+        n_layer=hp.n_layer,
+        rpc=tuple(dict.fromkeys(wk.endpoint for wk in machine.workers if _uses(w, wk.endpoint))),
+        gpu_layers={g.name: tuple(g.layers) for g in w.gpus},
     )
+
+
+def _uses(w: _Work, endpoint: str) -> bool:
+    return any(d.name.endswith(f"[{endpoint}]") for d in w.remotes)
+
+
+def _split_layers(w: _Work, non_expert: dict[int, int]) -> tuple[int, tuple[int, ...] | None]:
+    """Phase 1: each local GPU gets a run of layer slots (non-expert weights, KV, compute), in proportion to
+    its free VRAM; -ngl drops only if even those do not fit. Workers get no layers (-ts 0): only experts."""
+    n_layer, req = w.n_layer, w.req
+    if not w.gpus:
+        if w.machine.gpus:
+            w.reasons.append("no GPU has room beyond its margin: planning for the CPU only")
+        w.layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
+        return 0, None
+    ngl = req.ngl if req.ngl is not None else n_layer + 1
+    ngl = max(0, min(ngl, n_layer + 1))
+    while True:
+        layer_dev = _assign_layers(w, ngl, non_expert)
+        if layer_dev is not None or ngl == 0 or req.ngl is not None:
+            break
+        ngl -= 1
+    if layer_dev is None:
+        w.layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
+        w.problems.append(f"-ngl {ngl}: the non-expert weights of those layers do not fit on the GPUs")
+        for g in w.gpus:
+            g.layers = []
+        return ngl, None
+    w.layer_dev = layer_dev
+    if ngl < n_layer + 1:
+        w.reasons.append(
+            f"-ngl {ngl}: only the last {ngl} layer slots fit on the GPU even with every expert on the CPU"
+        )
+    if len(w.gpus) == 1 and not w.remotes:
+        return ngl, None
+    # llama.cpp lists RPC devices before the local ones: their share is 0, so layers stay on the local GPUs.
+    return ngl, (*(0 for _ in w.remotes), *(len(g.layers) for g in w.gpus))
+
+
+def _assign_layers(w: _Work, ngl: int, non_expert: dict[int, int]) -> dict[int, str] | None:
+    """Give each GPU a run of layer slots (llama.cpp's layer split) so that what each has left for experts is
+    in proportion to its free VRAM; None if a GPU's share does not fit even without experts."""
+    n_layer, gpus = w.n_layer, w.gpus
+    slots = list(range(n_layer + 1 - ngl, n_layer + 1))
+    budgets = [g.capacity - g.margin for g in gpus]
+
+    def runs(counts: list[int]) -> list[list[int]]:
+        out, pos = [], 0
+        for c in counts:
+            out.append(slots[pos : pos + c])
+            pos += c
+        return out
+
+    def left(counts: list[int]) -> list[int]:
+        out = []
+        for layers, budget in zip(runs(counts), budgets, strict=True):
+            base = (
+                sum(non_expert[il] for il in layers)
+                + w.kv.bytes_for(w.req.ctx, [il for il in layers if il < n_layer])
+                + mem.gpu_compute_bytes(w.hp, w.req.ctx, w.ubatch, has_output=n_layer in layers)
+            )
+            out.append(budget - base if layers else budget)
+        return out
+
+    def spread(counts: list[int]) -> float:
+        shares = [x / b for x, b in zip(left(counts), budgets, strict=True)]
+        return max(shares) - min(shares) + (1.0 if min(left(counts)) < 0 else 0.0)
+
+    counts = [len(slots) * b // sum(budgets) for b in budgets]
+    for i in range(len(slots) - sum(counts)):
+        counts[i % len(counts)] += 1
+    counts = _even_out(counts, spread)
+    for g, layers in zip(gpus, runs(counts), strict=True):
+        g.layers = layers
+    if min(left(counts)) < 0:
+        return None
+    layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
+    for g in gpus:
+        for il in g.layers:
+            layer_dev[il] = g.name
+    return layer_dev
+
+
+def _even_out(counts: list[int], spread: Callable[[list[int]], float]) -> list[int]:
+    """Move one layer slot at a time between GPUs while that lowers `spread` (how unevenly they are left)."""
+    best = spread(counts)
+    improved = len(counts) > 1
+    while improved:
+        improved = False
+        for i, j in itertools.permutations(range(len(counts)), 2):
+            if counts[i] == 0:
+                continue
+            trial = counts.copy()
+            trial[i] -= 1
+            trial[j] += 1
+            if (score := spread(trial)) < best - 1e-9:
+                counts, best, improved = trial, score, True
+    return counts
+
+
+def _initial_placement(w: _Work) -> None:
+    """Phase 2: every tensor on its layer's device; experts on the CPU until the next phases hand them out."""
+    for t in w.tensors.tensors:
+        if t.name in w.forced:
+            w.placement[t.name] = w.forced[t.name]
+        elif t.role is Role.TOKEN_EMBD or t.is_expert:
+            w.placement[t.name] = CPU
+        else:
+            slot = t.layer if t.layer is not None else w.n_layer
+            w.placement[t.name] = w.layer_dev[min(slot, w.n_layer)]
+
+
+def _fill_own_layers(w: _Work, experts: dict[int, list[ModelTensor]]) -> None:
+    """Phase 3: each GPU takes the experts of its own layers (no -ot needed, -ts stays true), whole layers
+    while VRAM lasts, then the largest subset of the next layer. The layer split was proportional to free
+    VRAM, so every GPU holds expert layers in that proportion, not GPU0 first."""
+    for g in w.gpus:
+        free = w.gpu_state(g).free_bytes
+        placed: list[int] = []
+        for il in [il for il in g.layers if il in experts]:
+            movable = w.movable(il, experts)
+            need = sum(t.nbytes for t in movable)
+            if need <= free:
+                for t in movable:
+                    w.placement[t.name] = g.name
+                free -= need
+                placed.append(il)
+                continue
+            best = _best_subset(movable, free)
+            if best:
+                for t in best:
+                    w.placement[t.name] = g.name
+                w.partials.append((il, g.name, tuple(sorted(_kind(t.name) for t in best))))
+            break
+        w.expert_layers[g.name] = placed
+
+
+def _fill_by_cost(w: _Work, experts: dict[int, list[ModelTensor]], cpu_room: int) -> None:
+    """Phase 4: the expert layers still on the CPU go, whole, to the device where they cost least per
+    token (bytes read over its bandwidth, plus the network for a worker) among those with room: another
+    GPU's spare VRAM, a worker's GPU or RAM, this host's RAM. What fits nowhere stays in RAM (and the plan
+    says it does not fit)."""
+    frac = w.hp.expert_fraction or 1.0
+    cpu_bw = mem.cpu_bandwidth(w.threads, w.machine.ram_bandwidth_bytes_s)
+    free = {g.name: w.gpu_state(g).free_bytes for g in w.gpus}
+    free.update({d.name: d.capacity - d.margin - mem.RPC_COMPUTE_BYTES for d in w.remotes})
+    pending = [il for il in sorted(experts) if all(w.placement[t.name] == CPU for t in w.movable(il, experts))]
+    free[CPU] = cpu_room + sum(t.nbytes for il in pending for t in w.movable(il, experts))  # counted in the room
+    speed = {g.name: (g.bandwidth, 0.0) for g in w.gpus}
+    speed.update({d.name: (d.bandwidth, d.net_s) for d in w.remotes})
+    speed[CPU] = (cpu_bw, 0.0)
+    for il in pending:
+        movable = w.movable(il, experts)
+        need = sum(t.nbytes for t in movable)
+        if not movable:
+            continue
+        per_token = need * frac
+        fits = [name for name, room in free.items() if room >= need]
+        if not fits:
+            continue  # stays in RAM; the budget check reports it
+        # Cheapest per token; between equals (two like workers), the one with the most room left.
+        best = min(fits, key=lambda name: (per_token / speed[name][0] + speed[name][1], -free[name]))
+        free[best] -= need
+        if best == CPU:
+            continue
+        for t in movable:
+            w.placement[t.name] = best
+        w.expert_layers.setdefault(best, []).append(il)
+
+
+def _cpu_plan(w: _Work, ngl: int, cache_ram: int | None) -> DevicePlan:
+    n_layer = w.n_layer
+    cpu_layers = [il for il in range(n_layer) if w.layer_dev[il] == CPU]
+    compute = mem.cpu_compute_bytes(w.hp, w.ubatch) if w.gpus else mem.cpu_only_compute_bytes(w.hp, w.req.ctx, w.ubatch)
+    ram_avail = w.machine.ram_available_bytes
+    margin = mem.ram_margin(w.machine.ram_total_bytes or ram_avail)
+    kv = w.kv.bytes_for(w.req.ctx, cpu_layers)
+    return DevicePlan(CPU, ram_avail, margin, w.placed_bytes(CPU), kv, compute, cache_ram or 0)
+
+
+def _shrink_cache_ram(w: _Work, cpu_plan: DevicePlan) -> DevicePlan:
+    """Give up prompt-cache RAM before giving up the plan."""
+    cache_ram = cpu_plan.extra_bytes
+    if not cache_ram or cpu_plan.fits:
+        return cpu_plan
+    room = cpu_plan.budget_bytes - (cpu_plan.used_bytes - cache_ram)
+    cache_ram = max(mem.SERVER_CACHE_RAM_MIN_BYTES, min(cache_ram, room // (1 << 20) << 20))
+    w.reasons.append(f"--cache-ram {cache_ram >> 20} MiB: the host prompt cache shrunk to leave RAM for weights")
+    return replace(cpu_plan, extra_bytes=cache_ram)
+
+
+def _check_budgets(w: _Work, devices: Sequence[DevicePlan]) -> None:
+    for d in devices:
+        if d.fits:
+            continue
+        if d.name == CPU:
+            w.problems.append(
+                f"RAM: the CPU part needs {fmt_bytes(d.used_bytes)} plus a {fmt_bytes(d.margin_bytes)} margin, "
+                f"but {fmt_bytes(d.capacity_bytes)} is available ({fmt_bytes(d.used_bytes - d.budget_bytes)} short;"
+                f" paging weights from disk would be orders of magnitude slower)"
+            )
+        else:
+            w.problems.append(
+                f"{d.name}: needs {fmt_bytes(d.used_bytes)} but has {fmt_bytes(d.budget_bytes)} "
+                f"({fmt_bytes(d.capacity_bytes)} free minus {fmt_bytes(d.margin_bytes)} margin)"
+            )
+
+
+def _default_devices(w: _Work) -> dict[str, str]:
+    """Where llama.cpp puts each tensor without -ot: its layer's device (the input layer on the CPU)."""
+    out = {}
+    for t in w.tensors.tensors:
+        slot = t.layer if t.layer is not None else w.n_layer
+        out[t.name] = CPU if t.role is Role.TOKEN_EMBD else w.layer_dev[min(slot, w.n_layer)]
+    return out
+
+
+def _overrides(w: _Work, default_dev: dict[str, str]) -> tuple[tuple[Override, ...], bool]:
+    """The -ot list: the user's first, then the shortest patterns for what the plan moves off its layer's
+    device (to the CPU, another GPU, or a worker's RPC<N>[host:port] buffer)."""
+    names = [t.name for t in w.tensors.tensors]
+    out: list[Override] = list(w.req.user_overrides)
+    by_buffer: dict[str, set[str]] = {}
+    for n, dev in w.placement.items():
+        if n not in w.forced and dev != default_dev[n]:
+            by_buffer.setdefault(dev, set()).add(n)
+    for buf, target in sorted(by_buffer.items()):
+        # Names already on `buf` by default, or taken by the user's patterns, may be covered harmlessly.
+        dont_care = {n for n in names if (default_dev[n] == buf and w.placement[n] == buf) or n in w.forced}
+        out += [Override(p, buf) for p in ovr.build(target, names, dont_care=dont_care)]
+    return tuple(out), bool(by_buffer)
+
+
+def _predict(w: _Work) -> float:
+    gpu_bw = {g.name: g.bandwidth / mem.GPU_BANDWIDTH_EFFICIENCY for g in w.gpus}
+    other = {d.name: d.bandwidth for d in w.remotes}
+    net = {d.name: d.net_s for d in w.remotes}
+    return predict_tg(
+        w.tensors, w.hp, w.placement, gpu_bw, w.threads, w.machine.ram_bandwidth_bytes_s,
+        other_bandwidth=other, net_s_per_layer=net,
+    )  # fmt: skip
 
 
 def _kind(name: str) -> str:
@@ -378,64 +602,29 @@ def _best_subset(candidates: list[ModelTensor], free: int) -> list[ModelTensor]:
     return best
 
 
-def _assign_layers(
-    gpus: list[_Gpu],
-    ngl: int,
-    n_layer: int,
-    non_expert: dict[int, int],
-    kv: mem.KVLayout,
-    hp: HParams,
-    ctx: int,
-    ubatch: int,
-) -> tuple[dict[int, str] | None, tuple[int, ...] | None]:
-    """Give each GPU a run of layer slots (llama.cpp's layer split); None if they do not fit."""
-    start = n_layer + 1 - ngl
-    slots = list(range(start, n_layer + 1))
-    for g in gpus:
-        g.layers = []
-
-    def base(g: _Gpu, layers: list[int]) -> int:
-        kv_layers = [il for il in layers if il < n_layer]
-        return (
-            sum(non_expert[il] for il in layers)
-            + kv.bytes_for(ctx, kv_layers)
-            + mem.gpu_compute_bytes(hp, ctx, ubatch, has_output=n_layer in layers)
-        )
-
-    # Split slots in proportion to each GPU's budget, then check that each GPU's share fits.
-    budgets = [g.capacity - g.margin for g in gpus]
-    total = sum(budgets)
-    counts = [len(slots) * b // total for b in budgets]
-    for i in range(len(slots) - sum(counts)):
-        counts[i % len(counts)] += 1
-    pos = 0
-    for g, c in zip(gpus, counts, strict=True):
-        g.layers = slots[pos : pos + c]
-        pos += c
-    if any(base(g, g.layers) > g.capacity - g.margin for g in gpus if g.layers):
-        return None, None
-    layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
-    for g in gpus:
-        for il in g.layers:
-            layer_dev[il] = g.name
-    split = tuple(len(g.layers) for g in gpus) if len(gpus) > 1 else None
-    return layer_dev, split
-
-
 def predict_tg(
     tensors: TensorSet,
     hp: HParams,
     placement: dict[str, str],
-    gpu_bandwidth: dict[str, float],
+    gpu_bandwidth: Mapping[str, float],
     threads: int,
     ram_bandwidth: float | None,
+    *,
+    other_bandwidth: Mapping[str, float] | None = None,
+    net_s_per_layer: Mapping[str, float] | None = None,
 ) -> float:
-    """Decode tokens/s: bytes read per token on each device over its effective bandwidth, plus a per-layer cost."""
+    """Decode tokens/s: bytes read per token on each device over its effective bandwidth, plus a per-layer cost,
+    plus the network for every layer with tensors on a worker (`gpu_bandwidth` is peak, `other_bandwidth`
+    effective, e.g. a worker's RAM)."""
     per_device = bytes_per_token(tensors, hp, placement)
     seconds = hp.n_layer * mem.PER_LAYER_OVERHEAD_S
     bw = {name: peak * mem.GPU_BANDWIDTH_EFFICIENCY for name, peak in gpu_bandwidth.items()}
+    bw.update(other_bandwidth or {})
     for dev, n in per_device.items():
         seconds += n / (bw[dev] if dev in bw else mem.cpu_bandwidth(threads, ram_bandwidth))
+    for dev, per_layer in (net_s_per_layer or {}).items():
+        layers = {tensors[n].layer for n, d in placement.items() if d == dev}
+        seconds += per_layer * len(layers)
     return 1.0 / seconds if seconds > 0 else 0.0
 
 
@@ -452,25 +641,21 @@ def bytes_per_token(tensors: TensorSet, hp: HParams, placement: dict[str, str]) 
     return {k: int(v) for k, v in out.items()}
 
 
-def _explain(
-    tensors: TensorSet,
-    req: Request,
-    placement: dict[str, str],
-    devices: Sequence[DevicePlan],
-    expert_layers: dict[str, list[int]],
-    partials: list[tuple[int, str, tuple[str, ...]]],
-    load_mode: str,
-) -> list[str]:
+def _explain(w: _Work, devices: Sequence[DevicePlan], load_mode: str) -> list[str]:
     out = []
-    gpus = [d for d in devices if d.name != CPU]
-    for d in gpus:
+    tensors, req, placement = w.tensors, w.req, w.placement
+    for d in devices:
+        if d.name == CPU or d.remote:
+            continue
         non_exp = sum(tensors[n].nbytes for n, dev in placement.items() if dev == d.name and not tensors[n].is_expert)
+        layers = next((g.layers for g in w.gpus if g.name == d.name), [])
         out.append(
-            f"{d.name}: non-expert weights {fmt_bytes(non_exp)}, KV cache {fmt_bytes(d.kv_bytes)} "
-            f"({req.ctx:,} tokens, {req.cache_type_k}), compute {fmt_bytes(d.compute_bytes)} go first: "
-            f"every token reads them"
+            f"{d.name}: layers {layer_ranges(layers) or 'none'}: non-expert weights {fmt_bytes(non_exp)}, "
+            f"KV cache {fmt_bytes(d.kv_bytes)} ({req.ctx:,} tokens, {req.cache_type_k}), compute "
+            f"{fmt_bytes(d.compute_bytes)} go first: every token reads them"
         )
-        layers = expert_layers.get(d.name, [])
+    for d in devices:
+        layers = w.expert_layers.get(d.name, [])
         if layers:
             exp = sum(tensors.expert_bytes(il) for il in layers)
             out.append(
@@ -478,7 +663,7 @@ def _explain(
                 f"{fmt_bytes(d.used_bytes)} used of {fmt_bytes(d.budget_bytes)} "
                 f"({fmt_bytes(d.capacity_bytes)} minus {fmt_bytes(d.margin_bytes)} margin)"
             )
-    for il, dev, kinds in partials:
+    for il, dev, kinds in w.partials:
         out.append(f"layer {il}: {', '.join(kinds)} on {dev} too (a partial layer uses the last of its VRAM)")
     cpu_layers = {t.layer for t in tensors.tensors if t.is_expert and t.layer is not None and placement[t.name] == CPU}
     if cpu_layers:
@@ -488,8 +673,32 @@ def _explain(
             f"{fmt_bytes(cpu.weights_bytes)} of weights in RAM, {fmt_bytes(cpu.used_bytes)} used of "
             f"{fmt_bytes(cpu.budget_bytes)} available"
         )
-    if not gpus:
+    out += _explain_workers(w)
+    if not w.gpus and not w.remotes:
         out.append("no GPU: everything runs on the CPU, no overrides")
+    elif not w.gpus:
+        out.append("no GPU here: the layers run on this CPU, the experts that do not fit its RAM on the workers")
     if load_mode == "none":
         out.append("-lm none: tensors overridden to the CPU are loaded into RAM instead of memory-mapped")
+    return out
+
+
+def _explain_workers(w: _Work) -> list[str]:
+    if not w.machine.workers:
+        return []
+    out = []
+    for wk in w.machine.workers:
+        if wk.note:
+            out.append(f"worker {wk.endpoint}: {wk.note}")
+    used = [d for d in w.remotes if w.expert_layers.get(d.name)]
+    if used:
+        d = used[0]
+        out.append(
+            f"network (assumed): {mem.RPC_ROUND_TRIPS_PER_LAYER} round trips and 2 x n_embd x "
+            f"{mem.ACTIVATION_BYTES} B of activations per token for each layer with experts on a worker: "
+            f"{d.net_s * 1e3:.2f} ms per layer to {d.name} (1 Gbit/s and 0.2 ms per round trip unless "
+            f"--worker net= says otherwise; loopback 10 GB/s, 0.042 ms measured)"
+        )
+    else:
+        out.append("workers: nothing placed on them (this host holds the model at less cost per token)")
     return out

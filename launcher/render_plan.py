@@ -16,7 +16,11 @@ from launcher.units import fmt_bytes, fmt_gib
 
 def machine_line(m: Machine) -> str:
     gpus = ", ".join(f"{g.name} {fmt_bytes(g.free_bytes)} free" for g in m.gpus) or "no GPU"
-    return f"{gpus}; {fmt_bytes(m.ram_available_bytes)} RAM available; {m.cores} cores"
+    line = f"{gpus}; {fmt_bytes(m.ram_available_bytes)} RAM available; {m.cores} cores"
+    for w in m.workers:
+        devs = ", ".join(f"{'GPU' if d.kind == 'gpu' else 'RAM'} {fmt_bytes(d.free_bytes)}" for d in w.devices)
+        line += f"; worker {w.endpoint}{' (described)' if w.described else ''}: {devs or 'no devices'}"
+    return line
 
 
 def candidates_table(cands: tuple[Candidate, ...] | list[Candidate], chosen: str | None) -> list[str]:
@@ -34,16 +38,22 @@ def candidates_table(cands: tuple[Candidate, ...] | list[Candidate], chosen: str
 
 
 def memory_table(p: Plan) -> list[str]:
-    lines = [f"    {'device':<8}{'weights':>11}{'KV cache':>11}{'compute':>11}{'other':>11}{'margin':>11}{'free':>11}"]
+    width = max(8, *(len(d.name) + 1 for d in p.devices))  # RPC0[10.0.0.2:50052] for a worker's device
+    lines = [
+        f"    {'device':<{width}}{'weights':>11}{'KV cache':>11}{'compute':>11}{'other':>11}{'margin':>11}{'free':>11}"
+    ]
     for d in p.devices:
         sizes = (d.weights_bytes, d.kv_bytes, d.compute_bytes, d.extra_bytes, d.margin_bytes, d.free_bytes)
         cells = "".join(f"{fmt_bytes(n):>11}" for n in sizes)
-        lines.append(f"    {d.name:<8}{cells}" + ("" if d.fits else "  DOES NOT FIT"))
+        lines.append(f"    {d.name:<{width}}{cells}" + ("" if d.fits else "  DOES NOT FIT"))
     return lines
 
 
 def placement_lines(p: Plan) -> list[str]:
     out = []
+    if len(p.gpu_layers) > 1 or p.rpc:
+        for dev, layers in p.gpu_layers.items():
+            out.append(f"{dev}: layers {layer_ranges(layers) or 'none'} (attention, shared weights, KV cache)")
     for dev, layers in p.expert_layers.items():
         if layers:
             out.append(f"experts of layers {layer_ranges(layers)} on {dev}")
@@ -113,6 +123,8 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "ngl": p.ngl,
         "load_mode": p.load_mode,
         "tensor_split": list(p.tensor_split) if p.tensor_split else None,
+        "rpc": list(p.rpc),
+        "gpu_layers": {k: list(v) for k, v in p.gpu_layers.items()},
         "devices": [
             {
                 "name": d.name,
@@ -124,6 +136,7 @@ def plan_json(p: Plan) -> dict[str, Any]:
                 "compute_bytes": d.compute_bytes,
                 "extra_bytes": d.extra_bytes,
                 "free_bytes": d.free_bytes,
+                "remote": d.remote,
             }
             for d in p.devices
         ],

@@ -8,9 +8,11 @@ out of memory, a model llama.cpp cannot load). The argv comes from argv.py.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +27,21 @@ from launcher import llama_log
 from launcher.errors import RunqError, ServerFailed, UsageError
 
 HEALTH_POLL_S = 0.2
+
+
+PR_SET_PDEATHSIG = 1
+# GGML_ABORT attaches gdb and prints a backtrace: not what a user needs to read.
+_BACKTRACE = re.compile(
+    r"^\s*#\d+\s|^\[New LWP|^\[Thread |^\[Inferior|^Using host libthread|^\d+\t|^syscall \(\)"
+    r"|No such file or directory\.$"
+)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """preexec_fn: the child gets SIGTERM when runq dies, however it dies (SIGKILL, SIGTERM, a crash)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def check_bind(host: str, port: int) -> None:
@@ -124,9 +141,15 @@ def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | 
         raise ServerFailed(f"{binary}: llama.cpp binary not found", hint="run `runq build` (or give --llama-bin DIR)")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
-    # Its own process group: a Ctrl-C reaches runq, which then stops the server in order.
+    # Its own process group: a Ctrl-C reaches runq, which then stops the server in order; and if runq dies
+    # any other way, the kernel stops the server too (runq starts no threads before this point).
     proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # noqa: PLW1509
     )
     log.close()
     return Server(proc, log_path, host, port, api_key)
@@ -156,12 +179,18 @@ def wait_healthy(server: Server, timeout: float) -> float:
 def died(server: Server, code: int) -> ServerFailed:
     text = server.log_text()
     kind = llama_log.failure(text)
-    tail = "\n  ".join(line for line in text.strip().splitlines()[-6:])
+    lines = [_ANSI.sub("", x) for x in text.strip().splitlines() if not _BACKTRACE.search(x)]
+    tail_lines = lines[-6:]
+    cause = next((x for x in lines if dict(llama_log.FAILURES)[kind].search(x)), None) if kind else None
+    if cause and cause not in tail_lines:
+        tail_lines = [cause, *tail_lines[-5:]]  # the line that says what happened, before the last ones
+    tail = "\n  ".join(tail_lines)
     how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
     what = {
         "port": f"port {server.port} is already in use",
         "oom": "it ran out of memory",
         "model": "llama.cpp could not load the model",
+        "rpc": "it lost a worker (llama.cpp's RPC backend)",
     }.get(kind or "", "")
     message = f"llama-server {how}" + (f": {what}" if what else "") + (f"\n  {tail}" if tail else "")
     return ServerFailed(message, hint=f"the full log is {server.log_path}", kind=kind)

@@ -73,6 +73,7 @@ class Record:
     gpus: list[tuple[int, int]]
     plan: dict[str, Any]
     api_key_file: str | None = None
+    kind: str = "model"  # or "worker": a `runq worker` (ggml-rpc-server), no model, no plan
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def to_json(self) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from launcher import build as bld
+from launcher import build_config as bc
 from launcher.build import Build
 from launcher.cli import main
 from launcher.synth import SynthModel
@@ -81,7 +82,7 @@ def test_list_and_clean_ignore_unfinished_builds(
     root = tmp_path / "builds"
     done = root / "0c1e57098b-cpu-aaaaaaaa"
     (done / "bin").mkdir(parents=True)
-    for t in ("llama-server", "llama-cli", "llama-bench", "llama-fit-params", "llama-gguf-split"):
+    for t in bc.TARGETS:
         (done / "bin" / t).write_text("")
     (done / "manifest.json").write_text(json.dumps({"commit": "0c1e57098b", "backend": "cpu", "seconds": 1.0,
                                                     "built_at": "2026-11-27T00:00:00", "cuda_archs": []}))  # fmt: skip

@@ -37,7 +37,9 @@ def args_for(
 
 def test_no_gpu() -> None:
     args, choice = args_for(Machine(), nvcc=None)
-    assert args == ["cmake", "-S", "SRC", "-B", "BUILD", *COMMON, "-DGGML_NATIVE=ON", "-DGGML_CCACHE=OFF"]
+    assert args == [
+        "cmake", "-S", "SRC", "-B", "BUILD", *COMMON, "-DGGML_NATIVE=ON", "-DGGML_CCACHE=OFF", "-DGGML_RPC=ON"
+    ]  # fmt: skip
     assert choice.warnings == ()
 
 
@@ -74,6 +76,7 @@ def test_build_targets_and_jobs() -> None:
     assert bc.build_args("B", 16) == [
         "cmake", "--build", "B", "--config", "Release", "-j", "16", "--target",
         "llama-server", "llama-cli", "llama-bench", "llama-fit-params", "llama-gguf-split",
+        "ggml-rpc-server",
     ]  # fmt: skip
 
 
