@@ -45,7 +45,7 @@ def test_golden_worker_units(mode: str, gpu: bool) -> None:
 def test_worker_units_pass_systemd_checks(mode: str, gpu: bool, llama_build: Build, tmp_path: Path) -> None:
     spec = spec_for(mode, gpu, str(llama_build.binary("ggml-rpc-server")), [sys.executable, "-m", "launcher"])
     unit = tmp_path / f"runq-worker-{mode}.service"
-    unit.write_text(render(spec).replace("User=llama\nGroup=llama", "User=daemon\nGroup=daemon"))
+    unit.write_text(render(spec).replace("User=llama", "User=daemon"))
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     scope = ["--user"] if mode == "user" else []
