@@ -215,8 +215,8 @@ def test_service_help_lists_only_what_users_run(capsys: pytest.CaptureFixture[st
         main(["service", "--help"])
     out = capsys.readouterr().out
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line[4].isspace()]
-    assert "SUPPRESS" not in out and "wait-gpu" not in out
-    assert listed == ["install", "render", "status", "restart", "remove", "logs", "list"], listed
+    assert "SUPPRESS" not in out and "wait-gpu" not in out and "wait-workers" not in out
+    assert listed == ["install", "install-worker", "render", "status", "restart", "remove", "logs", "list"], listed
     assert "install" in out and "render" in out
 
 

@@ -18,12 +18,11 @@ import pytest
 
 from launcher import memory
 from launcher.build import Build
-from launcher.workers import default_devices, exposure_warning, worker_argv
 from launcher.model import open_local
 from launcher.runner import free_port
 from launcher.synth import SynthModel, SynthSpec, write_model
 from launcher.units import GiB
-from launcher.workers import parse_list_devices
+from launcher.workers import default_devices, exposure_warning, parse_list_devices, worker_argv
 from tests.test_run import RunningRunq, post
 
 SPEC = SynthSpec(arch="deepseek2", n_layer=8, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from launcher.build import Build
-from launcher.workers import worker_argv, worker_unit_spec
 from launcher.runner import free_port
 from launcher.service_unit import render
+from launcher.workers import worker_argv, worker_unit_spec
 from tests.test_service import FAKE_SYSTEMCTL, GOLDEN, RUNQ, calls
 
 COMBOS = [("user", False), ("system", True)]
