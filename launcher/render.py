@@ -51,6 +51,10 @@ def machine_text(m: Machine) -> str:
     if m.disk_free_bytes is not None:
         where = f" in {_tilde(m.disk_path)}" if m.disk_path else ""
         rows.append(("Disk", f"{fmt_bytes(m.disk_free_bytes)} free{where}"))
+    for w in m.workers:
+        devs = ", ".join(f"RPC{d.index} {'GPU' if d.kind == 'gpu' else 'CPU+RAM'} {fmt_bytes(d.free_bytes)} free"
+                         for d in w.devices)  # fmt: skip
+        rows.append(("Worker", f"{w.endpoint}{' (described)' if w.described else ''}: {devs or 'no devices'}"))
     rows += [("Note", n) for n in m.notes]
     title = {
         "probed": "This machine",
@@ -64,6 +68,18 @@ def machine_json(m: Machine) -> dict[str, Any]:
     return {
         "source": m.source,
         "notes": list(m.notes),
+        "workers": [
+            {
+                "endpoint": w.endpoint,
+                "described": w.described,
+                "net_bytes_s": w.net_bytes_s,
+                "devices": [
+                    {"index": d.index, "kind": d.kind, "total_bytes": d.total_bytes, "free_bytes": d.free_bytes}
+                    for d in w.devices
+                ],
+            }
+            for w in m.workers
+        ],
         "gpus": [
             {
                 "index": g.index,

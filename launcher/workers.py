@@ -89,6 +89,22 @@ def probe(endpoint: str, server_binary: Path) -> Worker:
     return Worker(endpoint, devices, note=KIND_NOTE)
 
 
+def annotate(asked: Worker, described: Worker) -> Worker:
+    """An asked worker with what its --worker description says that llama.cpp cannot: which device is a GPU,
+    bandwidths, the link speed. Free memory stays what the worker reported."""
+    if len(described.devices) != len(asked.devices):
+        raise UsageError(
+            f"--worker at={asked.endpoint} describes {len(described.devices)} devices, the worker lends "
+            f"{len(asked.devices)}",
+            hint="describe each device it lends (gpu=… for each GPU, ram=… for its CPU), in its order",
+        )
+    devices = tuple(
+        replace(d, kind=desc.kind, bandwidth_bytes_s=desc.bandwidth_bytes_s)
+        for d, desc in zip(asked.devices, described.devices, strict=True)
+    )
+    return replace(asked, devices=devices, net_bytes_s=described.net_bytes_s, note=None)
+
+
 def rpc_capable_server(llama_bin: str | None) -> Path:
     """A llama-server built with RPC (runq's builds since -DGGML_RPC=ON: the ones with ggml-rpc-server)."""
     from launcher import build as bld
@@ -108,19 +124,20 @@ def rpc_capable_server(llama_bin: str | None) -> Path:
 def attach(machine: Machine, args: Any) -> Machine:
     """The machine with its workers: described ones (--worker) and asked ones (--rpc). An unreachable worker
     is named and left out; the plan is made without it."""
-    workers: list[Worker] = []
-    for i, text in enumerate(getattr(args, "worker", None) or [], start=1):
-        workers.append(parse_worker_flag(text, i))
     endpoints: list[str] = []
     for text in getattr(args, "rpc", None) or []:
         endpoints += [parse_endpoint(e) for e in text.split(",") if e.strip()]
     if len(set(endpoints)) != len(endpoints):
         raise UsageError("--rpc names the same worker twice", hint="list each host:port once")
+    described = [parse_worker_flag(text, i) for i, text in enumerate(getattr(args, "worker", None) or [], start=1)]
+    about = {w.endpoint: w for w in described if w.endpoint in endpoints}  # --worker at=… says what --rpc can't
+    workers = [w for w in described if w.endpoint not in about]
     if endpoints:
         server = rpc_capable_server(getattr(args, "llama_bin", None))
         for ep in endpoints:
             try:
-                workers.append(probe(ep, server))
+                asked = probe(ep, server)
+                workers.append(annotate(asked, about[ep]) if ep in about else asked)
             except WorkerUnreachable as e:
                 print(f"Error: {e.message}", file=sys.stderr)
                 print(f"  planning without {ep}. Hint: {e.hint}", file=sys.stderr)

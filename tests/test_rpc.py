@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,3 +253,24 @@ def test_run_killed_outright_takes_llama_server_along(model: SynthModel, env: di
         r.proc.wait()
     psutil.wait_procs([server], timeout=10)
     assert not server.is_running()
+
+
+def test_a_description_adds_what_llama_cpp_cannot_tell(env: dict[str, str], workers: list[Worker]) -> None:
+    w = Worker(free_port(), env)
+    workers.append(w)
+    w.wait_ready()
+    ep = f"127.0.0.1:{w.port}"
+
+    def runq(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
+                              timeout=60)  # fmt: skip
+
+    r = runq("hw", "--json", "--rpc", ep, "--worker", f"at={ep},ram=1GiB,net=10Gbit")
+    assert r.returncode == 0, r.stderr
+    (worker,) = json.loads(r.stdout)["workers"]
+    assert worker["endpoint"] == ep and not worker["described"] and worker["net_bytes_s"] == 1.25e9
+    assert worker["devices"][0]["free_bytes"] > 2 * GiB  # what the worker reported, not the description's 1 GiB
+    r = runq("hw", "--rpc", ep)
+    assert re.search(rf"Worker\s+{re.escape(ep)}: RPC0 CPU\+RAM \S+ GiB free", r.stdout), r.stdout
+    r = runq("hw", "--rpc", ep, "--worker", f"at={ep},gpu=24GiB,ram=64GiB")
+    assert r.returncode == 2 and "describes 2 devices, the worker lends 1" in r.stderr
