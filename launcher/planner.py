@@ -251,6 +251,12 @@ class _Work:
     def threads(self) -> int:
         return self.req.threads or self.machine.cores
 
+    @property
+    def layer_devs(self) -> list[_Dev]:
+        """Where the layers (attention, shared weights, KV) go: this host's GPUs; with none, the workers' GPUs
+        (a layer split crosses the network once per device boundary, not per layer); else the CPU."""
+        return self.gpus or [d for d in self.remotes if d.kind == "gpu"]
+
     def placed_bytes(self, device: str) -> int:
         return sum(self.tensors[n].nbytes for n, d in self.placement.items() if d == device)
 
@@ -263,6 +269,7 @@ class _Work:
             weights_bytes=self.placed_bytes(g.name),
             kv_bytes=self.kv.bytes_for(self.req.ctx, [il for il in g.layers if il < n_layer]),
             compute_bytes=mem.gpu_compute_bytes(self.hp, self.req.ctx, self.ubatch, has_output=n_layer in g.layers),
+            remote=g.remote,
         )
 
     def remote_state(self, d: _Dev) -> DevicePlan:
@@ -306,7 +313,8 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
     _fill_by_cost(w, experts, cpu_room=cpu_fixed.free_bytes)
     cpu_plan = _cpu_plan(w, ngl, cache_ram=mem.SERVER_CACHE_RAM_BYTES if req.server else None)
     cpu_plan = _shrink_cache_ram(w, cpu_plan)
-    devices = (*[w.gpu_state(g) for g in w.gpus], *[w.remote_state(d) for d in w.remotes], cpu_plan)
+    remote_states = [w.gpu_state(d) if d.layers else w.remote_state(d) for d in w.remotes]
+    devices = (*[w.gpu_state(g) for g in w.gpus], *remote_states, cpu_plan)
     _check_budgets(w, devices)
     default_dev = _default_devices(w)
     overrides, has_moves = _overrides(w, default_dev)
@@ -335,7 +343,7 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
         problems=tuple(w.problems),
         n_layer=hp.n_layer,
         rpc=tuple(dict.fromkeys(wk.endpoint for wk in machine.workers if _uses(w, wk.endpoint))),
-        gpu_layers={g.name: tuple(g.layers) for g in w.gpus},
+        gpu_layers={g.name: tuple(g.layers) for g in w.layer_devs},
     )
 
 
@@ -347,7 +355,7 @@ def _split_layers(w: _Work, non_expert: dict[int, int]) -> tuple[int, tuple[int,
     """Phase 1: each local GPU gets a run of layer slots (non-expert weights, KV, compute), in proportion to
     its free VRAM; -ngl drops only if even those do not fit. Workers get no layers (-ts 0): only experts."""
     n_layer, req = w.n_layer, w.req
-    if not w.gpus:
+    if not w.layer_devs:
         if w.machine.gpus:
             w.reasons.append("no GPU has room beyond its margin: planning for the CPU only")
         w.layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
@@ -362,7 +370,7 @@ def _split_layers(w: _Work, non_expert: dict[int, int]) -> tuple[int, tuple[int,
     if layer_dev is None:
         w.layer_dev = dict.fromkeys(range(n_layer + 1), CPU)
         w.problems.append(f"-ngl {ngl}: the non-expert weights of those layers do not fit on the GPUs")
-        for g in w.gpus:
+        for g in w.layer_devs:
             g.layers = []
         return ngl, None
     w.layer_dev = layer_dev
@@ -370,16 +378,16 @@ def _split_layers(w: _Work, non_expert: dict[int, int]) -> tuple[int, tuple[int,
         w.reasons.append(
             f"-ngl {ngl}: only the last {ngl} layer slots fit on the GPU even with every expert on the CPU"
         )
-    if len(w.gpus) == 1 and not w.remotes:
+    if len(w.gpus) + len(w.remotes) == 1:
         return ngl, None
-    # llama.cpp lists RPC devices before the local ones: their share is 0, so layers stay on the local GPUs.
-    return ngl, (*(0 for _ in w.remotes), *(len(g.layers) for g in w.gpus))
+    # llama.cpp lists RPC devices before the local ones; those without layers get 0 (experts only, by -ot).
+    return ngl, (*(len(d.layers) for d in w.remotes), *(len(g.layers) for g in w.gpus))
 
 
 def _assign_layers(w: _Work, ngl: int, non_expert: dict[int, int]) -> dict[int, str] | None:
     """Give each GPU a run of layer slots (llama.cpp's layer split) so that what each has left for experts is
     in proportion to its free VRAM; None if a GPU's share does not fit even without experts."""
-    n_layer, gpus = w.n_layer, w.gpus
+    n_layer, gpus = w.n_layer, w.layer_devs
     slots = list(range(n_layer + 1 - ngl, n_layer + 1))
     budgets = [g.capacity - g.margin for g in gpus]
 
@@ -453,7 +461,7 @@ def _fill_own_layers(w: _Work, experts: dict[int, list[ModelTensor]]) -> None:
     """Phase 3: each GPU takes the experts of its own layers (no -ot needed, -ts stays true), whole layers
     while VRAM lasts, then the largest subset of the next layer. The layer split was proportional to free
     VRAM, so every GPU holds expert layers in that proportion, not GPU0 first."""
-    for g in w.gpus:
+    for g in w.layer_devs:
         free = w.gpu_state(g).free_bytes
         placed: list[int] = []
         for il in [il for il in g.layers if il in experts]:
@@ -481,13 +489,14 @@ def _fill_by_cost(w: _Work, experts: dict[int, list[ModelTensor]], cpu_room: int
     says it does not fit)."""
     frac = w.hp.expert_fraction or 1.0
     cpu_bw = mem.cpu_bandwidth(w.threads, w.machine.ram_bandwidth_bytes_s)
-    free = {g.name: w.gpu_state(g).free_bytes for g in w.gpus}
-    free.update({d.name: d.capacity - d.margin - mem.RPC_COMPUTE_BYTES for d in w.remotes})
+    free = {g.name: w.gpu_state(g).free_bytes for g in w.layer_devs}
+    free.update({d.name: d.capacity - d.margin - mem.RPC_COMPUTE_BYTES for d in w.remotes if not d.layers})
     pending = [il for il in sorted(experts) if all(w.placement[t.name] == CPU for t in w.movable(il, experts))]
     free[CPU] = cpu_room + sum(t.nbytes for il in pending for t in w.movable(il, experts))  # counted in the room
     speed = {g.name: (g.bandwidth, 0.0) for g in w.gpus}
     speed.update({d.name: (d.bandwidth, d.net_s) for d in w.remotes})
     speed[CPU] = (cpu_bw, 0.0)
+    home_net = {d.name: d.net_s for d in w.remotes if d.layers}  # a layer on a worker's GPU: away costs a crossing
     for il in pending:
         movable = w.movable(il, experts)
         need = sum(t.nbytes for t in movable)
@@ -498,7 +507,13 @@ def _fill_by_cost(w: _Work, experts: dict[int, list[ModelTensor]], cpu_room: int
         if not fits:
             continue  # stays in RAM; the budget check reports it
         # Cheapest per token; between equals (two like workers), the one with the most room left.
-        best = min(fits, key=lambda name: (per_token / speed[name][0] + speed[name][1], -free[name]))
+        home = w.layer_dev[il]
+        costs = {
+            name: (per_token / speed[name][0] + speed[name][1] + (0.0 if _same_host(name, home) else
+                                                                   home_net.get(home, 0.0)), -free[name])
+            for name in fits
+        }  # fmt: skip
+        best = min(fits, key=costs.__getitem__)
         free[best] -= need
         if best == CPU:
             continue
@@ -507,10 +522,17 @@ def _fill_by_cost(w: _Work, experts: dict[int, list[ModelTensor]], cpu_room: int
         w.expert_layers.setdefault(best, []).append(il)
 
 
+def _same_host(a: str, b: str) -> bool:
+    """Two buffers on one worker (RPC0[h:p], RPC1[h:p]) copy between themselves there, not through this host."""
+    return a == b or (a.endswith("]") and a[a.find("[") :] == b[b.find("[") :])
+
+
 def _cpu_plan(w: _Work, ngl: int, cache_ram: int | None) -> DevicePlan:
     n_layer = w.n_layer
     cpu_layers = [il for il in range(n_layer) if w.layer_dev[il] == CPU]
-    compute = mem.cpu_compute_bytes(w.hp, w.ubatch) if w.gpus else mem.cpu_only_compute_bytes(w.hp, w.req.ctx, w.ubatch)
+    compute = (
+        mem.cpu_compute_bytes(w.hp, w.ubatch) if w.layer_devs else mem.cpu_only_compute_bytes(w.hp, w.req.ctx, w.ubatch)
+    )
     ram_avail = w.machine.ram_available_bytes
     margin = mem.ram_margin(w.machine.ram_total_bytes or ram_avail)
     kv = w.kv.bytes_for(w.req.ctx, cpu_layers)
@@ -574,9 +596,10 @@ def _predict(w: _Work) -> float:
     gpu_bw = {g.name: g.bandwidth / mem.GPU_BANDWIDTH_EFFICIENCY for g in w.gpus}
     other = {d.name: d.bandwidth for d in w.remotes}
     net = {d.name: d.net_s for d in w.remotes}
+    own = {d.name: tuple(d.layers) for d in w.remotes if d.layers}
     return predict_tg(
         w.tensors, w.hp, w.placement, gpu_bw, w.threads, w.machine.ram_bandwidth_bytes_s,
-        other_bandwidth=other, net_s_per_layer=net,
+        other_bandwidth=other, net_s_per_layer=net, layer_runs=own,
     )  # fmt: skip
 
 
@@ -612,19 +635,28 @@ def predict_tg(
     *,
     other_bandwidth: Mapping[str, float] | None = None,
     net_s_per_layer: Mapping[str, float] | None = None,
+    layer_runs: Mapping[str, tuple[int | None, ...]] | None = None,
 ) -> float:
     """Decode tokens/s: bytes read per token on each device over its effective bandwidth, plus a per-layer cost,
-    plus the network for every layer with tensors on a worker (`gpu_bandwidth` is peak, `other_bandwidth`
-    effective, e.g. a worker's RAM)."""
+    plus the network for every layer with tensors on a worker, and once for a worker's own run of layers
+    (`gpu_bandwidth` is peak, `other_bandwidth` effective, e.g. a worker's RAM)."""
     per_device = bytes_per_token(tensors, hp, placement)
     seconds = hp.n_layer * mem.PER_LAYER_OVERHEAD_S
     bw = {name: peak * mem.GPU_BANDWIDTH_EFFICIENCY for name, peak in gpu_bandwidth.items()}
     bw.update(other_bandwidth or {})
-    for dev, n in per_device.items():
-        seconds += n / (bw[dev] if dev in bw else mem.cpu_bandwidth(threads, ram_bandwidth))
-    for dev, per_layer in (net_s_per_layer or {}).items():
-        layers = {tensors[n].layer for n, d in placement.items() if d == dev}
-        seconds += per_layer * len(layers)
+    for dev, nbytes in per_device.items():
+        seconds += nbytes / (bw[dev] if dev in bw else mem.cpu_bandwidth(threads, ram_bandwidth))
+    net = net_s_per_layer or {}
+    if net:
+        on: dict[int | None, set[str]] = {}
+        for name, d in placement.items():
+            on.setdefault(tensors[name].layer, set()).add(d)
+        # A layer split between devices crosses the network to and from each worker holding part of it;
+        # a worker's own run of whole layers costs one crossing in all.
+        for layer, devs in on.items():
+            if layer is not None and len(devs) > 1:
+                seconds += sum(net.get(d, 0.0) for d in devs)
+        seconds += sum(net[d] for d in (layer_runs or {}) if d in net)
     return 1.0 / seconds if seconds > 0 else 0.0
 
 
@@ -645,10 +677,10 @@ def _explain(w: _Work, devices: Sequence[DevicePlan], load_mode: str) -> list[st
     out = []
     tensors, req, placement = w.tensors, w.req, w.placement
     for d in devices:
-        if d.name == CPU or d.remote:
+        if d.name == CPU or (d.remote and not d.kv_bytes and d.name not in {g.name for g in w.layer_devs}):
             continue
         non_exp = sum(tensors[n].nbytes for n, dev in placement.items() if dev == d.name and not tensors[n].is_expert)
-        layers = next((g.layers for g in w.gpus if g.name == d.name), [])
+        layers = next((g.layers for g in w.layer_devs if g.name == d.name), [])
         out.append(
             f"{d.name}: layers {layer_ranges(layers) or 'none'}: non-expert weights {fmt_bytes(non_exp)}, "
             f"KV cache {fmt_bytes(d.kv_bytes)} ({req.ctx:,} tokens, {req.cache_type_k}), compute "
@@ -676,6 +708,8 @@ def _explain(w: _Work, devices: Sequence[DevicePlan], load_mode: str) -> list[st
     out += _explain_workers(w)
     if not w.gpus and not w.remotes:
         out.append("no GPU: everything runs on the CPU, no overrides")
+    elif not w.gpus and w.layer_devs:
+        out.append("no GPU here: the layers run on the workers' GPUs (-ts), their experts there while VRAM lasts")
     elif not w.gpus:
         out.append("no GPU here: the layers run on this CPU, the experts that do not fit its RAM on the workers")
     if load_mode == "none":
@@ -696,8 +730,8 @@ def _explain_workers(w: _Work) -> list[str]:
         out.append(
             f"network (assumed): {mem.RPC_ROUND_TRIPS_PER_LAYER} round trips and 2 x n_embd x "
             f"{mem.ACTIVATION_BYTES} B of activations per token for each layer with experts on a worker: "
-            f"{d.net_s * 1e3:.2f} ms per layer to {d.name} (1 Gbit/s and 0.2 ms per round trip unless "
-            f"--worker net= says otherwise; loopback 10 GB/s, 0.042 ms measured)"
+            f"{d.net_s * 1e3:.2f} ms per layer to {d.name} (links 1 Gbit/s unless --worker net= says, "
+            f"0.2 ms per round trip; loopback 10 GB/s, 0.042 ms measured)"
         )
     else:
         out.append("workers: nothing placed on them (this host holds the model at less cost per token)")

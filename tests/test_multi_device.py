@@ -156,3 +156,20 @@ def test_cli_plan_with_a_described_worker_picks_a_bigger_quant(capsys: pytest.Ca
     assert any(d["remote"] and d["weights_bytes"] > 0 for d in p["devices"])
     assert main(["plan", "deepseek-v3.1", "--estimate", "--worker", "ram=lots"]) == 2
     assert "Error: cannot read worker RAM 'lots'" in capsys.readouterr().err
+
+
+def test_no_gpu_here_puts_the_layers_on_the_workers_gpus() -> None:
+    w = parse_worker_flag("ram=128GiB,gpu=2x48GiB,net=10Gbit", 1)
+    c = ds(machine(ram_gib=128, workers=(w,)), "UD-Q2_K_XL")
+    p, tensors = c.chosen.plan, c.chosen.source.tensors
+    assert p.fits and p.ngl == 62
+    g0, g1, ram = (f"RPC{i}[worker1:50052]" for i in range(3))
+    assert p.tensor_split == (len(p.gpu_layers[g0]), len(p.gpu_layers[g1]), 0) and sum(p.tensor_split) == 62
+    by_name = {d.name: d for d in p.devices}
+    assert by_name[g0].kv_bytes > 0 and by_name[g1].kv_bytes > 0 and by_name[ram].kv_bytes == 0
+    assert all(d.used_bytes <= d.budget_bytes for d in p.devices)
+    assert llama_cpp_view(p, tensors) == p.placement  # -ts over the RPC devices, -ot for the rest
+    assert any("the layers run on the workers' GPUs" in r for r in p.reasons)
+    # The same machine with the worker's GPUs unknown (RAM only) keeps the layers on this CPU: slower.
+    ram_only = ds(machine(ram_gib=128, workers=(parse_worker_flag("ram=224GiB", 1),)), "UD-Q2_K_XL").chosen.plan
+    assert ram_only.ngl == 0 and ram_only.predicted_tg_tps < p.predicted_tg_tps
