@@ -66,13 +66,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.choose import choose
     from launcher.cli_common import plan_inputs, resolve_target
     from launcher.errors import DoesNotFitError
-    from launcher.inputs import gpu_buffers, planning_request
+    from launcher.inputs import buffers_of, planning_request
     from launcher.target import expected_model_path
 
     inputs = plan_inputs(args, server=not args.cli)
     machine = resolve_machine(args)
     target = resolve_target(args)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     try:
         choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
                         ctx_pinned=args.ctx is not None)  # fmt: skip
@@ -144,13 +144,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def _largest_that_fits(args: argparse.Namespace, profile: Any) -> str:
     from launcher.choose import choose
     from launcher.cli_common import plan_inputs
-    from launcher.inputs import gpu_buffers, planning_request
+    from launcher.inputs import buffers_of, planning_request
     from launcher.target import resolve
 
     inputs = plan_inputs(args, server=True)
     machine = resolve_machine(args)
     target = resolve(profile.name)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     choice = choose(target.name, machine, list(target.sources), req)
     name = choice.chosen.source.name
     print(f"{name}: the largest quant that fits this machine ({choice.chosen.plan.predicted_tg_tps:.1f} tokens/s "

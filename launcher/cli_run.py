@@ -52,13 +52,13 @@ class Planned:
 def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
     """The machine, the model and the checked request (flags after `--` that pin the plan win), then the choice."""
     from launcher.choose import choose
-    from launcher.inputs import gpu_buffers, planning_request, split_extra
+    from launcher.inputs import buffers_of, planning_request, split_extra
 
     pins, passthrough = split_extra(getattr(args, "extra", []))
     inputs = plan_inputs(args, server=server).pinned(pins)
     machine = resolve_machine(args)
     target = resolve_target(args)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
                     ctx_pinned=inputs.ctx is not None)  # fmt: skip
     return Planned(machine, target, req, choice, passthrough)

@@ -85,7 +85,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     from launcher import build
     from launcher.argv import build_argv, launch_for
     from launcher.choose import choose
-    from launcher.inputs import gpu_buffers, planning_request
+    from launcher.inputs import buffers_of, planning_request
     from launcher.service import Locations, check_port
 
     name = check_service_name(args.name) if args.name is not None else _name_for(args.model)
@@ -97,7 +97,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     machine = resolve_machine(args)
     target = resolve_target(args)
     inputs = plan_inputs(args, server=True)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
                     ctx_pinned=args.ctx is not None)  # fmt: skip
     plan = choice.chosen.plan

@@ -11,12 +11,15 @@ import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import UsageError
 from launcher.memory import KV_TYPE_BYTES
 from launcher.overrides import Override, parse_user_overrides
 from launcher.planner import Request
+
+if TYPE_CHECKING:
+    from launcher.machine import Machine, Worker
 
 MIN_CTX = 256
 MAX_CTX = 1 << 26  # 67M tokens: more than any model's training context
@@ -112,9 +115,15 @@ def check_kv_type(value: str, flag: str) -> None:
         raise UsageError(f"{flag} {value!r} is not a KV cache type", hint="one of: " + ", ".join(KV_TYPE_BYTES))
 
 
-def gpu_buffers(n_gpus: int) -> tuple[str, ...]:
-    """The llama.cpp buffer names a machine with n GPUs has, for `-ot PATTERN=BUF`."""
-    return ("CPU", *(f"CUDA{i}" for i in range(n_gpus)))
+def gpu_buffers(n_gpus: int, workers: Sequence[Worker] = ()) -> tuple[str, ...]:
+    """The llama.cpp buffer names a machine with n GPUs (and these workers) has, for `-ot PATTERN=BUF`."""
+    remote = (f"RPC{d.index}[{w.endpoint}]" for w in workers for d in w.devices)
+    return ("CPU", *(f"CUDA{i}" for i in range(n_gpus)), *remote)
+
+
+def buffers_of(machine: Machine) -> tuple[str, ...]:
+    """The buffer names of a (probed or described) machine and its workers."""
+    return gpu_buffers(len(machine.gpus), machine.workers)
 
 
 def planning_request(inputs: PlanInputs, *, default_ctx: int, buffers: Sequence[str]) -> Request:

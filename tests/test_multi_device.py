@@ -173,3 +173,17 @@ def test_no_gpu_here_puts_the_layers_on_the_workers_gpus() -> None:
     # The same machine with the worker's GPUs unknown (RAM only) keeps the layers on this CPU: slower.
     ram_only = ds(machine(ram_gib=128, workers=(parse_worker_flag("ram=224GiB", 1),)), "UD-Q2_K_XL").chosen.plan
     assert ram_only.ngl == 0 and ram_only.predicted_tg_tps < p.predicted_tg_tps
+
+
+def test_your_own_ot_may_name_a_workers_buffer(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from launcher.cli import main
+
+    pin = r"blk\.3\.ffn_(?:down|gate|up)_exps\.=RPC0[worker1:50052]"
+    argv = ["plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--estimate", "--json", "--ot", pin]
+    assert main([*argv, "--worker", "ram=256GiB"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["overrides"][0] == pin and p["argv"].index("--rpc") < p["argv"].index("-ot")
+    assert main(argv) == 2  # no such buffer without the worker
+    assert "RPC0[worker1:50052]" in capsys.readouterr().err

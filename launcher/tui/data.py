@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from launcher import catalog
 from launcher.choose import Candidate, Choice, choose
 from launcher.errors import DoesNotFitError, RunqError
-from launcher.inputs import PlanInputs, gpu_buffers, planning_request
+from launcher.inputs import PlanInputs, buffers_of, planning_request
 from launcher.local_models import scan_hf_cache
 from launcher.machine import Machine
 from launcher.planner import CPU, Plan
@@ -53,7 +53,7 @@ def plan_target(
     """(the choice, every candidate, the reason nothing fits) for this context and KV cache type; the request is
     checked the way the CLI checks it (a bad value raises UsageError)."""
     inputs = PlanInputs(ctx=ctx, cache_type_k=cache_type, cache_type_v=cache_type)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=gpu_buffers(len(machine.gpus)))
+    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     try:
         choice = choose(target.name, machine, list(target.sources), req)
     except DoesNotFitError as e:
