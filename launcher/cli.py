@@ -107,6 +107,10 @@ def _add_plan(sub: Any) -> None:
     pl.add_argument("model", help="a model name (e.g. deepseek-v3.1) or the path of a .gguf file (shard 1 of a set)")
     _add_plan_flags(pl)
     pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.add_argument("--llama-bin", metavar="DIR", help="ask the llama.cpp in DIR for its sizes (default: runq's build)")
+    pl.add_argument(
+        "--no-projection", action="store_true", help="do not ask llama.cpp for its sizes: runq's estimates only"
+    )
     _add_machine_flags(pl)
     pl.set_defaults(func=_lazy("launcher.cli_commands", "cmd_plan"))
 

@@ -64,7 +64,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from launcher import render_plan, sampling
     from launcher.argv import build_argv, launch_for
     from launcher.choose import choose
-    from launcher.cli_common import plan_inputs, resolve_target
+    from launcher.cli_common import llama_sizes, plan_inputs, resolve_target
     from launcher.errors import DoesNotFitError
     from launcher.inputs import buffers_of, planning_request
     from launcher.target import expected_model_path
@@ -79,6 +79,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except DoesNotFitError as e:
         _explain_no_fit(args, e, target.name, machine)
         raise
+    try:
+        choice, projected = llama_sizes(args, target, machine, req, choice)
+    except DoesNotFitError as e:
+        _explain_no_fit(args, e, target.name, machine)
+        raise
+    sizes = f"{target.sizes}; KV cache and compute: {projected}"
     chosen = choice.chosen
     model_path = str(target.model_path) if target.model_path else ""
     if target.profile and not model_path:
@@ -91,10 +97,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     argv = build_argv(chosen.plan, launch)
     values = sampling.effective(target.profile.sampling if target.profile else None, chosen.source.sampling)
     if args.json:
-        print_json({**render_plan.choice_json(choice, argv, values), "sizes": target.sizes,
+        print_json({**render_plan.choice_json(choice, argv, values), "sizes": sizes,
                     "notes": list(machine.notes)})  # fmt: skip
     else:
-        print(render_plan.choice_text(choice, machine, argv, target.sizes, values))
+        print(render_plan.choice_text(choice, machine, argv, sizes, values))
     return EXIT_OK
 
 

@@ -214,6 +214,19 @@ def say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def llama_sizes(
+    args: argparse.Namespace, target: ModelTarget, machine: Machine, req: Any, choice: Any
+) -> tuple[Any, str]:
+    """The choice placed again on llama.cpp's own sizes when a build is here (fitparams), and where the KV cache
+    and compute sizes came from. Never builds anything."""
+    if getattr(args, "estimate", False) or getattr(args, "no_projection", False):
+        return choice, "runq estimate (not asked)"
+    from launcher.fitparams import cached_bin_dir, project_target
+
+    llama_bin = getattr(args, "llama_bin", None)
+    return project_target(choice, machine, req, target, Path(llama_bin) if llama_bin else cached_bin_dir())
+
+
 # --- steps that may ask first ------------------------------------------------------------------------
 
 

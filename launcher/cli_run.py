@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from launcher.cli_common import (
     ensure_binaries,
     ensure_model,
+    llama_sizes,
     plan_inputs,
     read_api_key,
     resolve_machine,
@@ -47,6 +48,7 @@ class Planned:
     request: Request
     choice: Choice
     passthrough: list[str]
+    sizes: str = ""  # where the KV cache and compute sizes came from (llama.cpp's projection or runq's estimate)
 
 
 def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
@@ -61,7 +63,8 @@ def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
                     ctx_pinned=inputs.ctx is not None)  # fmt: skip
-    return Planned(machine, target, req, choice, passthrough)
+    choice, projected = llama_sizes(args, target, machine, req, choice)
+    return Planned(machine, target, req, choice, passthrough, projected)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -74,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     chosen = p.choice.chosen
     print(f"{p.target.name} {chosen.source.name}: {chosen.plan.ctx:,} tokens of context, "
           f"{chosen.plan.predicted_tg_tps:.1f} tokens/s predicted ({p.target.sizes})")  # fmt: skip
+    print(f"  KV cache and compute: {p.sizes}")
     for line in (*render_plan.memory_table(chosen.plan), *(f"  {x}" for x in render_plan.placement_lines(chosen.plan))):
         print(line)
     for note in p.machine.notes:
@@ -217,13 +221,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Starting llama-server on port {opts.port} (log: {log_path})…")
     server = runner.start(argv, log_path, opts.host, opts.port)
     try:
-        return _demo_check(server, runner.wait_healthy(server, opts.timeout_s), p, bool(here.gpus))
+        took = runner.wait_healthy(server, opts.timeout_s)
+        like = p if here.gpus else _demo_plan_here(here, path, model, req, binaries)
+        return _demo_check(server, took, p, like)
     finally:
         server.stop()
 
 
-def _demo_check(server: Any, took: float, p: Any, here_has_gpu: bool) -> int:
-    """Ask the demo server once, then check its placement against llama.cpp's own log."""
+def _demo_plan_here(here: Machine, path: Any, model: Any, req: Request, binaries: Any) -> Any:
+    """What runs here when there is no GPU: the same model and flags planned for this CPU, on llama.cpp's sizes."""
+    from dataclasses import replace
+
+    from launcher import fitparams
+    from launcher.planner import plan
+
+    cpu_only = with_gpus(here, [])
+    p = plan(cpu_only, model.tensors, model.hparams, req)
+    oracle = fitparams.Oracle.find(binaries)
+    if oracle is None:
+        return p
+    try:
+        proj = fitparams.project(oracle, path, p)
+    except fitparams.ProjectionFailed as e:
+        print(f"  (llama.cpp could not project the demo model: {e.message})")
+        return p
+    return plan(cpu_only, model.tensors, model.hparams, replace(req, projections=(proj,)))
+
+
+def _demo_check(server: Any, took: float, p: Any, like: Any) -> int:
+    """Ask the demo server once, then check its placement (p's overrides) and its memory, column by column,
+    against llama.cpp's own log (`like`: the plan of what really runs here)."""
     from launcher import llama_log
 
     answer = server.request("/v1/chat/completions", {"messages": [{"role": "user", "content": "Say hello!"}],
@@ -233,12 +260,13 @@ def _demo_check(server: Any, took: float, p: Any, here_has_gpu: bool) -> int:
     print(f"Ready in {took:.1f} s. Asked 'Say hello!', the model answered (gibberish by design):\n  {reply!r}")
     if speed:
         print(f"  ({speed:.0f} tokens/s generated)")
-    check = llama_log.verify(p, llama_log.parse(server.log_text()), has_gpu=False, expected_overrides=p.moved)
+    check = llama_log.verify(like, llama_log.parse(server.log_text()), has_gpu=False, expected_overrides=p.moved)
     print("\nVerification against llama.cpp's own log:")
+    if like is not p:
+        print("  (no GPU here: llama.cpp runs the pretend GPU's share on the CPU too, so the prediction compared")
+        print("  is runq's plan of the same flags for this machine's CPU)")
     for line in check.lines:
         print(f"  {line}")
-    if not here_has_gpu:
-        print("  (no GPU here: llama.cpp ran the pretend GPU's share on the CPU, so its CPU column holds both)")
     for prob in check.problems:
         print(f"Error: {prob}", file=sys.stderr)
     return EXIT_OK if check.ok else 1

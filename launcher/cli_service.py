@@ -19,6 +19,7 @@ from launcher.cli_common import (
     confirm,
     ensure_binaries,
     ensure_model,
+    llama_sizes,
     plan_inputs,
     read_api_key,
     resolve_machine,
@@ -100,6 +101,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
                     ctx_pinned=args.ctx is not None)  # fmt: skip
+    choice, _ = llama_sizes(args, target, machine, req, choice)
     plan = choice.chosen.plan
     dry = not act  # a service makes sure its model and build exist, asking once
     model_path = ensure_model(target, choice.chosen.source.name, auto=True, yes=getattr(args, "yes", False), dry=dry)

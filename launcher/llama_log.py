@@ -76,18 +76,44 @@ class Verification:
     problems: tuple[str, ...]
 
 
+AGREEMENT = 0.10  # a row within 10% agrees; a larger difference is explained in the row
+
+
+def column_lines(plan: Plan, report: Report) -> list[str]:
+    """Predicted and reported bytes per device and column (weights, KV cache, compute), with the error in %."""
+    width = max(8, *(len(d.name) + 1 for d in plan.devices))  # worker devices have long names
+    out = [f"{'device':<{width}}{'column':<10}{'predicted':>12}{'llama.cpp':>12}{'error':>9}   predicted from"]
+    for d in plan.devices:
+        got = report.buffers.get(d.name, {})
+        for label, kind, predicted, source in (
+            ("weights", "weights", d.weights_bytes, "GGUF header"),
+            ("KV cache", "kv", d.kv_bytes, d.kv_source),
+            ("compute", "compute", d.compute_bytes, d.compute_source),
+        ):
+            measured = got.get(kind, 0.0)
+            err = (predicted - measured) / measured * 100 if measured else (0.0 if not predicted else float("inf"))
+            note = source
+            if abs(err) > AGREEMENT * 100:
+                note += f"; {_why(label, predicted, measured)}"
+            shown = f"{err:+.1f}%" if err != float("inf") else "n/a"
+            cells = f"{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}{shown:>9}"
+            out.append(f"{d.name:<{width}}{label:<10}{cells}   {note}")
+    return out
+
+
+def _why(label: str, predicted: float, measured: float) -> str:
+    del label
+    if measured < 2 * MiB and abs(predicted - measured) < 2 * MiB:
+        return "under 2 MiB apart: llama.cpp prints buffers rounded, and pads small ones"
+    return "more than 10% off: please report it with this table"
+
+
 def verify(
     plan: Plan, report: Report, *, has_gpu: bool, expected_overrides: dict[str, str] | None = None
 ) -> Verification:
     """Compare llama.cpp's buffers (and, when the log has them, its override lines) with the plan."""
-    lines: list[str] = []
+    lines = column_lines(plan, report)
     problems: list[str] = []
-    width = max(8, *(len(d.name) + 1 for d in plan.devices))
-    lines.append(f"{'device':<{width}}{'predicted':>12}{'llama.cpp':>12}   (weights + KV + compute)")
-    for d in plan.devices:
-        predicted = d.weights_bytes + d.kv_bytes + d.compute_bytes
-        measured = report.device_bytes(d.name)
-        lines.append(f"{d.name:<{width}}{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}")
     gpus_planned = [d for d in plan.gpu_devices if d.weights_bytes > 0]
     gpus_used = [
         name

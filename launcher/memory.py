@@ -32,20 +32,42 @@ KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 2
 MLA_V_LESS = True
 
 # --- compute buffers -------------------------------------------------------------------------
-# Measured on an H200 (deepseek2 test shape, 32 heads, ub 512): compute 340 MiB at -c 4096, 2186 MiB at -c 32768:
-# +64.4 KiB per context token = n_head x ubatch x 4 B of attention scores (no flash attention on this MLA path).
-# The rest (about 84 MiB) is the base; logits add n_vocab x ubatch x 4 B (models.md §4).
-COMPUTE_BASE_BYTES = 96 * MiB
-SCORE_BYTES = 4  # f32 attention scores per head, per ubatch token, per context token
+# CUDA (fa auto). Three facts, all at this commit:
+# (a) H200, deepseek2 test shape (32 heads, MLA K 160 wide: no CUDA flash-attention kernel, so fa auto = off),
+#     ub 512, `-ncmoe 9` (experts of 8 layers on the CPU, 272 MiB per expert tensor): compute 340 MiB at -c 4096,
+#     2186 MiB at -c 32768 = n_head x ubatch x ctx x 4 B of attention scores (256 / 2048 MiB) + about 90-140 MiB.
+# (b) H200, DeepSeek-V3.1 UD-Q2_K_XL replica (MLA K 576 / V 512: CUDA has a kernel, so fa auto = on), -c 32768
+#     -ub 512: about 2.2 GiB, although the CPU build projects 440 MiB with fa on for the same flags.
+# (c) The scheduler runs big-batch matmuls of CPU-resident weights on the GPU ("op offload"): each such weight is
+#     copied into the GPU's compute buffer. The allocator reuses memory between ops, so the buffer holds the largest
+#     of (attention temporaries, the largest copied weight), not their sum: in (a) max(256, 272) + 68 = 340 MiB;
+#     in (b) the largest expert tensor (1,904 MiB, IQ4_XS ffn_down_exps) + 252 MiB logits + the rest = 2.2 GiB.
+# The model: base + logits + max(attention, largest CPU-resident weight the GPU multiplies). It is at or above
+# (a) and (b) (a test checks), and above the CPU's fa-on projections for the Qwen3-235B shape (312 MiB at 4k).
+COMPUTE_BASE_BYTES = 128 * MiB
+SCORE_BYTES = 4  # f32 attention scores per head, per ubatch token, per context token (no flash attention)
 LOGIT_BYTES = 4
-# With flash attention (GQA models on CUDA, fa auto), scores are tiled: a small per-token scratch instead.
-FA_SCRATCH_BYTES_PER_UBATCH_TOKEN = 64 * 1024
+# With flash attention: q (and the output) in f32 per head per ubatch token, plus the f16 KQ mask (ubatch x ctx).
+FA_Q_BYTES = 4
+FA_MASK_BYTES = 2
+# CUDA flash-attention kernels at this commit (ggml-cuda/fattn.cu): K head sizes with V of the same size, and
+# MLA's 576 (V 512). Other sizes make `-fa auto` fall back to materialised scores.
+CUDA_FA_HEAD_SIZES = frozenset({40, 64, 72, 80, 96, 112, 128, 256})
+CUDA_FA_MLA = (576, 512)
 # With GPUs, the CPU keeps its own compute buffer (inputs, CPU-resident expert ops): not yet measured, kept generous.
 CPU_COMPUTE_BASE_BYTES = 256 * MiB
-# CPU only (flash attention on: only the f16 KQ mask grows with context). `llama-fit-params -fitp on`, CPU build,
-# generated deepseek2 and qwen3moe (n_embd 512): compute 14 / 58 / 42 / 170 MiB at -c 4096 / 4096 / 32768 / 32768
-# and -ub 512 / 2048 / 512 / 2048 = ubatch x (2 B x ctx + about 20 KiB), the 20 KiB ~ 4 B x (n_vocab + 10 x n_embd).
+# CPU only (flash attention on). `llama-fit-params -fitp on`, CPU build (bench/truth.py, tests/test_fit_params.py):
+# - generated deepseek2/qwen3moe (n_embd 512, 8 heads, vocab 382): per ubatch token 2 B x ctx + 20 KiB
+#   (the f16 KQ mask, and activations ~ 10 x n_embd in f32);
+# - DeepSeek-V3.1 shape: 412 / 1,648 / 440 / 1,760 MiB at -c 4096 / 4096 / 32768 / 32768, -ub 512 / 2048 / 512 /
+#   2048: the mask, f32 logits (n_vocab), the query (n_head x key_length: MLA's absorbed 576-wide heads) and an
+#   n_embd activation, all at once;
+# - Qwen3-235B shape (GQA): 312 / 1,251 MiB at -ub 512 / 2048 and the same at 4k and 32k: the output phase (logits,
+#   query, n_embd) is the peak, and the attention phase (mask + activations) is reused memory.
+# The model below is within 3% of every DeepSeek/Qwen3 row (the old one was 22-31% above on the Qwen3 shape) and
+# 0-7% above the small generated ones.
 CPU_MASK_BYTES = 2
+CPU_ACTIVATION_BYTES = 4
 CPU_ACTIVATION_EMBD_FACTOR = 10
 
 # --- llama-server host extras ----------------------------------------------------------------
@@ -162,18 +184,23 @@ def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16",
 
 
 def uses_flash_attention(hp: HParams) -> bool:
-    """llama.cpp's `-fa auto` on this path: on for GQA, effectively off for MLA (scores materialised)."""
-    return not hp.is_mla
+    """Whether llama.cpp's `-fa auto` finds a CUDA flash-attention kernel for this head size."""
+    if hp.is_mla:
+        return (hp.key_length, hp.kv_lora_rank) == CUDA_FA_MLA
+    return hp.key_length == hp.value_length and hp.key_length in CUDA_FA_HEAD_SIZES
 
 
-def gpu_compute_bytes(hp: HParams, ctx: int, ubatch: int, *, has_output: bool = True) -> int:
+def gpu_compute_bytes(
+    hp: HParams, ctx: int, ubatch: int, *, has_output: bool = True, offload_copy_bytes: int = 0
+) -> int:
+    """A GPU's compute buffer; `offload_copy_bytes`: the largest CPU-resident weight the GPU multiplies."""
     heads = max(hp.n_head, default=0)
     if uses_flash_attention(hp):
-        scores = FA_SCRATCH_BYTES_PER_UBATCH_TOKEN * ubatch
+        attention = ubatch * (heads * hp.key_length * FA_Q_BYTES + ctx * FA_MASK_BYTES)
     else:
-        scores = heads * ubatch * SCORE_BYTES * ctx
+        attention = heads * ubatch * SCORE_BYTES * ctx
     logits = hp.n_vocab * ubatch * LOGIT_BYTES if has_output else 0
-    return COMPUTE_BASE_BYTES + scores + logits
+    return COMPUTE_BASE_BYTES + logits + max(attention, offload_copy_bytes)
 
 
 def cpu_compute_bytes(hp: HParams, ubatch: int) -> int:
@@ -183,7 +210,19 @@ def cpu_compute_bytes(hp: HParams, ubatch: int) -> int:
 
 def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
     """The compute buffer when everything runs on the CPU."""
-    return ubatch * (CPU_MASK_BYTES * ctx + LOGIT_BYTES * (hp.n_vocab + CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd))
+    heads = max(hp.n_head, default=0)
+    query = heads * hp.key_length
+    attention = CPU_MASK_BYTES * ctx + CPU_ACTIVATION_BYTES * max(CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd, query)
+    output = LOGIT_BYTES * hp.n_vocab + CPU_ACTIVATION_BYTES * (query + hp.n_embd)
+    if hp.is_mla:
+        per_token = (
+            CPU_MASK_BYTES * ctx
+            + output
+            + CPU_ACTIVATION_BYTES * max(CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd - query, 0)
+        )
+    else:
+        per_token = max(attention, output)
+    return ubatch * per_token
 
 
 # --- other hosts over llama.cpp's RPC backend (runq worker) ----------------------------------

@@ -23,10 +23,12 @@ from launcher import overrides as ovr
 from launcher.hparams import HParams
 from launcher.machine import Machine
 from launcher.overrides import Override
+from launcher.projection import ESTIMATE, Projection, SizeBook
 from launcher.tensors import ModelTensor, Role, TensorSet, layer_ranges, loaded_tensors
 from launcher.units import fmt_bytes
 
 DEFAULT_UBATCH = 512
+SMALL_UBATCH = 256  # weighed when VRAM is short: a smaller compute buffer against layers moved to the CPU
 LARGE_UBATCH = 2048  # 3.4x faster prompt processing with experts on CPU (llama-cpp.md, H200)
 CPU = "CPU"
 
@@ -42,6 +44,7 @@ class Request:
     server: bool = True  # llama-server keeps a host prompt cache; llama-cli does not
     threads: int | None = None
     margin_extra_bytes: int = 0  # extra safety per GPU (the retry after an out-of-memory error)
+    projections: tuple[Projection, ...] = ()  # llama.cpp's own sizes (fitparams.py), used where they apply
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class DevicePlan:
     compute_bytes: int = 0
     extra_bytes: int = 0  # llama-server's host prompt cache
     remote: bool = False  # a device on a worker (llama.cpp's RPC backend)
+    kv_source: str = ESTIMATE  # "runq estimate" or "llama.cpp projection, build …"
+    compute_source: str = ESTIMATE
 
     @property
     def budget_bytes(self) -> int:
@@ -181,6 +186,8 @@ def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pla
     if req.ubatch is not None:
         return _place(machine, tensors, hp, req, req.ubatch)
     small = _place(machine, tensors, hp, req, DEFAULT_UBATCH)
+    if small.gpu_devices and (small.ngl < hp.n_layer + 1 or not small.fits):
+        return _weigh_small_ubatch(machine, tensors, hp, req, small)
     if not small.fits or not small.gpu_devices or not _has_cpu_experts(small, tensors):
         return small
     large = _place(machine, tensors, hp, req, LARGE_UBATCH)
@@ -197,6 +204,21 @@ def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pla
     else:
         why = f"ubatch {DEFAULT_UBATCH}: ubatch {LARGE_UBATCH} needs a compute buffer the weights leave no room for"
     return replace(small, reasons=(*small.reasons, why))
+
+
+def _weigh_small_ubatch(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, small: Plan) -> Plan:
+    """VRAM is short (whole layers on the CPU): a smaller ubatch shrinks the compute buffer; take it when it keeps
+    more layers on the GPU (decode reads every layer's weights; prompt processing gets slower instead)."""
+    tiny = _place(machine, tensors, hp, req, SMALL_UBATCH)
+    if tiny.fits and (tiny.ngl > small.ngl or not small.fits):
+        saved = fmt_bytes(small.gpu_devices[0].compute_bytes - tiny.gpu_devices[0].compute_bytes)
+        gain = f"-ngl {tiny.ngl} instead of {small.ngl}" if tiny.ngl > small.ngl else "the plan fits"
+        why = f"ubatch {SMALL_UBATCH}: a compute buffer {saved} smaller ({gain}); prompts process more slowly"
+        return replace(tiny, reasons=(*tiny.reasons, why))
+    if small.fits:
+        why = f"ubatch {DEFAULT_UBATCH}: ubatch {SMALL_UBATCH} would not keep more layers on the GPU"
+        return replace(small, reasons=(*small.reasons, why))
+    return small
 
 
 def _has_cpu_experts(p: Plan, tensors: TensorSet) -> bool:
@@ -232,7 +254,7 @@ class _Work:
     hp: HParams
     req: Request
     ubatch: int
-    kv: mem.KVLayout
+    book: SizeBook  # KV cache and compute bytes: llama.cpp's projection where it applies, else memory.py
     forced: dict[str, str]
     gpus: list[_Dev]
     remotes: list[_Dev]
@@ -262,15 +284,28 @@ class _Work:
 
     def gpu_state(self, g: _Dev) -> DevicePlan:
         n_layer = self.n_layer
+        compute, source = self.book.gpu_compute(
+            g.name, has_output=n_layer in g.layers, offload_copy_bytes=self.offload_copy_bytes()
+        )
         return DevicePlan(
             name=g.name,
             capacity_bytes=g.capacity,
             margin_bytes=g.margin,
             weights_bytes=self.placed_bytes(g.name),
-            kv_bytes=self.kv.bytes_for(self.req.ctx, [il for il in g.layers if il < n_layer]),
-            compute_bytes=mem.gpu_compute_bytes(self.hp, self.req.ctx, self.ubatch, has_output=n_layer in g.layers),
+            kv_bytes=self.book.kv_bytes([il for il in g.layers if il < n_layer]),
+            compute_bytes=compute,
             remote=g.remote,
+            kv_source=self.book.kv_source,
+            compute_source=source,
         )
+
+    def offload_copy_bytes(self) -> int:
+        """The largest expert tensor left on the CPU: a GPU multiplies prompt batches with it, so llama.cpp copies
+        it into the GPU's compute buffer (memory.py, compute buffers). Before placement: the largest expert."""
+        on_cpu = [self.tensors[n].nbytes for n, d in self.placement.items() if d == CPU and self.tensors[n].is_expert]
+        if self.placement:
+            return max(on_cpu, default=0)
+        return max((t.nbytes for t in self.tensors.tensors if t.is_expert), default=0)
 
     def remote_state(self, d: _Dev) -> DevicePlan:
         weights = self.placed_bytes(d.name)
@@ -295,7 +330,7 @@ def _forced(tensors: TensorSet, req: Request) -> dict[str, str]:
 def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:
     w = _Work(
         machine, tensors, hp, req, ubatch,
-        kv=mem.kv_layout(hp, req.cache_type_k, req.cache_type_v),
+        book=SizeBook(hp, req.ctx, req.cache_type_k, req.cache_type_v, ubatch, req.projections),
         forced=_forced(tensors, req),
         gpus=gpu_usable(machine, req.margin_extra_bytes),
         remotes=remote_usable(
@@ -390,6 +425,7 @@ def _assign_layers(w: _Work, ngl: int, non_expert: dict[int, int]) -> dict[int, 
     n_layer, gpus = w.n_layer, w.layer_devs
     slots = list(range(n_layer + 1 - ngl, n_layer + 1))
     budgets = [g.capacity - g.margin for g in gpus]
+    copy = w.offload_copy_bytes()
 
     def runs(counts: list[int]) -> list[list[int]]:
         out, pos = [], 0
@@ -400,12 +436,10 @@ def _assign_layers(w: _Work, ngl: int, non_expert: dict[int, int]) -> dict[int, 
 
     def left(counts: list[int]) -> list[int]:
         out = []
-        for layers, budget in zip(runs(counts), budgets, strict=True):
-            base = (
-                sum(non_expert[il] for il in layers)
-                + w.kv.bytes_for(w.req.ctx, [il for il in layers if il < n_layer])
-                + mem.gpu_compute_bytes(w.hp, w.req.ctx, w.ubatch, has_output=n_layer in layers)
-            )
+        for g, layers, budget in zip(gpus, runs(counts), budgets, strict=True):
+            compute, _ = w.book.gpu_compute(g.name, has_output=n_layer in layers, offload_copy_bytes=copy)
+            base = sum(non_expert[il] for il in layers) + w.book.kv_bytes([il for il in layers if il < n_layer])
+            base += compute
             out.append(budget - base if layers else budget)
         return out
 
@@ -530,13 +564,14 @@ def _same_host(a: str, b: str) -> bool:
 def _cpu_plan(w: _Work, ngl: int, cache_ram: int | None) -> DevicePlan:
     n_layer = w.n_layer
     cpu_layers = [il for il in range(n_layer) if w.layer_dev[il] == CPU]
-    compute = (
-        mem.cpu_compute_bytes(w.hp, w.ubatch) if w.layer_devs else mem.cpu_only_compute_bytes(w.hp, w.req.ctx, w.ubatch)
-    )
+    compute, source = w.book.cpu_compute(with_gpus=bool(w.layer_devs))
     ram_avail = w.machine.ram_available_bytes
     margin = mem.ram_margin(w.machine.ram_total_bytes or ram_avail)
-    kv = w.kv.bytes_for(w.req.ctx, cpu_layers)
-    return DevicePlan(CPU, ram_avail, margin, w.placed_bytes(CPU), kv, compute, cache_ram or 0)
+    kv = w.book.kv_bytes(cpu_layers)
+    return DevicePlan(
+        CPU, ram_avail, margin, w.placed_bytes(CPU), kv, compute, cache_ram or 0,
+        kv_source=w.book.kv_source, compute_source=source,
+    )  # fmt: skip
 
 
 def _shrink_cache_ram(w: _Work, cpu_plan: DevicePlan) -> DevicePlan:

@@ -49,6 +49,25 @@ def memory_table(p: Plan) -> list[str]:
     return lines
 
 
+def weights_source(c: Candidate) -> str:
+    return "GGUF header" if c.source.exact else "runq estimate"
+
+
+def source_lines(c: Candidate) -> list[str]:
+    """Where each column of the memory table came from: the GGUF header, llama.cpp's projection, or runq."""
+    p = c.plan
+    out = [f"weights: {weights_source(c)}"]
+    for what, attr in (("KV cache", "kv_source"), ("compute", "compute_source")):
+        by: dict[str, list[str]] = {}
+        for d in p.devices:
+            by.setdefault(getattr(d, attr), []).append(d.name)
+        if len(by) == 1:
+            out.append(f"{what}: {next(iter(by))}")
+        else:
+            out.append(f"{what}: " + " / ".join(f"{', '.join(devs)} {src}" for src, devs in by.items()))
+    return out
+
+
 def placement_lines(p: Plan) -> list[str]:
     out = []
     if len(p.gpu_layers) > 1 or p.rpc:
@@ -88,6 +107,7 @@ def choice_text(
         lines.append("")
     lines += ["Why:"] + [f"  - {r}" for r in (*choice.reasons, *p.reasons)]
     lines += ["", "Memory per device:", *memory_table(p)]
+    lines.append("    sources: " + "; ".join(source_lines(c)))
     lines += ["", "Placement:"] + [f"  {x}" for x in placement_lines(p) or ["everything on one device"]]
     unknown = unknown_tensors(t.name for t in c.source.tensors.tensors)
     if unknown:
@@ -137,6 +157,8 @@ def plan_json(p: Plan) -> dict[str, Any]:
                 "extra_bytes": d.extra_bytes,
                 "free_bytes": d.free_bytes,
                 "remote": d.remote,
+                "kv_source": d.kv_source,
+                "compute_source": d.compute_source,
             }
             for d in p.devices
         ],
@@ -153,12 +175,15 @@ def plan_json(p: Plan) -> dict[str, Any]:
 
 def choice_json(choice: Choice, argv: list[str], sampling: Sequence[SamplingValue] = ()) -> dict[str, Any]:
     c = choice.chosen
+    plan = plan_json(c.plan)
+    for d in plan["devices"]:
+        d["weights_source"] = weights_source(c)
     return {
         "sampling": [{"name": v.name, "value": v.value, "source": v.source} for v in sampling],
         "model": choice.model,
         "quant": c.source.name,
         "exact": c.source.exact,
-        **plan_json(c.plan),
+        **plan,
         "argv": argv,
         "reasons": [*choice.reasons, *c.plan.reasons],
         "candidates": [candidate_json(x) for x in choice.candidates],

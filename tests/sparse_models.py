@@ -17,6 +17,55 @@ from launcher.estimate import estimate
 N_MERGES = 127_741
 
 
+def _rope_dim(profile: Profile) -> int:
+    a = profile.arch
+    if a.rope_dim:
+        return a.rope_dim
+    if a.name in ("glm4moe", "minimax-m2"):
+        return a.key_length // 2  # partial rotary
+    if a.name in ("qwen35moe", "qwen3next"):
+        return a.key_length // 4
+    if a.name == "deepseek4":
+        return 64  # DeepSeek-V4's rotary part of its 512-wide head
+    return a.key_length  # rope over the whole head
+
+
+def _arch_keys(w: gguf.GGUFWriter, profile: Profile) -> None:
+    """The keys each architecture's `load_arch_hparams` reads besides the common ones (as launcher/synth.py
+    writes them for generated models), from the profile's real shape."""
+    a, arch = profile.arch, profile.arch.name
+    if arch == "glm4moe":
+        w.add_uint32(f"{arch}.nextn_predict_layers", a.nextn_layers)
+    if arch == "gpt-oss":
+        w.add_uint32(f"{arch}.attention.sliding_window", a.sliding_window)
+    if a.indexer_n_head:
+        w.add_uint32(f"{arch}.attention.indexer.head_count", a.indexer_n_head)
+        w.add_uint32(f"{arch}.attention.indexer.key_length", a.indexer_head_size)
+        w.add_uint32(f"{arch}.attention.indexer.top_k", 2048)
+    if arch == "deepseek4":  # as synth.py's deepseek4 metadata, with the profile's sizes
+        w.add_uint32(f"{arch}.attention.sliding_window", a.sliding_window)
+        w.add_float32(f"{arch}.swiglu_clamp_exp", 10.0)
+        w.add_uint32(f"{arch}.attention.output_group_count", a.o_groups)
+        w.add_uint32(f"{arch}.attention.output_lora_rank", a.o_lora_rank)
+        w.add_float32(f"{arch}.attention.compress_rope_freq_base", 160000.0)
+        w.add_uint32(f"{arch}.hyper_connection.count", a.hc_mult)
+        w.add_uint32(f"{arch}.hyper_connection.sinkhorn_iterations", 20)
+        w.add_float32(f"{arch}.hyper_connection.epsilon", 1e-6)
+        w.add_uint32(f"{arch}.hash_layer_count", a.hash_layers)
+        w.add_array(f"{arch}.attention.compress_ratios", list(a.compress_ratios))
+    if arch in ("qwen35moe", "qwen3next"):
+        rot = _rope_dim(profile)
+        if arch == "qwen35moe":
+            w.add_array(f"{arch}.rope.dimension_sections", [rot // 2 - rot // 4, rot // 4, 0, 0])
+        w.add_uint32(f"{arch}.expert_shared_feed_forward_length", a.n_ff_shexp)
+        w.add_uint32(f"{arch}.ssm.conv_kernel", a.ssm_d_conv or 4)
+        w.add_uint32(f"{arch}.ssm.state_size", a.ssm_d_state)
+        w.add_uint32(f"{arch}.ssm.group_count", a.ssm_n_group)
+        w.add_uint32(f"{arch}.ssm.time_step_rank", a.ssm_dt_rank)
+        w.add_uint32(f"{arch}.ssm.inner_size", a.ssm_d_state * a.ssm_dt_rank)
+        w.add_uint32(f"{arch}.full_attention_interval", a.full_attn_interval)
+
+
 def write_sparse_quant(profile: Profile, quant: QuantSpec, root: Path) -> list[Path]:
     """The quant's files (shards as in quant.path) under root, with real headers and sparse tensor data."""
     est = estimate(profile, quant)
@@ -32,15 +81,24 @@ def write_sparse_quant(profile: Profile, quant: QuantSpec, root: Path) -> list[P
     arch = a.name
     for key, value in {
         "block_count": a.n_layer, "context_length": a.context_length, "embedding_length": a.n_embd,
-        "feed_forward_length": a.n_ff, "attention.head_count": a.n_head, "attention.head_count_kv": a.n_head_kv,
+        "feed_forward_length": a.n_ff_exp if a.name == "minimax-m2" else a.n_ff,
+        "attention.head_count": a.n_head, "attention.head_count_kv": a.n_head_kv,
         "attention.key_length": a.key_length, "attention.value_length": a.value_length,
         "attention.key_length_mla": a.key_length_mla, "attention.value_length_mla": a.value_length_mla,
         "attention.q_lora_rank": a.q_lora_rank, "attention.kv_lora_rank": a.kv_lora_rank,
-        "rope.dimension_count": a.rope_dim, "expert_feed_forward_length": a.n_ff_exp, "expert_count": a.n_expert,
+        "rope.dimension_count": _rope_dim(profile),
+        "expert_feed_forward_length": a.n_ff_exp, "expert_count": a.n_expert,
         "expert_used_count": a.n_expert_used, "expert_shared_count": a.n_expert_shared,
         "leading_dense_block_count": a.n_dense_lead, "vocab_size": a.n_vocab,
     }.items():  # fmt: skip
         w.add_uint32(f"{arch}.{key}", value)
+    # What llama.cpp needs besides (the replica tests run llama-fit-params on these headers).
+    w.add_float32(f"{arch}.rope.freq_base", 10000.0)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_float32(f"{arch}.expert_weights_scale", 2.5)
+    w.add_bool(f"{arch}.expert_weights_norm", True)
+    w.add_uint32(f"{arch}.expert_gating_func", 4 if arch == "deepseek4" else 2)  # sqrt(softplus), or sigmoid
+    _arch_keys(w, profile)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("deepseek-v3")
     w.add_token_list([f"t{i}" for i in range(a.n_vocab)])

@@ -482,3 +482,26 @@ async def test_tui_download_checks_the_disk_first(
         assert done == [False] and isinstance(app.screen, ErrorDialog)
         assert "not enough disk space" in str(app.screen.query_one("#error-message", Static).render())
     assert not [r for r in server.log if r.bytes_sent and r.path.endswith(".gguf") and not r.range]
+
+
+# --- sizes from llama.cpp on a replica of the cached headers (issue 13) ------------------------------------
+
+
+def test_hub_quant_is_projected_on_a_replica_of_its_cached_headers(
+    online: dict[str, str], deepseek_repo: dict[str, list[Path]], llama_build: Build
+) -> None:
+    argv = ["plan", "deepseek-v3.1", "--quant", "UD-Q2_K_XL", "--ctx", "32768", "--gpu", "24GiB", "--ram", "512GiB"]
+    r = runq(*argv, "--json", "--llama-bin", str(llama_build.bin_dir))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["exact"] is True and "llama.cpp projection, build 0c1e570" in data["sizes"]
+    gpu, cpu = data["devices"]
+    assert gpu["kv_bytes"] + cpu["kv_bytes"] == 2196 * 2**20  # DeepSeek-V3.1 at 32k, as llama.cpp projects it
+    replicas = list(Path(os.environ["RUNQ_HOME"]).glob("**/hub/unsloth--DeepSeek-V3.1-GGUF/replicas/*"))
+    assert len(replicas) == 1
+    shards = sorted(replicas[0].iterdir())
+    assert [p.name for p in shards] == [p.name for p in deepseek_repo["UD-Q2_K_XL"]]
+    assert [p.stat().st_size for p in shards] == [p.stat().st_size for p in deepseek_repo["UD-Q2_K_XL"]]
+    from launcher.replica import disk_bytes
+
+    assert disk_bytes(replicas[0]) < 64 * 2**20  # 255 GB apparent

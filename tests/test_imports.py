@@ -22,6 +22,7 @@ PURE = [
     "launcher.planner",
     "launcher.overrides",
     "launcher.memory",
+    "launcher.projection",
     "launcher.estimate",
     "launcher.choose",
     "launcher.argv",

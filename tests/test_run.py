@@ -191,6 +191,13 @@ def test_demo_end_to_end(env: dict[str, str]) -> None:
     assert "gibberish by design" in r.stdout
     assert "the model answered" in r.stdout
     assert "override lines: exactly the" in r.stdout
+    # Like with like: each column of llama.cpp's report next to the prediction for the same run, within 10%
+    # (or the row says why).
+    rows = [line.split() for line in r.stdout.splitlines() if re.match(r"\s+(CPU|CUDA\d)\s+(weights|KV|compute)", line)]
+    assert {row[1] for row in rows} == {"weights", "KV", "compute"}
+    for line in r.stdout.splitlines():
+        if m := re.match(r"\s+(CPU|CUDA\d)\s+(weights|KV cache|compute)\s.*?([+-]\d+\.\d)%\s+(.*)$", line):
+            assert abs(float(m.group(3))) <= 10 or ";" in m.group(4), line
 
 
 def test_pins_after_the_double_dash() -> None:

@@ -27,8 +27,8 @@ def anyio_backend() -> str:
 MACHINE = {"gpus": [{"memory": "24GiB", "name": "RTX 4090"}], "ram": "256GiB", "cores": 16}
 
 
-def app() -> RunqApp:
-    return RunqApp(MachineSpec.model_validate(MACHINE).to_machine())
+def app(machine: dict[str, object] = MACHINE) -> RunqApp:
+    return RunqApp(MachineSpec.model_validate(machine).to_machine())
 
 
 async def settle(pilot: Pilot[object]) -> None:
@@ -59,7 +59,7 @@ async def test_pick_a_model_change_the_context_open_the_plan() -> None:
         assert models[: len(fitting)] == fitting  # what fits comes first
         assert select(a.screen.query_one(DataTable), "DeepSeek-V3.1")[:3] == [
             "DeepSeek-V3.1",
-            "UD-Q2_K_XL",
+            "UD-IQ3_XXS",
             "GPU + RAM",
         ]
         await pilot.press("enter")
@@ -67,7 +67,7 @@ async def test_pick_a_model_change_the_context_open_the_plan() -> None:
         assert isinstance(a.screen, QuantsScreen)
         table = a.screen.query_one(DataTable)
         before = rows(table)
-        assert len(before) == 13 and before[5][0] == "★" and "UD-Q2_K_XL" in before[5][1]
+        assert len(before) == 13 and before[6][0] == "★" and "UD-IQ3_XXS" in before[6][1]
         # A longer context: more KV cache and compute on the GPU, so less fits and the table changes.
         ctx = a.screen.query_one("#ctx", Input)
         ctx.value = "32768"
@@ -92,7 +92,8 @@ async def test_pick_a_model_change_the_context_open_the_plan() -> None:
 
 @pytest.mark.anyio
 async def test_nothing_fits_says_why() -> None:
-    a = app()
+    # 24 GiB + 150 GiB: the smallest quant fits at 16K; at 163,840 tokens its KV cache (10.7 GiB) does not.
+    a = app({**MACHINE, "ram": "150GiB"})
     async with a.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         select(a.screen.query_one(DataTable), "DeepSeek-V3.1")

@@ -48,14 +48,19 @@ def load_target(key: str, *, network: bool = False) -> ModelTarget:
 
 
 def plan_target(
-    machine: Machine, target: ModelTarget, ctx: int, cache_type: str = "f16"
+    machine: Machine, target: ModelTarget, ctx: int, cache_type: str = "f16", *, project: bool = False
 ) -> tuple[Choice | None, list[Candidate], str | None]:
     """(the choice, every candidate, the reason nothing fits) for this context and KV cache type; the request is
-    checked the way the CLI checks it (a bad value raises UsageError)."""
+    checked the way the CLI checks it (a bad value raises UsageError). project=True places the chosen quant again
+    on llama.cpp's own sizes when a build is here (fitparams, as the CLI does); the first screen does not."""
     inputs = PlanInputs(ctx=ctx, cache_type_k=cache_type, cache_type_v=cache_type)
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     try:
         choice = choose(target.name, machine, list(target.sources), req)
+        if project:
+            from launcher.fitparams import cached_bin_dir, project_target
+
+            choice, _ = project_target(choice, machine, req, target, cached_bin_dir())
     except DoesNotFitError as e:
         return None, list(e.detail or []), e.message + (f" ({e.hint})" if e.hint else "")
     return choice, list(choice.candidates), None

@@ -13,7 +13,7 @@ from textual.widgets import Footer, Header, Static
 
 from launcher.argv import build_argv, launch_for, shell_quote
 from launcher.inputs import ServerOptions
-from launcher.render_plan import placement_lines
+from launcher.render_plan import placement_lines, source_lines
 from launcher.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ class PlanScreen(Screen[None]):
             )
             yield Static("[b]Memory per device[/b]", classes="section")
             yield Static(memory_text(p), id="memory")
+            yield Static("  sizes: " + "; ".join(source_lines(self.cand)), id="sources", markup=False)
             yield Static(Text.assemble(("Command", "bold"), " (y copies it, with full paths)"), classes="section")
             yield Static(shell_quote([_short(a) for a in self.command()]), id="command", markup=False)
         yield Footer()

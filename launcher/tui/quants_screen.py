@@ -74,7 +74,7 @@ class QuantsScreen(Screen[None]):
         from launcher.tui.data import plan_target
 
         try:
-            result = plan_target(self.machine, self.target, ctx, kv)
+            result = plan_target(self.machine, self.target, ctx, kv, project=True)
         except RunqError as e:
             self.app.call_from_thread(self.query_one("#status", Static).update, f"[red]{e.message}[/red]")
             return
