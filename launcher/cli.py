@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
     add_service_parser(sub, _add_machine_flags, _add_plan_flags)
     add_worker_parser(sub)
+    add_tune_parsers(sub)
     return parser
 
 
@@ -193,6 +194,44 @@ def worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append", metavar="DEV[,DEV…]", help="lend only these (CUDA0, CPU…)")
     p.add_argument("--threads", "-t", type=int, metavar="N", help="CPU threads for the CPU device")
     p.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+
+
+def add_tune_parsers(sub: Any) -> None:
+    c = sub.add_parser(
+        "calibrate",
+        help="measure this machine's decode speed constants with llama-bench (under a minute), used by every plan",
+        description="Decode two generated models with llama-bench at 1..physical-core threads (and on each GPU) "
+        "and fit the effective RAM bandwidth and per-layer cost that speed predictions use. Runs once by itself "
+        "before the first real run or tune on a machine; run it again after changing hardware or drivers.",
+    )
+    c.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=_lazy("launcher.cli_tune", "cmd_calibrate"))
+
+    t = sub.add_parser(
+        "tune",
+        help="measure runq's plan, its neighbours and llama.cpp's own default with llama-bench; keep the fastest",
+        description="Benchmark candidate plans of a downloaded model on this machine (expert layers per GPU, "
+        "ubatch, threads, flash attention, load mode) against llama.cpp's default, choose the best for the goal "
+        "(never slower than llama.cpp's default as measured) and save it for `runq run` and `runq service`.",
+    )
+    t.add_argument("model", help="a model name (its quant must be downloaded) or a .gguf file")
+    t.add_argument("--quant", help="the quant to tune (default: the one runq would run)")
+    t.add_argument(
+        "--for",
+        dest="goal",
+        choices=("decode", "prefill", "balanced"),
+        default="balanced",
+        help="what to optimise: decode tokens/s, prompt tokens/s, or one 512+128-token turn (default)",
+    )
+    t.add_argument("--budget", default="10m", metavar="TIME", help="the most the whole run may take (90s, 10m, 1h)")
+    t.add_argument("--ctx", type=int, metavar="N", help="context the plan is made for (default: the model's)")
+    t.add_argument("--pp", type=int, default=512, metavar="N", help="prompt tokens per test (default 512)")
+    t.add_argument("--tg", type=int, default=128, metavar="N", help="generated tokens per test (default 128)")
+    t.add_argument("--repetitions", "-r", type=int, default=2, metavar="N", help="runs per test (default 2)")
+    t.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(func=_lazy("launcher.cli_tune", "cmd_tune"))
 
 
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
@@ -348,7 +387,21 @@ def _mode_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(mode="user")
 
 
-COMMANDS = ("hw", "inspect", "plan", "build", "pull", "models", "run", "demo", "service", "tui", "worker")
+COMMANDS = (
+    "hw",
+    "inspect",
+    "plan",
+    "build",
+    "pull",
+    "models",
+    "run",
+    "demo",
+    "service",
+    "tui",
+    "worker",
+    "calibrate",
+    "tune",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,10 +67,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from launcher.cli_common import llama_sizes, plan_inputs, resolve_target
     from launcher.errors import DoesNotFitError
     from launcher.inputs import buffers_of, planning_request
+    from launcher.measured import measured_note, with_speed
     from launcher.target import expected_model_path
 
     inputs = plan_inputs(args, server=not args.cli)
-    machine = resolve_machine(args)
+    machine = with_speed(resolve_machine(args))  # this machine's measured constants, when calibrated
     target = resolve_target(args)
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     try:
@@ -96,11 +97,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         server=None if args.cli else ServerOptions(), gguf_sampling=chosen.source.sampling)  # fmt: skip
     argv = build_argv(chosen.plan, launch)
     values = sampling.effective(target.profile.sampling if target.profile else None, chosen.source.sampling)
+    measured = measured_note(machine, target, chosen.source.name)  # the last `runq tune` here, if any
     if args.json:
         print_json({**render_plan.choice_json(choice, argv, values), "sizes": sizes,
-                    "notes": list(machine.notes)})  # fmt: skip
+                    "notes": list(machine.notes), "measured": measured})  # fmt: skip
     else:
         print(render_plan.choice_text(choice, machine, argv, sizes, values))
+        if measured:
+            print(f"Measured: {measured}")
     return EXIT_OK
 
 

@@ -26,12 +26,14 @@ from launcher.cli_common import (
     server_options,
 )
 from launcher.errors import EXIT_INTERRUPTED, EXIT_OK
+from launcher.measured import tuned_request, with_speed
 
 if TYPE_CHECKING:
     from launcher.argv import Launch
     from launcher.choose import Choice
     from launcher.inputs import ServerOptions
     from launcher.machine import Machine
+    from launcher.measured import Tuned
     from launcher.planner import Request
     from launcher.target import ModelTarget
 
@@ -49,6 +51,14 @@ class Planned:
     choice: Choice
     passthrough: list[str]
     sizes: str = ""  # where the KV cache and compute sizes came from (llama.cpp's projection or runq's estimate)
+    tuned: Tuned | None = None  # a saved `runq tune` result for this model here (launcher/measured.py)
+
+    def argv(self, launch: Launch) -> list[str]:
+        """The llama.cpp command: the plan's, with the tuned knobs the plan does not carry."""
+        from launcher.argv import build_argv
+
+        argv = build_argv(self.choice.chosen.plan, launch)
+        return self.tuned.argv(argv) if self.tuned else argv
 
 
 def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
@@ -58,25 +68,30 @@ def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
 
     pins, passthrough = split_extra(getattr(args, "extra", []))
     inputs = plan_inputs(args, server=server).pinned(pins)
-    machine = resolve_machine(args)
+    llama_bin = getattr(args, "llama_bin", None)
+    machine = with_speed(resolve_machine(args), llama_bin, calibrate_now=not args.dry_run, say=say)
     target = resolve_target(args)
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
-    choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
+    req, pinned, tuned = tuned_request(machine, target, req, pins, llama_bin)  # a saved `runq tune` result
+    choice = choose(target.name, machine, list(target.sources), req, pinned=pinned,
                     ctx_pinned=inputs.ctx is not None)  # fmt: skip
     choice, projected = llama_sizes(args, target, machine, req, choice)
-    return Planned(machine, target, req, choice, passthrough, projected)
+    return Planned(machine, target, req, choice, passthrough, sizes=projected, tuned=tuned)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from launcher import build, render_plan
-    from launcher.argv import build_argv, launch_for, shell_quote
+    from launcher.argv import launch_for, shell_quote
 
     opts = server_options(args) if args.server else None
     key = read_api_key(opts) if opts else None
     p = plan_run(args, server=args.server)
     chosen = p.choice.chosen
-    print(f"{p.target.name} {chosen.source.name}: {chosen.plan.ctx:,} tokens of context, "
-          f"{chosen.plan.predicted_tg_tps:.1f} tokens/s predicted ({p.target.sizes})")  # fmt: skip
+    plan = chosen.plan
+    print(f"{p.target.name} {chosen.source.name}: {plan.ctx:,} tokens of context, "
+          f"{plan.predicted_tg_tps:.1f} tokens/s predicted ({p.target.sizes}; {plan.speed_source})")  # fmt: skip
+    if p.tuned:
+        print(f"  {p.tuned.note}")
     print(f"  KV cache and compute: {p.sizes}")
     for line in (*render_plan.memory_table(chosen.plan), *(f"  {x}" for x in render_plan.placement_lines(chosen.plan))):
         print(line)
@@ -96,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     launch = launch_for(str(binaries / ("llama-server" if args.server else "llama-cli")), str(model_path),
                         p.target.profile, server=opts, extra=extra, flags=build.binary_flags(binaries),
                         gguf_sampling=chosen.source.sampling)  # fmt: skip
-    argv = build_argv(chosen.plan, launch)
+    argv = p.argv(launch)
     if dry:
         print(f"[dry-run] would run: {shell_quote([a if a != key else '<api key>' for a in argv])}")
         return EXIT_OK
@@ -120,7 +135,6 @@ def start_verified(p: Planned, launch: Launch, opts: ServerOptions, key: str | N
     from dataclasses import replace
 
     from launcher import runner
-    from launcher.argv import build_argv
     from launcher.choose import replan_after_oom
     from launcher.paths import logs_dir
     from launcher.workers import name_dead
@@ -129,7 +143,7 @@ def start_verified(p: Planned, launch: Launch, opts: ServerOptions, key: str | N
     while True:
         log_path = logs_dir() / f"llama-server-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         say(f"Log: {log_path}")
-        server = runner.start(build_argv(p.choice.chosen.plan, launch), log_path, opts.host, opts.port, key)
+        server = runner.start(p.argv(launch), log_path, opts.host, opts.port, key)
         try:
             return server, runner.wait_healthy(server, opts.timeout_s), p
         except runner.ServerFailed as e:

@@ -87,6 +87,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     from launcher.argv import build_argv, launch_for
     from launcher.choose import choose
     from launcher.inputs import buffers_of, planning_request
+    from launcher.measured import tuned_request, with_speed
     from launcher.service import Locations, check_port
 
     name = check_service_name(args.name) if args.name is not None else _name_for(args.model)
@@ -95,11 +96,12 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     opts = server_options(args)
     read_api_key(opts)
     check_port(loc, name, opts.port)
-    machine = resolve_machine(args)
+    machine = with_speed(resolve_machine(args), args.llama_bin)
     target = resolve_target(args)
     inputs = plan_inputs(args, server=True)
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
-    choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned,
+    req, pinned, tuned = tuned_request(machine, target, req, None, args.llama_bin)  # a saved `runq tune` result
+    choice = choose(target.name, machine, list(target.sources), req, pinned=pinned,
                     ctx_pinned=args.ctx is not None)  # fmt: skip
     choice, _ = llama_sizes(args, target, machine, req, choice)
     plan = choice.chosen.plan
@@ -114,6 +116,7 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
                         flags=build.binary_flags(Path(binaries)),
                         gguf_sampling=choice.chosen.source.sampling)  # fmt: skip
     argv = build_argv(plan, launch)
+    argv = tuned.argv(argv) if tuned else argv
     return _unit(args.mode, name, run_as, target, choice, opts, argv, str(log_path), launch, warnings)
 
 

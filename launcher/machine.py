@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from launcher.errors import UsageError, format_validation_error
+from launcher.speed import SpeedModel
 from launcher.units import parse_size
 
 
@@ -101,6 +102,7 @@ class Machine:
     gpu_note: str | None = None  # why there are no GPUs, when there are none
     source: Literal["probed", "described", "mixed"] = "probed"
     ram_bandwidth_bytes_s: float | None = None  # described only; the planner has a default
+    speed: SpeedModel | None = None  # this machine's measured decode constants (`runq calibrate`), if any
     notes: tuple[str, ...] = ()  # what a plan for this machine must say (e.g. parts taken from this box)
     workers: tuple[Worker, ...] = ()  # other hosts over RPC, in --rpc order (llama.cpp numbers their devices so)
 

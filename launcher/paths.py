@@ -41,6 +41,16 @@ def logs_dir() -> Path:
     return cache_dir() / "logs"
 
 
+def calibration_dir() -> Path:
+    """This machine's measured decode constants (`runq calibrate`) and the models they are measured with."""
+    return cache_dir() / "calibration"
+
+
+def tuned_dir() -> Path:
+    """Saved `runq tune` results, per model, quant, machine and build: chosen plans, like services."""
+    return config_dir() / "tuned"
+
+
 def hf_cache_dir() -> Path:
     """The Hugging Face hub cache, shared with other tools (same rules as huggingface_hub)."""
     if value := os.environ.get("HF_HUB_CACHE"):

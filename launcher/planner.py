@@ -24,6 +24,7 @@ from launcher.hparams import HParams
 from launcher.machine import Machine
 from launcher.overrides import Override
 from launcher.projection import ESTIMATE, Projection, SizeBook
+from launcher.speed import SpeedModel
 from launcher.tensors import ModelTensor, Role, TensorSet, layer_ranges, loaded_tensors
 from launcher.units import fmt_bytes
 
@@ -101,6 +102,7 @@ class Plan:
     n_layer: int = 0
     rpc: tuple[str, ...] = ()  # workers' host:port for llama.cpp's --rpc, in the order their devices are numbered
     gpu_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # local GPU -> its layer slots (-ts)
+    speed_source: str = "reference constants"  # or "calibrated on this machine, DATE" (launcher/speed.py)
 
     @property
     def gpu_devices(self) -> tuple[DevicePlan, ...]:
@@ -180,7 +182,13 @@ def remote_usable(machine: Machine, n_embd: int, cpu_bw: float, extra_margin: in
 
 
 def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
-    """Place every tensor. With no ubatch pinned, a larger ubatch is chosen when experts live on the CPU
+    """Place every tensor; the speed is predicted with this machine's measured constants when it has them."""
+    p = _plan(machine, tensors, hp, req)
+    return replace(p, speed_source=machine.speed.label) if machine.speed else p
+
+
+def _plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
+    """With no ubatch pinned, a larger ubatch is chosen when experts live on the CPU
     and it costs at most one expert layer of VRAM."""
     tensors = loaded_tensors(tensors, hp.n_layer, hp.n_layer_nextn)  # NextN/MTP layers are not loaded
     if req.ubatch is not None:
@@ -634,7 +642,7 @@ def _predict(w: _Work) -> float:
     own = {d.name: tuple(d.layers) for d in w.remotes if d.layers}
     return predict_tg(
         w.tensors, w.hp, w.placement, gpu_bw, w.threads, w.machine.ram_bandwidth_bytes_s,
-        other_bandwidth=other, net_s_per_layer=net, layer_runs=own,
+        other_bandwidth=other, net_s_per_layer=net, layer_runs=own, speed=w.machine.speed,
     )  # fmt: skip
 
 
@@ -671,16 +679,26 @@ def predict_tg(
     other_bandwidth: Mapping[str, float] | None = None,
     net_s_per_layer: Mapping[str, float] | None = None,
     layer_runs: Mapping[str, tuple[int | None, ...]] | None = None,
+    speed: SpeedModel | None = None,
 ) -> float:
     """Decode tokens/s: bytes read per token on each device over its effective bandwidth, plus a per-layer cost,
     plus the network for every layer with tensors on a worker, and once for a worker's own run of layers
-    (`gpu_bandwidth` is peak, `other_bandwidth` effective, e.g. a worker's RAM)."""
+    (`gpu_bandwidth` is peak, `other_bandwidth` effective, e.g. a worker's RAM). With a SpeedModel (this machine,
+    measured: `runq calibrate`), its CPU bandwidth and per-layer cost, and its GPU bandwidths where it has them."""
     per_device = bytes_per_token(tensors, hp, placement)
-    seconds = hp.n_layer * mem.PER_LAYER_OVERHEAD_S
     bw = {name: peak * mem.GPU_BANDWIDTH_EFFICIENCY for name, peak in gpu_bandwidth.items()}
+    if speed is None:
+        layer_s, cpu_bw = mem.PER_LAYER_OVERHEAD_S, mem.cpu_bandwidth(threads, ram_bandwidth)
+    else:
+        cpu = speed.cpu_at(threads)
+        on_gpu = any(n and dev in gpu_bandwidth for dev, n in per_device.items())
+        layer_s = (speed.gpu_layer_s or mem.PER_LAYER_OVERHEAD_S) if on_gpu else cpu.layer_s
+        cpu_bw = cpu.bandwidth
+        bw.update(speed.gpu_bandwidth)
     bw.update(other_bandwidth or {})
+    seconds = hp.n_layer * layer_s
     for dev, nbytes in per_device.items():
-        seconds += nbytes / (bw[dev] if dev in bw else mem.cpu_bandwidth(threads, ram_bandwidth))
+        seconds += nbytes / bw.get(dev, cpu_bw)
     net = net_s_per_layer or {}
     if net:
         on: dict[int | None, set[str]] = {}

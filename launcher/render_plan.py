@@ -98,6 +98,7 @@ def choice_text(
         f"{choice.model} {c.source.name}: {p.ctx:,} tokens of context, {p.predicted_tg_tps:.1f} tokens/s predicted",
         f"  machine: {machine_line(machine)}",
         f"  sizes: {sizes or kind}",
+        f"  speed: {p.speed_source}",
         *(f"  note: {n}" for n in machine.notes),
         "",
     ]
@@ -168,6 +169,7 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "overrides": [str(o) for o in p.overrides],
         "cache_ram_bytes": p.cache_ram_bytes,
         "predicted_tg_tps": round(p.predicted_tg_tps, 2),
+        "speed_source": p.speed_source,
         "reasons": list(p.reasons),
         "problems": list(p.problems),
     }

@@ -49,6 +49,7 @@ def runq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("RUNQ_AUTO_CALIBRATE", "0")  # a first real `run` would calibrate (up to a minute)
     return home
 
 

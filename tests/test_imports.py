@@ -33,6 +33,8 @@ PURE = [
     "launcher.catalog",
     "launcher.arch_shapes",
     "launcher.synth",  # gguf/numpy only when a model is written
+    "launcher.speed",
+    "launcher.tune",
 ]
 
 

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent / "launcher"
 PURE = [
     "argv", "arch_shapes", "catalog", "choose", "errors", "estimate", "ggml_types", "gguf", "hparams", "inputs",
     "machine", "memory", "model", "overrides", "planner", "progress", "render", "render_plan", "service_unit",
-    "tensors", "units", "build_config", "hub_layout", "llama_log", "paths", "sampling",
+    "tensors", "units", "build_config", "hub_layout", "llama_log", "paths", "sampling", "speed", "tune",
 ]  # fmt: skip
 EDGES = ("hub", "hardware", "download", "runner", "service", "build", "pull", "target", "local_models", "tui", "cli",
-         "hub_repo", "model_list", "workers")  # fmt: skip
+         "hub_repo", "model_list", "workers", "calibration", "bench_run", "tuned_store", "measured")  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:
