@@ -262,13 +262,27 @@ def _demo_plan_here(here: Machine, path: Any, model: Any, req: Request, binaries
     return plan(cpu_only, model.tensors, model.hparams, replace(req, projections=(proj,)))
 
 
+def _ask_demo(server: Any) -> dict[str, Any]:
+    """One chat request. Random weights now and then end a reply inside a multi-byte character, which
+    llama-server answers with HTTP 500 ("invalid UTF-8 byte"): ask again with another seed, at most twice."""
+    import urllib.error
+
+    body = {"messages": [{"role": "user", "content": "Say hello!"}], "max_tokens": 24, "temperature": 0.8}
+    for seed in (1, 2, 3):
+        try:
+            return server.request("/v1/chat/completions", {**body, "seed": seed})
+        except urllib.error.HTTPError as e:
+            if e.code != 500 or seed == 3:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _demo_check(server: Any, took: float, p: Any, like: Any) -> int:
     """Ask the demo server once, then check its placement (p's overrides) and its memory, column by column,
     against llama.cpp's own log (`like`: the plan of what really runs here)."""
     from launcher import llama_log
 
-    answer = server.request("/v1/chat/completions", {"messages": [{"role": "user", "content": "Say hello!"}],
-                                                     "max_tokens": 24, "temperature": 0.8})  # fmt: skip
+    answer = _ask_demo(server)
     reply = answer["choices"][0]["message"].get("content", "")
     speed = answer.get("timings", {}).get("predicted_per_second")
     print(f"Ready in {took:.1f} s. Asked 'Say hello!', the model answered (gibberish by design):\n  {reply!r}")
