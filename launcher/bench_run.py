@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher import procs
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -75,7 +77,8 @@ def run(argv: list[str], *, timeout_s: float, gpus: bool = False) -> BenchResult
     sampler = threading.Thread(target=_gpu_sampler, args=(stop, peaks), daemon=True) if gpus else None
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # Dies with runq (SIGKILL or a crash); SIGTERM/SIGHUP to runq are interrupts, so _wait kills it too.
+        proc = procs.spawn(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         if sampler:
             sampler.start()
         status, rusage, timed_out = _wait(proc, timeout_s)

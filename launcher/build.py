@@ -307,11 +307,16 @@ def _stream(
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
     tail: list[str] = []
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    from launcher import procs
+
+    try:  # its own process group, dying with runq: a stop reaches make and every compiler it started
+        proc = procs.spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                           start_new_session=True)  # fmt: skip
     except FileNotFoundError:
         raise ExternalToolError(f"{argv[0]}: not found") from None
     assert proc.stdout is not None
+    stop = lambda: procs.stop_group(proc)  # noqa: E731
+    procs.stop_at_exit(stop)
     try:
         for line in proc.stdout:
             log.write(line)
@@ -322,9 +327,10 @@ def _stream(
             if should_stop():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        procs.stop_group(proc)
         raise
+    finally:
+        procs.forget_at_exit(stop)
     code = proc.wait()
     log.flush()
     if code != 0:

@@ -304,9 +304,9 @@ def _report_build(args: argparse.Namespace, b: Any, *, cached: bool) -> int:
 
 def cmd_tui(args: argparse.Namespace) -> int | list[str]:
     """The picker; what it hands over (a `runq run …` or `runq service install …`) the CLI runs next."""
-    from launcher.tui.app import run_tui
+    from launcher.tui.app import machine_flags, run_tui
 
-    argv = run_tui(resolve_machine(args))
+    argv = run_tui(resolve_machine(args), machine_flags(args))
     if argv:
         print(f"$ runq {' '.join(argv)}", file=sys.stderr)
         return argv

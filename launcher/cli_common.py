@@ -305,7 +305,8 @@ def pull_with_progress(st: Any, disk_free: int | None = None) -> Any:
 
     bar = ByteBar()
     try:
-        done = pull(st, disk_free=disk_free, on_file=lambda i, n, f: bar.file(i, n, f.path, f.size), on_bytes=bar)
+        done = pull(st, disk_free=disk_free, on_file=lambda i, n, f: bar.file(i, n, f.path, f.size), on_bytes=bar,
+                    notice=lambda text: print(text, file=sys.stderr, flush=True))  # fmt: skip
     except KeyboardInterrupt:
         print("\nInterrupted: run the same command again to continue; nothing downloaded is lost.", file=sys.stderr)
         raise

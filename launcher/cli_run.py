@@ -117,9 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if opts is None:
         say(f"$ {shell_quote(argv)}")
-        import subprocess
+        from launcher.procs import run_foreground
 
-        return subprocess.run(argv, check=False).returncode  # the terminal is llama-cli's now
+        return run_foreground(argv)  # the terminal (and Ctrl-C) is llama-cli's now; it dies with runq
     return serve(p, launch, opts, key, verify_tensors=args.verify_tensors)
 
 

@@ -55,7 +55,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def _serve(argv: list[str], host: str, port: int) -> int:
     """Run ggml-rpc-server on a pseudo-terminal (it prints its device list with printf and flushes only per
     client: a pipe would hold it back), print what it lends, forward its lines, stop it when asked."""
-    from launcher.runner import die_with_parent
+    from launcher.procs import die_with_parent
 
     master, slave = os.openpty()
     try:
@@ -65,7 +65,7 @@ def _serve(argv: list[str], host: str, port: int) -> int:
             stdin=subprocess.DEVNULL,
             stdout=slave,
             stderr=slave,
-            preexec_fn=die_with_parent,  # noqa: PLW1509
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - one prctl call, prepared before the fork
             close_fds=True,
         )
     except OSError as e:

@@ -72,8 +72,16 @@ class Offline(HubError):
     """No network (or HF_HUB_OFFLINE): the caller falls back to what is cached."""
 
 
+class Unavailable(Offline):
+    """The Hub answered, but with a server error (5xx) or 429 after retries: the caller falls back to the cache."""
+
+
 class DownloadError(RunqError):
     """A download that could not finish (network, disk, a checksum that does not match)."""
+
+
+class Changed(DownloadError):
+    """The Hub now has another version of the file than the one this download was for."""
 
 
 class BuildFailed(ExternalToolError):

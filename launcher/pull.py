@@ -67,20 +67,26 @@ def pull(
     disk_free: int | None = None,
     on_file: Callable[[int, int, RemoteFile], None] = lambda i, n, f: None,
     on_bytes: Callable[[int, int], None] = lambda done, total: None,
+    notice: Callable[[str], None] | None = None,
 ) -> Pulled:
     """Download what is missing (after checking the disk) and verify the whole set; `on_file(i, n, file)` is
-    called before each file is fetched, `on_bytes(done, total)` as its bytes arrive."""
+    called before each file is fetched, `on_bytes(done, total)` as its bytes arrive, `notice(text)` when it
+    waits for another download of the same file."""
     hub.check_disk(st.plan, st.dest, disk_free)
     paths = _present(st)
     if paths is None:
         n = len(st.quant.files)
         numbered = iter(range(1, n + 1))
-        paths = hub.download(st.listing, st.quant, st.dest, lambda f: on_file(next(numbered), n, f), on_bytes)
+        paths = hub.download(
+            st.listing, st.quant, st.dest, lambda f: on_file(next(numbered), n, f), on_bytes, notice=notice
+        )
     return verify(st, paths)
 
 
 def _present(st: PullState) -> list[Path] | None:
-    """Every file's path when all are here whole already, else None."""
+    """Every file's path when all are here whole already (the Hub's sha256, not only its size), else None."""
+    if not st.complete:
+        return None
     found = []
     for f in st.quant.files:
         p = hub.local_path(st.listing, f, st.dest)

@@ -7,13 +7,10 @@ out of memory, a model llama.cpp cannot load). The argv comes from argv.py.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -23,25 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import llama_log
+from launcher import llama_log, procs
 from launcher.errors import RunqError, ServerFailed, UsageError
+from launcher.inputs import check_port
 
 HEALTH_POLL_S = 0.2
+LOADING_GRACE_S = 3.0  # a server still loading has nothing to save: SIGKILL after this if SIGTERM is not enough
 
 
-PR_SET_PDEATHSIG = 1
 # GGML_ABORT attaches gdb and prints a backtrace: not what a user needs to read.
 _BACKTRACE = re.compile(
     r"^\s*#\d+\s|^\[New LWP|^\[Thread |^\[Inferior|^Using host libthread|^\d+\t|^syscall \(\)"
     r"|No such file or directory\.$"
 )
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """preexec_fn: the child gets SIGTERM when runq dies, however it dies (SIGKILL, SIGTERM, a crash)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def check_bind(host: str, port: int) -> None:
@@ -90,6 +82,7 @@ class Server:
     host: str
     port: int
     api_key: str | None = None
+    ready: bool = False  # /health answered ok
 
     @property
     def url(self) -> str:
@@ -105,16 +98,9 @@ class Server:
         return http_json(self.url, path, self.api_key, body, timeout)
 
     def stop(self, timeout: float = 15) -> int:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """SIGTERM, then SIGKILL after `timeout` (a few seconds while it is still loading); the exit status."""
+        procs.forget_at_exit(self.stop)
+        return procs.stop_child(self.proc, timeout if self.ready else min(timeout, LOADING_GRACE_S))
 
 
 def base_url(host: str, port: int) -> str:
@@ -135,35 +121,46 @@ def http_json(
 
 
 def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | None = None) -> Server:
+    """Start llama-server; it stops when runq stops, however runq stops (see procs)."""
+    check_port(port)  # port 0 would bind a random port that runq could never find to poll (for every caller)
     check_bind(host, port)
     binary = Path(argv[0])
     if not binary.is_file() or not os.access(binary, os.X_OK):
         raise ServerFailed(f"{binary}: llama.cpp binary not found", hint="run `runq build` (or give --llama-bin DIR)")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
-    # Its own process group: a Ctrl-C reaches runq, which then stops the server in order; and if runq dies
-    # any other way, the kernel stops the server too (runq starts no threads before this point).
-    proc = subprocess.Popen(
-        argv,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509
-    )
-    log.close()
-    return Server(proc, log_path, host, port, api_key)
+    # Its own process group: a Ctrl-C reaches runq, which then stops the server in order. It dies with runq.
+    proc = procs.spawn(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        log.close()
+        server = Server(proc, log_path, host, port, api_key)
+        procs.stop_at_exit(server.stop)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM/SIGHUP) in the instant it started
+        procs.stop_child(proc, LOADING_GRACE_S)
+        raise
+    return server
 
 
 def wait_healthy(server: Server, timeout: float) -> float:
-    """Seconds until /health answers ok. Raises ServerFailed, naming the cause, if the process dies or stalls."""
+    """Seconds until /health answers ok. Raises ServerFailed, naming the cause, if the process dies or stalls.
+    Interrupted (Ctrl-C, SIGTERM, SIGHUP) while the model loads, it stops the load first."""
+    try:
+        took = _poll_health(server, timeout)
+    except KeyboardInterrupt:
+        server.stop()
+        raise
+    server.ready = True
+    return took
+
+
+def _poll_health(server: Server, timeout: float) -> float:
     t0 = time.monotonic()
     while True:
         code = server.proc.poll()
         if code is not None:
             raise died(server, code)
         try:
-            if server.request("/health", timeout=2).get("status") == "ok":
+            if server.request("/health", timeout=1).get("status") == "ok":
                 return time.monotonic() - t0
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError, OSError):
             pass

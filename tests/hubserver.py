@@ -4,6 +4,11 @@ Routes: GET /api/models/{repo}/tree/{rev}[/{path}] (paginated with a Link header
 {rev}], HEAD/GET /{repo}/resolve/{rev}/{path} (302 to a "CDN" on another host name, as the real Hub does, with
 X-Repo-Commit / X-Linked-Size / X-Linked-Etag), HEAD/GET /cdn/{sha}/{path} with Range. Gated and missing repos
 answer with the X-Error-Code headers huggingface_hub maps to its exceptions.
+
+Faults for the reliability tests: `faults` (a status such as 503, an empty 200 body, or a stall, on the requests
+whose URL path matches), `url_ttl` (signed CDN URLs that expire, answering 403 after), `Repo.update` (an upstream
+change: new bytes, new sha256, new commit), `Repo.hidden` (listed, but 404 on resolve), `on_blob` (a hook run as a
+download starts, e.g. to change a file mid-pull).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import hashlib
 import json
 import re
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,14 +31,37 @@ class Repo:
     gated: bool = False
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     sha: dict[str, str] = field(default_factory=dict)
+    hidden: set[str] = field(default_factory=set)  # listed, but the Hub answers 404 for them
 
     def __post_init__(self) -> None:
         for p, f in self.files.items():
-            if f.stat().st_size < 256 << 20:
-                self.sha[p] = hashlib.sha256(f.read_bytes()).hexdigest()
-            else:  # sparse giants are never downloaded: an identity is enough, hashing them whole is not possible
-                with f.open("rb") as fh:
-                    self.sha[p] = hashlib.sha256(fh.read(1 << 20) + str(f.stat().st_size).encode()).hexdigest()
+            self.sha[p] = _identity(f)
+
+    def update(self, path: str, local: Path) -> None:
+        """An upstream change: the file now has these bytes (and a new sha256), in a new commit."""
+        self.files[path] = local
+        self.sha[path] = _identity(local)
+        self.commit = hashlib.sha1(self.commit.encode()).hexdigest()
+
+
+def _identity(f: Path) -> str:
+    if f.stat().st_size < 256 << 20:
+        return hashlib.sha256(f.read_bytes()).hexdigest()
+    with f.open("rb") as fh:  # sparse giants are never downloaded: an identity is enough, hashing them whole is not
+        return hashlib.sha256(fh.read(1 << 20) + str(f.stat().st_size).encode()).hexdigest()
+
+
+@dataclass
+class Fault:
+    """Answer the requests whose URL path matches `match` (a regex) with `status` (0: a 200 with an empty body;
+    None: the normal answer) after `delay` seconds, `times` times (-1: always)."""
+
+    match: str
+    status: int | None = 503
+    times: int = 1
+    delay: float = 0.0
+    method: str | None = None  # only this method (HEAD, GET)
+    hits: int = 0
 
 
 @dataclass
@@ -49,6 +79,9 @@ class HubServer:
         self.page_size = page_size
         self.cut_after: dict[str, int] = {}  # repo path -> drop the connection after this many body bytes
         self.cuts_left: dict[str, int] = {}  # repo path -> how many more times to do it (default once)
+        self.faults: list[Fault] = []
+        self.url_ttl: float | None = None  # signed CDN URLs expire after this many seconds (403 after)
+        self.on_blob: Callable[[str], None] | None = None  # called with the repo path as a download starts
         self.lock = threading.Lock()
         server = self
 
@@ -64,7 +97,11 @@ class HubServer:
             def do_GET(self) -> None:
                 server.handle(self, head=False)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that hangs up early (runq stopping a download on purpose) is not news
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.cdn = f"http://localhost:{self.port}"  # another host name: huggingface_hub stops HEAD redirects there
@@ -80,9 +117,33 @@ class HubServer:
 
     # --- routing ---------------------------------------------------------------------------------
 
+    def _fault(self, h: BaseHTTPRequestHandler, path: str) -> bool:
+        """Play the first matching fault; True when it answered the request."""
+        with self.lock:
+            fault = next((f for f in self.faults if f.times != 0 and re.search(f.match, path)
+                          and f.method in (None, h.command)), None)  # fmt: skip
+            if fault is None:
+                return False
+            fault.times -= 1 if fault.times > 0 else 0
+            fault.hits += 1
+        self.log.append(Request(h.command, "fault:" + path, h.headers.get("Range"), 0))
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status is None:
+            return False
+        if fault.status == 0:
+            h.send_response(200)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        else:
+            self.error(h, fault.status, "", f"injected {fault.status}")
+        return True
+
     def handle(self, h: BaseHTTPRequestHandler, head: bool) -> None:
         url = urlparse(h.path)
         path = unquote(url.path)
+        if self.faults and self._fault(h, path):
+            return
         if m := re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$", path):
             return self.tree(h, m.group(1), m.group(3) or "", parse_qs(url.query))
         if m := re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path):
@@ -90,6 +151,9 @@ class HubServer:
         if m := re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path):
             return self.resolve(h, m.group(1), m.group(3), head)
         if m := re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", path):
+            expires = parse_qs(url.query).get("expires")
+            if expires and time.time() > float(expires[0]):
+                return self.error(h, 403, "", "Request has expired")  # what a CDN says for an old signed URL
             return self.blob(h, m.group(1), m.group(2), head)
         self.error(h, 404, "NotFound", "no such route")
 
@@ -156,12 +220,13 @@ class HubServer:
         repo = self.repo_or_error(h, name)
         if repo is None:
             return
-        if path not in repo.files:
+        if path not in repo.files or path in repo.hidden:
             self.error(h, 404, "EntryNotFound", f"{path} does not exist")
             return
         size = repo.files[path].stat().st_size
+        signed = f"?expires={time.time() + self.url_ttl}" if self.url_ttl is not None else ""
         h.send_response(302)
-        h.send_header("Location", f"{self.cdn}/cdn/{name}/{path}")
+        h.send_header("Location", f"{self.cdn}/cdn/{name}/{path}{signed}")
         h.send_header("X-Repo-Commit", repo.commit)
         h.send_header("X-Linked-Size", str(size))
         h.send_header("X-Linked-Etag", f'"{repo.sha[path]}"')
@@ -191,6 +256,8 @@ class HubServer:
             h.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         h.end_headers()
         sent = 0
+        if not head and self.on_blob is not None:
+            self.on_blob(path)
         if not head:
             with self.lock:
                 cut = self.cut_after.get(path)

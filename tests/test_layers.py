@@ -18,8 +18,9 @@ PURE = [
     "machine", "memory", "model", "overrides", "planner", "progress", "render", "render_plan", "service_unit",
     "tensors", "units", "build_config", "hub_layout", "llama_log", "paths", "sampling", "speed", "tune",
 ]  # fmt: skip
-EDGES = ("hub", "hardware", "download", "runner", "service", "build", "pull", "target", "local_models", "tui", "cli",
-         "hub_repo", "model_list", "workers", "calibration", "bench_run", "tuned_store", "measured")  # fmt: skip
+EDGES = ("hub", "hardware", "download", "runner", "procs", "service", "build", "pull", "target", "local_models",
+         "tui", "cli", "hub_repo", "model_list", "workers", "calibration", "bench_run", "tuned_store",
+         "measured")  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

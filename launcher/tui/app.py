@@ -21,9 +21,12 @@ class RunqApp(App[list[str]]):
         Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
     ]
 
-    def __init__(self, machine: Machine) -> None:
+    def __init__(self, machine: Machine, machine_flags: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.machine = machine
+        # The flags that described the machine (--gpu/--ram/--cores/--machine): the commands the TUI hands over
+        # to (run, service install) must plan for the same machine, or they would contradict what it showed.
+        self.machine_flags = machine_flags
 
     def on_mount(self) -> None:
         from launcher.tui.models_screen import ModelsScreen
@@ -36,5 +39,21 @@ class RunqApp(App[list[str]]):
         self.push_screen(HelpScreen())
 
 
-def run_tui(machine: Machine) -> list[str] | None:
-    return RunqApp(machine).run()
+def machine_flags(args: object) -> tuple[str, ...]:
+    """The machine flags of a parsed command line, to pass on as they were given (a file by its full path)."""
+    from pathlib import Path
+
+    out: list[str] = []
+    for gpu in getattr(args, "gpu", None) or []:
+        out += ["--gpu", gpu]
+    if ram := getattr(args, "ram", None):
+        out += ["--ram", ram]
+    if (cores := getattr(args, "cores", None)) is not None:
+        out += ["--cores", str(cores)]
+    if file := getattr(args, "machine", None):
+        out += ["--machine", str(Path(file).resolve())]
+    return tuple(out)
+
+
+def run_tui(machine: Machine, flags: tuple[str, ...] = ()) -> list[str] | None:
+    return RunqApp(machine, flags).run()

@@ -9,16 +9,21 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 HELP = """\
-[b]runq[/b] — pick a model, see how it fits this machine, run it.
+[b]runq[/b]: pick a model, see how it fits this machine, run it.
 
-[b]Models[/b]   ↑/↓ choose · Enter open · r read the Hub's headers (network) · q quit
-[b]Quants[/b]   ↑/↓ choose · Enter open the plan · c context · k KV cache type · Esc back
-[b]Plan[/b]     y copy the command · l dry-run launch · d download · b build llama.cpp
-          t chat (hands the terminal to llama-cli) · s server · i install as a service · Esc back
-Everywhere: ? this help · ctrl+q quit
+[b]Models[/b]  ↑/↓ choose · Enter open · r read the Hub's headers
+         q quit
+[b]Quants[/b]  ↑/↓ choose · Enter open the plan · Esc back
+         c context (type it, Enter plans it and opens the plan)
+         k KV cache type (Enter opens the list, ↑/↓, Enter picks)
+[b]Plan[/b]    y copy the command · l dry-run launch · Esc back
+         d download · b build llama.cpp · i install a service
+         t chat (hands the terminal to llama-cli) · s server
+Anywhere ? this help · ctrl+q quit
 
-Sizes are [i]exact[/i] once GGUF headers were read (from files, or the Hub), [i]estimated[/i] before.
-Speeds are predictions from the bytes each device reads per token.
+Sizes are [i]exact[/i] once GGUF headers were read (from files or
+the Hub), [i]estimated[/i] before. Speeds are predictions from the
+bytes each device reads per token.
 """
 
 
@@ -65,7 +70,7 @@ class TextDialog(ModalScreen[None]):
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(self.text)
-        self.notify("Copied to the clipboard")
+        self.notify("Asked the terminal to copy it (OSC 52); if your terminal does not allow that, select the text")
 
     def on_button_pressed(self) -> None:
         self.dismiss()

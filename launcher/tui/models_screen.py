@@ -77,13 +77,27 @@ class ModelsScreen(Screen[None]):
         from launcher.tui.data import load_target
 
         self.app.call_from_thread(self.query_one("#status", Static).update, "Reading GGUF headers from the Hub…")
+        exact, not_read = 0, []
         for p in catalog.load_profiles():
             try:
-                load_target(p.name, network=True)
+                sizes = load_target(p.name, network=True).sizes
             except RunqError as e:
                 self.app.call_from_thread(show_error, self.app, e.message, e.hint)
                 return
+            if sizes.startswith("exact") and "cached headers" not in sizes and "estimated" not in sizes:
+                exact += 1
+            else:
+                not_read.append((p.display_name, sizes))
         self.load()
+        if not_read:  # no network, a failing Hub: say so, never return in silence
+            name, why = not_read[0]
+            more = f" and {len(not_read) - 1} more" if len(not_read) > 1 else ""
+            self.app.call_from_thread(
+                self.notify, f"The Hub's headers could not be read for {name}{more} ({why}); "
+                f"{exact} model(s) read.", title="Read Hub", severity="warning", timeout=10,
+            )  # fmt: skip
+        else:
+            self.app.call_from_thread(self.notify, f"Read the GGUF headers of {exact} model(s) from the Hub.")
 
     def action_open(self) -> None:
         table = self.query_one(DataTable)

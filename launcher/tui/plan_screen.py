@@ -55,7 +55,16 @@ def memory_text(plan: object) -> Text:
         out.append_text(memory_bar(d))
         flag = "" if d.fits else "  DOES NOT FIT"
         out.append(f" {fmt_bytes(d.used_bytes)} of {fmt_bytes(d.budget_bytes)}{flag}\n")
+        out.append(f"  {segment_numbers(d)}\n", style="dim")
     return out
+
+
+def segment_numbers(d: DevicePlan) -> str:
+    """The bar's segments in numbers (GiB), in the bar's order: what the colours alone cannot say."""
+    parts = (d.weights_bytes, d.kv_bytes, d.compute_bytes, d.extra_bytes, d.margin_bytes)
+    free = max(0, d.capacity_bytes - sum(parts))
+    cells = [f"{name} {n / 2**30:.1f}" for (name, _), n in zip(SEGMENTS, parts, strict=True)]
+    return "GiB: " + ", ".join([*cells, f"free {free / 2**30:.1f}"])
 
 
 def _short(arg: str) -> str:
@@ -119,14 +128,21 @@ class PlanScreen(Screen[None]):
 
     def action_copy(self) -> None:
         self.app.copy_to_clipboard(shell_quote(self.command()))
-        self.notify("Command copied to the clipboard")
+        # The request goes to the terminal (OSC 52), which answers nothing: say what was done, not more.
+        self.notify("Asked the terminal to copy the command (OSC 52). If nothing was copied, your terminal "
+                    "does not allow it: select the command on screen instead.", timeout=8)  # fmt: skip
 
     def _run_args(self) -> list[str]:
+        """The model, its plan's pins, and the machine the plan was made for (a described one included)."""
         key = str(self.target.model_path) if self.target.model_path else self.target.key
         args = [key, "--ctx", str(self.cand.plan.ctx)]
         if not self.target.model_path:
             args += ["--quant", self.cand.source.name]
-        return args
+        p = self.cand.plan
+        if (p.cache_type_k, p.cache_type_v) != ("f16", "f16"):  # the KV cache type chosen on the Quants screen
+            args += ["-ctk", p.cache_type_k, "-ctv", p.cache_type_v]
+        flags: tuple[str, ...] = getattr(self.app, "machine_flags", ())
+        return [*args, *flags]
 
     def action_dry_run(self) -> None:
         from launcher.tui.dialogs import TextDialog

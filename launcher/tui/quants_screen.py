@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 
 class QuantsScreen(Screen[None]):
+    # Enter is not a priority binding: in the context box it confirms the typed value (plan, then open), in the
+    # KV-cache list it picks an item, on the table it opens the row's plan.
     BINDINGS = [
-        Binding("enter", "open_plan", "Plan", priority=True),
+        Binding("enter", "open_plan", "Plan"),
         Binding("c", "focus_ctx", "Context"),
         Binding("k", "focus_kv", "KV type"),
         Binding("escape", "app.pop_screen", "Back"),
@@ -35,6 +37,8 @@ class QuantsScreen(Screen[None]):
         self.target, self.machine = target, machine
         self.choice: Choice | None = None
         self.candidates: list[Candidate] = []
+        self.planned: tuple[int, str] | None = None  # (context, KV type) the table shows
+        self.open_when_planned = False  # Enter came before the plan for the typed values
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -58,6 +62,10 @@ class QuantsScreen(Screen[None]):
         text = self.query_one("#ctx", Input).value.strip()
         return int(text) if text.isdigit() and 256 <= int(text) <= 10_000_000 else None
 
+    def wanted(self) -> tuple[int, str] | None:
+        ctx = self.ctx()
+        return None if ctx is None else (ctx, str(self.query_one("#kv", Select).value))
+
     @on(Input.Changed, "#ctx")
     @on(Select.Changed, "#kv")
     def replan(self) -> None:
@@ -78,10 +86,15 @@ class QuantsScreen(Screen[None]):
         except RunqError as e:
             self.app.call_from_thread(self.query_one("#status", Static).update, f"[red]{e.message}[/red]")
             return
-        self.app.call_from_thread(self.show, ctx, *result)
+        self.app.call_from_thread(self.show, (ctx, kv), *result)
 
-    def show(self, ctx: int, choice: Choice | None, candidates: list[Candidate], problem: str | None) -> None:
-        self.choice, self.candidates = choice, candidates
+    def show(
+        self, planned: tuple[int, str], choice: Choice | None, candidates: list[Candidate], problem: str | None
+    ) -> None:
+        if planned != self.wanted():
+            return  # a plan for values typed over since: the plan for the current ones is on its way
+        ctx = planned[0]
+        self.planned, self.choice, self.candidates = planned, choice, candidates
         table = self.query_one(DataTable)
         table.clear()
         chosen = choice.chosen.source.name if choice else None
@@ -101,6 +114,13 @@ class QuantsScreen(Screen[None]):
         else:
             status = f"[red]{problem}[/red]"
         self.query_one("#status", Static).update(status)
+        if self.open_when_planned:
+            self.open_when_planned = False
+            self.action_open_plan()
+
+    @on(Input.Submitted, "#ctx")
+    def ctx_entered(self) -> None:
+        self.action_open_plan()
 
     def action_focus_ctx(self) -> None:
         self.query_one("#ctx", Input).focus()
@@ -109,6 +129,15 @@ class QuantsScreen(Screen[None]):
         self.query_one("#kv", Select).focus()
 
     def action_open_plan(self) -> None:
+        """The plan of the row under the cursor, at the context and KV type typed now (planned first if need be)."""
+        wanted = self.wanted()
+        if wanted is None:
+            self.query_one("#status", Static).update("Context: a number of tokens, 256 or more.")
+            return
+        if wanted != self.planned:
+            self.open_when_planned = True
+            self.query_one("#status", Static).update(f"Planning at {wanted[0]:,} tokens… (the plan opens next)")
+            return
         table = self.query_one(DataTable)
         if not self.candidates or table.cursor_row is None:
             return
