@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from launcher.arch_shapes import HYBRID_ARCHS, MLA_ARCHS, Arch
 from launcher.errors import UsageError, format_validation_error
 from launcher.ggml_types import TYPES_BY_NAME
-from launcher.hparams import HParams, delta_net_state_bytes, recurrent_pattern, swa_pattern
+from launcher.hparams import HParams, delta_net_state_bytes, glm_dsa_indexer_layers, recurrent_pattern, swa_pattern
 from launcher.model import SHARD_RE
 from launcher.paths import config_dir
 
@@ -137,7 +137,12 @@ class ArchSpec(_Strict):
                 else 0
             ),
             kv_compress=tuple(self.compress_ratios),
-            indexer_head_size=self.indexer_head_size if self.name in ("deepseek32", "glm-dsa") else 0,
+            indexer_head_size=self.indexer_head_size if self.name in ("deepseek32", "glm-dsa", "deepseek4") else 0,
+            indexer_layers=(
+                glm_dsa_indexer_layers(self.n_layer, self.n_trunk, self.context_length)
+                if self.name == "glm-dsa"
+                else ()
+            ),
         )
 
 

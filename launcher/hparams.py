@@ -42,7 +42,9 @@ class HParams:
     recurrent_layers: tuple[bool, ...] = ()  # linear-attention / SSM layers: a fixed state, no KV cache
     recurrent_state_bytes: int = 0  # per recurrent layer and sequence (conv + SSM state, f32)
     kv_compress: tuple[int, ...] = ()  # deepseek4: per-layer KV compression ratio (0 = sliding window only)
-    indexer_head_size: int = 0  # DSA lightning indexer (deepseek32, glm-dsa): its keys are cached too
+    indexer_head_size: int = 0  # DSA lightning indexer (deepseek32, glm-dsa, deepseek4): its keys are cached too
+    # glm-dsa: the layers that run (and cache keys for) their own indexer; the others reuse one (empty: all do)
+    indexer_layers: tuple[bool, ...] = ()
 
     @property
     def is_moe(self) -> bool:
@@ -147,6 +149,23 @@ def delta_net_state_bytes(d_conv: int, d_state: int, n_group: int, dt_rank: int)
     return 4 * ((max(d_conv - 1, 0)) * (d_inner + 2 * n_group * d_state) + d_state * d_inner)
 
 
+# llama.cpp models/glm-dsa.cpp GLM_5_2_DEFAULT_INDEXER_TYPES: GLM-5.2 (n_ctx_train >= 1M) runs its own indexer in
+# layers 0, 1, then every 4th from 2; GLM-5/5.1 (shorter context) in every layer. `attention.indexer.types` overrides.
+GLM_5_2_MIN_CTX = 1_048_576
+
+
+def glm_dsa_indexer_layers(n_layer: int, n_trunk: int, n_ctx_train: int, get: Any = None) -> tuple[bool, ...]:
+    """Which glm-dsa layers keep an indexer key cache (llama_model_glm_dsa::load_arch_hparams)."""
+    types = get("attention.indexer.types") if get else None
+    if isinstance(types, tuple) and types:
+        full = tuple(bool(v) for v in types[:n_trunk])
+    elif n_ctx_train < GLM_5_2_MIN_CTX:
+        full = (True,) * n_trunk
+    else:
+        full = tuple(il < 2 or (il - 2) % 4 == 0 for il in range(n_trunk))
+    return full + (False,) * (n_layer - len(full))
+
+
 def _layer_kinds(arch: str, n_layer: int, get: Any, integer: Any) -> dict[str, Any]:
     """The per-layer kinds of an architecture from its metadata, as llama.cpp's loader derives them."""
     nextn = integer("nextn_predict_layers")
@@ -171,8 +190,10 @@ def _layer_kinds(arch: str, n_layer: int, get: Any, integer: Any) -> dict[str, A
             integer("ssm.group_count"),
             integer("ssm.time_step_rank"),
         )
-    if arch in ("deepseek32", "glm-dsa"):
+    if arch in ("deepseek32", "glm-dsa", "deepseek4"):
         out["indexer_head_size"] = integer("attention.indexer.key_length")
+    if arch == "glm-dsa":
+        out["indexer_layers"] = glm_dsa_indexer_layers(n_layer, n_layer - nextn, integer("context_length"), get)
     ratios = get("attention.compress_ratios")
     if arch == "deepseek4" and isinstance(ratios, tuple):
         out["kv_compress"] = tuple(int(r) for r in ratios[:n_layer])

@@ -69,6 +69,23 @@ CPU_COMPUTE_BASE_BYTES = 256 * MiB
 CPU_MASK_BYTES = 2
 CPU_ACTIVATION_BYTES = 4
 CPU_ACTIVATION_EMBD_FACTOR = 10
+# DSA (deepseek32, glm-dsa; models/deepseek32.cpp, llama-graph.cpp build_attn with top_k): per ubatch token, the
+# fused lightning indexer's f32 score row (ggml_lightning_indexer: n_kv x n_tokens) and its own f16 mask (fused_lid)
+# are live next to the MLA mask: 2 + 4 + 2 = 8 B per context cell. And the absorbed query (n_head x kv_lora_rank)
+# with the concatenated one (n_head x key_length, 576), both f32, live at once. `llama-fit-params -fitp on`, CPU:
+# DeepSeek-V3.2 shape 660 / 798 / 1,164 / 4,748 MiB and GLM-5.2 shape 548 / 656 / 1,040 / 4,624 MiB at -c 4k / 32k /
+# 128k / 1M, -ub 512 (linear in -ub): 8 B x ctx + a constant; this model is 1-13% above every row from 4k to 1M
+# (it was 37-65% low).
+DSA_INDEXER_CTX_BYTES = 6  # the score (4) and the indexer mask (2); the MLA mask is CPU_MASK_BYTES
+# deepseek4, `llama-fit-params -fitp on` (CPU) on the DeepSeek-V4-Flash shape: 300 / 307 / 347 / 444 / 574 / 1,796
+# MiB at -c 4k / 32k / 64k / 128k / 256k / 1M, -ub 512, and 1,525 MiB at 128k, -ub 2048. Not linear in -ub:
+# - a part that does not depend on it: the compressed K (and indexer keys) of a ratio-4 and of a ratio-128 layer
+#   as f32 (ctx / 4 x (head_dim + indexer_head_size) x 4 B + ctx / 128 x head_dim x 4 B: 82 MiB at 128k, which
+#   fits both ubatches);
+# - per ubatch token, the larger of the GQA model and, over long contexts, the logits row plus 1.75 B per context
+#   cell (fitted from 64k to 1M; the measured slope is 0.75-1.9).
+# At or 0-12% above every row from 4k to 1M (it was 12% low at 128k and 37% low at 1M).
+DSV4_CTX_BYTES = 1.75
 
 # --- llama-server host extras ----------------------------------------------------------------
 # `--cache-ram` host prompt cache: llama-server's default is 8192 MiB; runq sets it explicitly and counts it.
@@ -120,6 +137,15 @@ def ram_margin(ram_total: int) -> int:
 
 # Sliding-window layers cache min(ctx, PAD(n_swa + n_ubatch, 256)) cells (llama_kv_cache_iswa, one sequence).
 SWA_PAD_CELLS = 256
+# deepseek4 (llama-kv-cache-dsv4.cpp, llama_kv_cache_dsv4): besides the raw window of every layer, a compressed K
+# cache of GGML_PAD(ceil(ctx / ratio), 256) cells per ratio-4 (CSA) and ratio-128 (HCA) layer; CSA layers also
+# cache lightning-indexer keys (indexer_head_size wide) in as many cells. Compressor states are f32, a kv and a
+# score plane each: CSA 2 x ratio rows x 2 x head_dim, its indexer 2 x ratio rows x 2 x indexer_head_size, HCA
+# ratio rows x head_dim (llama_dsv4_comp_state; one sequence, n_rs_seq 0). Checked against llama-fit-params on the
+# DeepSeek-V4-Flash shape: 75 / 139 / 258 / 323 MiB at -c 4096 / 4096 / 32768 / 32768, -ub 512 / 2048 / 512 / 2048.
+DSV4_CSA_RATIO = 4
+DSV4_COMPRESSED_PAD_CELLS = 256
+STATE_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -130,6 +156,7 @@ class KVLayout:
     windowed: tuple[int, ...] = ()  # bytes per cell of a sliding-window cache, capped at window_cells
     window_cells: int = 0
     fixed: tuple[int, ...] = ()  # bytes independent of the context (recurrent state of linear-attention layers)
+    compressed: tuple[tuple[int, int], ...] = ()  # (ratio, bytes per cell) of a compressed cache (deepseek4)
 
     def bytes_for(self, ctx: int, layers: list[int] | range | None = None) -> int:
         chosen = range(len(self.per_layer)) if layers is None else layers
@@ -138,48 +165,72 @@ class KVLayout:
             total += sum(self.windowed[i] for i in chosen) * min(ctx, self.window_cells)
         if self.fixed:
             total += sum(self.fixed[i] for i in chosen)
+        if self.compressed:
+            total += sum(_compressed_cells(ctx, self.compressed[i][0]) * self.compressed[i][1] for i in chosen)
         return int(total)
 
     @property
     def per_token(self) -> int:
-        return int(sum(self.per_layer))
+        return int(sum(self.per_layer) + sum(b / r for r, b in self.compressed if r))
+
+
+def _compressed_cells(ctx: int, ratio: int) -> int:
+    if not ratio:
+        return 0
+    return -(-max(1, -(-ctx // ratio)) // DSV4_COMPRESSED_PAD_CELLS) * DSV4_COMPRESSED_PAD_CELLS
 
 
 def _flag(values: tuple[bool, ...] | tuple[int, ...], il: int) -> int:
     return int(values[il]) if il < len(values) else 0
 
 
+def _dsv4_layer(hp: HParams, il: int, kb: float) -> tuple[float, tuple[int, int], int]:
+    """deepseek4 layer: (bytes per window cell, (ratio, bytes per compressed cell), compressor state bytes)."""
+    ratio, width = _flag(hp.kv_compress, il), hp.key_length
+    if not ratio:
+        return width * kb, (0, 0), 0
+    if ratio == DSV4_CSA_RATIO:
+        isz = hp.indexer_head_size
+        state = 2 * (2 * ratio) * (2 * width + 2 * isz) * STATE_BYTES
+        return width * kb, (ratio, round((width + isz) * kb)), state
+    return width * kb, (ratio, round(width * kb)), 2 * ratio * width * STATE_BYTES
+
+
 def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512) -> KVLayout:
     """(key + value) x KV heads x element size per layer; MLA caches only the latent K.
 
     NextN/MTP layers get no cache (llama.cpp skips them unless MTP drafting is on); recurrent layers keep a
-    fixed state; sliding-window layers a window; deepseek4 a window plus a cache compressed by its ratio."""
+    fixed state; sliding-window layers a window; deepseek4 a window plus caches compressed by its ratio;
+    DSA (deepseek32, glm-dsa) one indexer key head per token in the layers that run their own indexer."""
     kb, vb = KV_TYPE_BYTES[cache_type_k], KV_TYPE_BYTES[cache_type_v]
-    per, windowed, fixed = [], [], []
+    per, windowed, fixed, compressed = [], [], [], []
     trunk = hp.n_layer - hp.n_layer_nextn
     for il in range(hp.n_layer):
         kv_heads = hp.n_head_kv[il]
         k = hp.key_length * kv_heads * kb
         v = 0.0 if (hp.is_mla and MLA_V_LESS) else hp.value_length * kv_heads * vb
-        full, win, state = k + v + hp.indexer_head_size * kb, 0.0, 0  # DSA: one indexer key head per token
+        indexer = hp.indexer_head_size * kb if (hp.is_mla and _flag(hp.indexer_layers or (True,) * trunk, il)) else 0
+        full, win, state, comp = k + v + indexer, 0.0, 0, (0, 0)
         if il >= trunk:
             full = 0.0
         elif _flag(hp.recurrent_layers, il):
             full, state = 0.0, hp.recurrent_state_bytes
-        elif hp.arch == "deepseek4":  # one shared K=V head: a window of raw cells + the compressed cache
-            ratio = _flag(hp.kv_compress, il)
-            full, win = (hp.key_length * kb / ratio if ratio else 0.0), hp.key_length * kb
+        elif hp.arch == "deepseek4":  # one shared K=V head: a window of raw cells + the compressed caches
+            full = 0.0
+            win, comp, state = _dsv4_layer(hp, il, kb)
         elif _flag(hp.swa_layers, il):
             full, win = 0.0, k + v
         per.append(round(full))
         windowed.append(round(win))
         fixed.append(state)
+        compressed.append(comp)
     cells = -(-(hp.sliding_window + ubatch) // SWA_PAD_CELLS) * SWA_PAD_CELLS if hp.sliding_window else 0
     return KVLayout(
         tuple(per),
         tuple(windowed) if any(windowed) else (),
         cells,
         tuple(fixed) if any(fixed) else (),
+        tuple(compressed) if any(r for r, _ in compressed) else (),
     )
 
 
@@ -220,9 +271,16 @@ def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
             + output
             + CPU_ACTIVATION_BYTES * max(CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd - query, 0)
         )
+        if hp.indexer_head_size:  # DSA
+            per_token += DSA_INDEXER_CTX_BYTES * ctx + CPU_ACTIVATION_BYTES * heads * (hp.kv_lora_rank + hp.key_length)
     else:
         per_token = max(attention, output)
-    return ubatch * per_token
+    if hp.kv_compress:  # deepseek4
+        per_token = max(per_token, LOGIT_BYTES * hp.n_vocab + DSV4_CTX_BYTES * ctx)
+        csa, hca = -(-ctx // DSV4_CSA_RATIO), -(-ctx // max(hp.kv_compress))
+        f32_keys = (csa * (hp.key_length + hp.indexer_head_size) + hca * hp.key_length) * CPU_ACTIVATION_BYTES
+        return int(ubatch * per_token) + f32_keys
+    return int(ubatch * per_token)
 
 
 # --- other hosts over llama.cpp's RPC backend (runq worker) ----------------------------------

@@ -34,8 +34,8 @@ def _arch_keys(w: gguf.GGUFWriter, profile: Profile) -> None:
     """The keys each architecture's `load_arch_hparams` reads besides the common ones (as launcher/synth.py
     writes them for generated models), from the profile's real shape."""
     a, arch = profile.arch, profile.arch.name
-    if arch == "glm4moe":
-        w.add_uint32(f"{arch}.nextn_predict_layers", a.nextn_layers)
+    if a.nextn_layers:  # glm4moe and glm-dsa (GLM-5.x): without it llama.cpp loads the MTP block as a trunk layer
+        w.add_uint32(f"{arch}.nextn_predict_layers", a.nextn_layers)  # and refuses its 4 nextn.* tensors
     if arch == "gpt-oss":
         w.add_uint32(f"{arch}.attention.sliding_window", a.sliding_window)
     if a.indexer_n_head:

@@ -17,6 +17,7 @@ from launcher.build import Build
 from launcher.catalog import require_profile
 from launcher.choose import ModelSource, choose
 from launcher.fitparams import Oracle, ProjectionFailed, fit_flags, project, project_sizes, refine
+from launcher.memory import cpu_only_compute_bytes, kv_layout
 from launcher.model import open_local
 from launcher.planner import Request, plan
 from launcher.projection import ESTIMATE, parse_fit_print
@@ -202,3 +203,20 @@ def test_tui_plans_ask_llama_cpp_too(
     assert {d.kv_source for d in p.devices} == {f"llama.cpp projection, build {BUILD}"}
     plain, _, _ = plan_target(m, target, 8192)  # the first screen plans every model: estimates only
     assert plain is not None and {d.kv_source for d in plain.chosen.plan.devices} == {ESTIMATE}
+
+
+# runq's own KV and compute estimates (used before any llama.cpp build) against llama.cpp, on real-shaped header-only
+# sets of the sparse-attention architectures: DSA (deepseek32, glm-dsa: indexer score, indexer key cache in the layers
+# that run an indexer) and DeepSeek-V4 (compressed caches, compressor states). The KV cache is exact (llama.cpp prints
+# whole MiB); compute may be above llama.cpp's by a documented margin, never below.
+@pytest.mark.parametrize("profile", ["deepseek-v3.2", "glm-5.2", "deepseek-v4-flash"])
+def test_sparse_attention_estimates_against_llama_cpp(llama_build: Build, tmp_path: Path, profile: str) -> None:
+    p = require_profile(profile)
+    q = next(x for x in p.quants if x.name == "UD-Q2_K_XL")
+    first = write_sparse_quant(p, q, tmp_path)[0]
+    hp = open_local(first).hparams
+    for ctx, ubatch in ((4096, 2048), (131072, 512)):
+        _, context, compute = fit_rows(llama_build, first, ["-c", str(ctx), "-ngl", "0", "-ub", str(ubatch)])["CPU"]
+        assert kv_layout(hp, ubatch=ubatch).bytes_for(ctx) // MiB * MiB == context, (ctx, ubatch)
+        ours = cpu_only_compute_bytes(hp, ctx, ubatch)
+        assert compute <= ours <= compute * 1.12, (ctx, ubatch, ours / MiB, compute / MiB)

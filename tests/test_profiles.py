@@ -123,6 +123,13 @@ def test_kv_cache_per_architecture() -> None:
     hp = PROFILES["deepseek-v4-flash"].arch.hparams()
     kv = kv_layout(hp)
     assert kv.per_token < 512 * 2 * 43 / 4 and kv.window_cells == 768
+    # ... in GGML_PAD(ctx / ratio, 256) cells, and its ratio-4 layers the indexer keys too (llama_kv_cache_dsv4):
+    # 43 x 768 window cells x 1 KiB + 21 x 1,024 x (1,024 + 256) B + 20 x 256 x 1 KiB + f32 compressor states
+    states = 21 * (2 * 8 * 2 * (512 + 128) * 4) + 20 * (2 * 128 * 512 * 4)
+    assert kv.bytes_for(4096) == 43 * 768 * 1024 + 21 * 1024 * 1280 + 20 * 256 * 1024 + states
+    # GLM-5.2: MLA 576 x 2 B in 78 layers; indexer keys (128 x 2 B) only in the 21 layers that run an indexer
+    assert per_token("glm-5.2") == 78 * 1152 + 21 * 256
+    assert per_token("deepseek-v3.2") == 61 * (1152 + 256)  # DeepSeek-V3.2: an indexer in every layer
 
 
 def test_sampling_per_profile_and_mode() -> None:
