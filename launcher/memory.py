@@ -270,6 +270,7 @@ def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
     query = heads * hp.key_length
     attention = CPU_MASK_BYTES * ctx + CPU_ACTIVATION_BYTES * max(CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd, query)
     output = LOGIT_BYTES * hp.n_vocab + CPU_ACTIVATION_BYTES * (query + hp.n_embd)
+    per_token: float
     if hp.is_mla:
         per_token = (
             CPU_MASK_BYTES * ctx
