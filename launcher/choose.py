@@ -202,7 +202,7 @@ def gpu_for_half_the_experts(tensors: TensorSet, hp: HParams, ctx: int, ubatch: 
     expert layers: the demo's pretend GPU, so its plan shows both sides of the placement."""
     from launcher import memory
 
-    kv = memory.kv_layout(hp).bytes_for(ctx)
+    kv = memory.kv_layout(hp, ubatch=ubatch).bytes_for(ctx)
     base = tensors.non_expert_bytes() + kv + memory.gpu_compute_bytes(hp, ctx, ubatch)
     half = sum(tensors.expert_bytes(il) for il in tensors.expert_layers[: len(tensors.expert_layers) // 2])
     return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half

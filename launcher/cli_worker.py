@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from launcher.errors import EXIT_INTERRUPTED, EXIT_OK, ExternalToolError, RunqError
+from launcher.procs import stop_child
 
 READY_TIMEOUT_S = 60.0
 _DEVICE_LINE = re.compile(r"^\s+(\S+): (.*) \((\d+) MiB, (\d+) MiB free\)")
@@ -44,63 +45,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return _serve(argv, args.host, args.port)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Stop
-
-
 def _serve(argv: list[str], host: str, port: int) -> int:
     """Run ggml-rpc-server on a pseudo-terminal (it prints its device list with printf and flushes only per
-    client: a pipe would hold it back), print what it lends, forward its lines, stop it when asked."""
-    from launcher.procs import die_with_parent
+    client: a pipe would hold it back), print what it lends, forward its lines, stop it when asked.
+
+    Ctrl-C and SIGHUP stop it with exit 130; SIGTERM (how systemd stops a worker service) with exit 0."""
+    from launcher.procs import Terminated, spawn
 
     master, slave = os.openpty()
     try:
-        # runq has no other threads here, so preexec_fn is safe: it only sets the parent-death signal.
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=slave,
-            stderr=slave,
-            preexec_fn=die_with_parent(),  # noqa: PLW1509 - one prctl call, prepared before the fork
-            close_fds=True,
-        )
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
     except OSError as e:
         os.close(master)
         raise ExternalToolError(f"{argv[0]}: cannot run: {e.strerror}") from None
     finally:
         os.close(slave)
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         _announce(proc, master, host, port)
         print("Serving. Ctrl-C stops it.", flush=True)
         for line in _lines(proc, master, timeout=None):
             print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
         raise RunqError(f"ggml-rpc-server exited with status {proc.wait()}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\nStopping the worker…", file=sys.stderr)
-        _stop(proc)
-        return EXIT_INTERRUPTED
-    except _Stop:
-        _stop(proc)
-        return EXIT_OK
+        stop_child(proc, grace=10)
+        return EXIT_OK if isinstance(e, Terminated) and e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, old)
-        _stop(proc)
+        stop_child(proc, grace=10)
         os.close(master)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _announce(proc: subprocess.Popen[bytes], master: int, host: str, port: int) -> None:
@@ -119,7 +91,7 @@ def _announce(proc: subprocess.Popen[bytes], master: int, host: str, port: int) 
         time.sleep(0.05)
     if proc.poll() is not None or not devices or not _bound(host, port):
         tail = "\n  ".join(seen[-8:])
-        _stop(proc)
+        stop_child(proc, grace=10)
         raise ExternalToolError(f"ggml-rpc-server did not start\n  {tail}", hint="see its messages above")
     print(f"runq worker listening on {host}:{port}, lending:")
     print("\n".join(devices))

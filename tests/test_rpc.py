@@ -170,6 +170,15 @@ def test_worker_stops_cleanly_and_takes_its_server_along(env: dict[str, str], wo
     w.proc.send_signal(signal.SIGINT)  # Ctrl-C
     assert w.proc.wait(15) == 130
     assert not server.is_running()
+    # systemd stops a worker service with SIGTERM: a clean stop (exit 0); a closed terminal sends SIGHUP.
+    for sig, code in ((signal.SIGTERM, 0), (signal.SIGHUP, 130)):
+        w1 = Worker(free_port(), env)
+        workers.append(w1)
+        w1.wait_ready()
+        server = w1.rpc_server()
+        w1.proc.send_signal(sig)
+        assert w1.proc.wait(15) == code, sig
+        assert not server.is_running()
     w2 = Worker(free_port(), env)
     workers.append(w2)
     w2.wait_ready()
