@@ -2,7 +2,7 @@
 
 Pure: no I/O. The pin lives here and nowhere else: the git source checks out
 LLAMA_CPP_COMMIT, the PyPI source is the llama-cpp-python release that vendors
-the same commit (../shared/reference/llama-cpp.md).
+the same commit (docs/reference/llama-cpp.md).
 """
 
 from __future__ import annotations

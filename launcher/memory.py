@@ -2,7 +2,7 @@
 
 Pure: no I/O. Change a number here when a measurement says so (and say which
 measurement); nothing else in the planner hard-codes a size or a speed.
-Sources: ../shared/reference/llama-cpp.md (measurements at llama.cpp 0c1e570)
+Sources: docs/reference/llama-cpp.md (measurements at llama.cpp 0c1e570)
 and models.md §4.
 """
 
