@@ -8,11 +8,10 @@ import signal
 import pytest
 
 from launcher.model import open_local
-from launcher.runner import free_port
 from launcher.synth import SynthModel, SynthSpec, write_model
 from launcher.tensors import Role
 
-from .test_run import RunningRunq, env, half_the_experts_gpu, post, running  # noqa: F401  (fixtures)
+from .test_run import RunningRunq, env, running, serve_verified  # noqa: F401  (fixtures)
 
 BASE = SynthSpec(n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16, n_head_kv=2, head_dim=64)
 SPECS = {
@@ -60,18 +59,8 @@ def test_each_architecture_loads_generates_and_verifies(
     env: dict[str, str],  # noqa: F811
     running: list[RunningRunq],  # noqa: F811
 ) -> None:
-    path = arch_models[arch].path
-    port = free_port()
-    gpu = half_the_experts_gpu(path)
-    argv = ["run", str(path), "--server", "--port", str(port), "--verify-tensors", "--gpu", gpu, "--ram", "16GiB"]
-    r = RunningRunq([*argv, "--ctx", "4096", "--ubatch", "512"], env)
-    running.append(r)
-    r.wait_for("Serving.")
-    out = "".join(r.out)
-    assert "override lines: exactly the" in out and "planned tensors were moved" in out
+    r, _, out, answer = serve_verified(arch_models[arch].path, env, running)
     assert "on the CPU" in out
-    answer = post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                  {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})  # fmt: skip
     assert answer["usage"]["completion_tokens"] > 0  # type: ignore[index]
     r.proc.send_signal(signal.SIGINT)
     code, _, err = r.finish()

@@ -112,11 +112,12 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
     raise AssertionError("unreachable")
 
 
-@pytest.mark.parametrize("arch", ["deepseek2", "qwen3moe"])
-def test_server_runs_the_plan_exactly(
-    arch: str, run_models: dict[str, SynthModel], env: dict[str, str], running: list[RunningRunq]
-) -> None:
-    path = run_models[arch].path
+def serve_verified(
+    path: Path, env: dict[str, str], running: list[RunningRunq]
+) -> tuple[RunningRunq, int, str, dict[str, object]]:
+    """`runq run --server --verify-tensors` on a pretend GPU that holds about half the experts; once it serves,
+    runq's override check must have passed, and one chat request is answered. Returns the running runq, its
+    port, runq's output and the answer."""
     port = free_port()
     gpu = half_the_experts_gpu(path)
     argv = ["run", str(path), "--server", "--port", str(port), "--verify-tensors", "--gpu", gpu, "--ram", "16GiB"]
@@ -125,9 +126,17 @@ def test_server_runs_the_plan_exactly(
     r.wait_for("Serving.")
     out = "".join(r.out)
     assert "override lines: exactly the" in out and "planned tensors were moved" in out
-    assert "experts of layers" in out and "on the CPU" in out
     answer = post(f"http://127.0.0.1:{port}/v1/chat/completions",
                   {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})  # fmt: skip
+    return r, port, out, answer
+
+
+@pytest.mark.parametrize("arch", ["deepseek2", "qwen3moe"])
+def test_server_runs_the_plan_exactly(
+    arch: str, run_models: dict[str, SynthModel], env: dict[str, str], running: list[RunningRunq]
+) -> None:
+    r, port, out, answer = serve_verified(run_models[arch].path, env, running)
+    assert "experts of layers" in out and "on the CPU" in out
     assert answer["choices"][0]["message"]["role"] == "assistant"  # type: ignore[index]
     if arch == "deepseek2":  # the profile's fixed template, as llama-server renders it
         msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]

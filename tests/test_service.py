@@ -86,10 +86,15 @@ needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is No
 @needs_systemd_analyze
 @pytest.mark.parametrize(("mode", "gpu", "lan"), COMBOS)
 def test_systemd_verify_and_security(mode: str, gpu: bool, lan: bool, llama_build: Build, tmp_path: Path) -> None:
-    unit = _write_real_unit(tmp_path, mode, gpu, lan, llama_build)
+    check_unit(_write_real_unit(tmp_path, mode, gpu, lan, llama_build), mode, tmp_path)
+
+
+def check_unit(unit: Path, mode: str, tmp_path: Path) -> None:
+    """systemd's own checks of a unit file: `verify` without complaints, and an exposure level of at most 6.9
+    ("MEDIUM" or better) in `security --offline=yes`."""
     scope = ["--user"] if mode == "user" else []
     runtime = tmp_path / "runtime"  # a user manager needs a runtime directory, even to verify files
-    runtime.mkdir(mode=0o700)
+    runtime.mkdir(mode=0o700, exist_ok=True)
     r = subprocess.run(["systemd-analyze", *scope, "verify", str(unit)], capture_output=True, text=True,
                        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr

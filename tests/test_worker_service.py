@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from launcher.build import Build
 from launcher.runner import free_port
 from launcher.service_unit import render
 from launcher.workers import worker_argv, worker_unit_spec
-from tests.test_service import FAKE_SYSTEMCTL, GOLDEN, RUNQ, calls
+from tests.test_service import FAKE_SYSTEMCTL, GOLDEN, RUNQ, calls, check_unit
 
 COMBOS = [("user", False), ("system", True)]
 
@@ -46,16 +45,7 @@ def test_worker_units_pass_systemd_checks(mode: str, gpu: bool, llama_build: Bui
     spec = spec_for(mode, gpu, str(llama_build.binary("ggml-rpc-server")), [sys.executable, "-m", "launcher"])
     unit = tmp_path / f"runq-worker-{mode}.service"
     unit.write_text(render(spec).replace("User=llama", "User=daemon"))
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    scope = ["--user"] if mode == "user" else []
-    r = subprocess.run(["systemd-analyze", *scope, "verify", str(unit)], capture_output=True, text=True,
-                       env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "Unknown" not in r.stderr and "ignoring" not in r.stderr.lower(), r.stderr
-    s = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True)
-    m = re.search(r"Overall exposure level for \S+: ([\d.]+)", s.stdout + s.stderr)
-    assert m and float(m.group(1)) <= 6.9, s.stdout[-3000:]
+    check_unit(unit, mode, tmp_path)
 
 
 def test_install_worker_starts_it_and_remove_stops_it(llama_build: Build, tmp_path: Path) -> None:
