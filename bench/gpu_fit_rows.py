@@ -110,53 +110,61 @@ def replicas(work: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
-def rows_for(binary: Path, shape: str, arch: str, model: Path) -> list[dict[str, object]]:
+def configs() -> list[tuple[int, int, str, str]]:
     # fa auto (what runq plans for) everywhere; on/off at 32k to see both paths; experts on the CPU (op offload).
-    configs = [(c, u, "auto", "gpu") for c in CONTEXTS for u in UBATCHES]
-    configs += [(32768, u, fa, "gpu") for u in UBATCHES for fa in FLASH if fa != "auto"]
-    configs += [(c, u, "auto", "cpu") for c in CONTEXTS for u in UBATCHES]
-    out: list[dict[str, object]] = []
-    for ctx, ub, fa, experts in configs:
-        flags = ["-c", str(ctx), "-ub", str(ub), "-b", str(max(ub, 2048)), "-fa", fa, "-ngl", "999"]
-        flags += ["-cmoe"] if experts == "cpu" else []
-        r = subprocess.run([str(binary), "-m", str(model), *flags, "-fitp", "on"], capture_output=True, text=True,
-                           timeout=120, check=False)  # fmt: skip
-        row: dict[str, object] = {"shape": shape, "arch": arch, "ctx": ctx, "ubatch": ub, "fa": fa, "experts": experts}
-        try:
-            devices = parse_fit_print(r.stdout) if r.returncode == 0 else ()
-        except ValueError:
-            devices = ()
-        if not devices:
-            row["error"] = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        else:
-            row["devices"] = {
-                d.name: [d.model_bytes >> 20, d.context_bytes >> 20, d.compute_bytes >> 20] for d in devices
-            }
-            gpu = next((d for d in devices if d.name != "CPU"), None)
-            row["compute_mib"] = (gpu.compute_bytes >> 20) if gpu else None
-        out.append(row)
-    return out
+    out = [(c, u, "auto", "gpu") for c in CONTEXTS for u in UBATCHES]
+    out += [(32768, u, fa, "gpu") for u in UBATCHES for fa in FLASH if fa != "auto"]
+    return out + [(c, u, "auto", "cpu") for c in CONTEXTS for u in UBATCHES]
 
 
-def record(bin_dir: Path | None, out: Path) -> None:
+def row_for(binary: Path, shape: str, arch: str, model: Path, config: tuple[int, int, str, str]) -> dict[str, object]:
+    ctx, ub, fa, experts = config
+    flags = ["-c", str(ctx), "-ub", str(ub), "-b", str(max(ub, 2048)), "-fa", fa, "-ngl", "999"]
+    flags += ["-cmoe"] if experts == "cpu" else []
+    r = subprocess.run([str(binary), "-m", str(model), *flags, "-fitp", "on"], capture_output=True, text=True,
+                       timeout=120, check=False)  # fmt: skip
+    row: dict[str, object] = {"shape": shape, "arch": arch, "ctx": ctx, "ubatch": ub, "fa": fa, "experts": experts}
+    try:
+        devices = parse_fit_print(r.stdout) if r.returncode == 0 else ()
+    except ValueError:
+        devices = ()
+    if not devices:
+        row["error"] = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return row
+    row["devices"] = {d.name: [d.model_bytes >> 20, d.context_bytes >> 20, d.compute_bytes >> 20] for d in devices}
+    gpu = next((d for d in devices if d.name != "CPU"), None)
+    row["compute_mib"] = (gpu.compute_bytes >> 20) if gpu else None
+    return row
+
+
+def record(bin_dir: Path | None, out: Path, deadline_s: float | None = None) -> None:
+    """Every config for every shape, config by config (so rows cut short by --deadline cover every shape)."""
     t0 = time.monotonic()
     work = CARRY / "work"
     work.mkdir(parents=True, exist_ok=True)
-    gpu, arch = cuda_arch() if bin_dir is None else ("none (--llama-bin)", "")
+    try:
+        gpu, arch = cuda_arch()
+    except (OSError, subprocess.CalledProcessError):
+        gpu, arch = "none (no nvidia-smi)", ""
     if bin_dir is None:
         bin_dir = build(work, arch)
         print(f"built llama-fit-params for sm_{arch} in {time.monotonic() - t0:.0f} s", flush=True)
     binary = bin_dir / "llama-fit-params"
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
     commit = re.search(r"commit ([0-9a-f]{7,})|\(([0-9a-f]{7,})\)", version.stdout + version.stderr)
+    shapes = replicas(work)
     rows = []
-    for shape, arch_name, model in replicas(work):
-        rows += rows_for(binary, shape, arch_name, model)
-        print(f"{shape}: {len(rows)} rows so far ({time.monotonic() - t0:.0f} s)", flush=True)
+    stopped = ""
+    for config in configs():
+        if deadline_s is not None and time.monotonic() - t0 > deadline_s:
+            stopped = f" (stopped at --deadline {deadline_s:.0f} s)"
+            break
+        rows += [row_for(binary, shape, arch_name, model, config) for shape, arch_name, model in shapes]
+        print(f"{config}: {len(rows)} rows so far ({time.monotonic() - t0:.0f} s)", flush=True)
     doc = {"date": time.strftime("%Y-%m-%d"), "gpu": gpu, "cuda_arch": arch,
            "build": (commit.group(1) or commit.group(2))[:7] if commit else "unknown", "rows": rows}  # fmt: skip
     out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"{out}: {len(rows)} rows, {sum('error' in r for r in rows)} errors, {time.monotonic() - t0:.0f} s")
+    print(f"{out}: {len(rows)} rows, {sum('error' in r for r in rows)} errors, {time.monotonic() - t0:.0f} s{stopped}")
 
 
 def main() -> None:
@@ -165,6 +173,7 @@ def main() -> None:
     ap.add_argument("--source", type=Path, help="llama.cpp source for --prepare (default: runq's cached PyPI source)")
     ap.add_argument("--llama-bin", type=Path, help="use this llama.cpp instead of building one")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--deadline", type=float, metavar="S", help="stop starting configs after S seconds")
     args = ap.parse_args()
     if args.prepare:
         from launcher.paths import cache_dir
@@ -177,7 +186,7 @@ def main() -> None:
     else:
         if not SHAPES.is_dir():
             sys.exit("nothing carried: run `bench/gpu_fit_rows.py --prepare` first (on a machine with network)")
-        record(args.llama_bin, args.out)
+        record(args.llama_bin, args.out, args.deadline)
 
 
 if __name__ == "__main__":

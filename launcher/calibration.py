@@ -1,17 +1,18 @@
 """`runq calibrate`: measure this machine's decode constants with llama.cpp itself, and keep them.
 
-Edge module (generates models, runs llama-bench, reads and writes the cache). How: two generated
-qwen3moe models of known bytes per token (launcher/synth.py; several times larger than any CPU cache,
-kept under the cache for the next calibration) are decoded by llama-bench (`-p 0 -n 16`, six
-repetitions, up to three passes, the median kept) at 1, 2, 4… physical-core threads. Seconds per token against bytes
-per token and layers gives, per thread count, the effective RAM bandwidth as llama.cpp's own kernels
-read weights, and a per-layer cost
-(launcher/speed.py fits it). That is the honest number for the planner: it includes dequantisation,
-threading and whatever the memory system really delivers, which a memcpy loop would not.
+Edge module (generates models, runs llama-bench, reads and writes the cache). How: four generated models
+(qwen3moe and deepseek2, wide and deep, 47-185 MB read per token; launcher/synth.py, kept under the cache for
+the next calibration) are decoded by llama-bench (`-p 0 -n 16`, six repetitions, up to three passes, the
+median kept) at 1, 2, 4… physical-core threads. Seconds per token against bytes per token and layers gives,
+per thread count, the effective RAM bandwidth as llama.cpp's own kernels read weights, and a per-layer cost
+(launcher/speed.py fits it by least squares over the four). That is the honest number for the planner: it
+includes dequantisation, threading and whatever the memory system really delivers, which a memcpy loop
+would not.
 
-With GPUs (CUDA build): the same models all on the GPU give each GPU's effective bandwidth, and a
-prompt run with the experts on the CPU gives an approximate host-to-device copy speed. That path is
-written but has not run here (the development machine has no GPU).
+With GPUs (CUDA build): two more generated models (Q4_K, every expert used: 0.24 and 0.95 GB per token)
+decoded with every layer on each GPU give its effective bandwidth, and a prompt with their experts in RAM
+an approximate host-to-device copy speed. First run on an H200 (2026-11-27, 16-core Xeon): 28 s in all,
+7.6 GB/s at 1 thread to 98.5 GB/s at 16, CUDA0 1,629 GB/s effective, host-to-device about 6.7 GB/s.
 
 Stored in `<cache>/calibration/<fingerprint>.json` with the machine fingerprint (CPU model, cores, RAM,
 GPU names, memory and driver, llama.cpp build): a changed machine or build is calibrated again.
@@ -38,14 +39,32 @@ from launcher.speed import Observation, SpeedModel
 from launcher.synth import SynthSpec
 
 BUDGET_S = 60.0
-# Two shapes with different bytes per layer (4 wide layers, 20 narrow ones; about 300 MiB each, ten times
-# the L3 cache of most CPUs), so bandwidth and per-layer cost separate. Q8_0, like the generated models the
-# tests and benchmarks use; 4 of 32 experts per token.
+# Four shapes, two per attention kind (GQA qwen3moe, MLA deepseek2): per kind a wide few-layer one and a narrow
+# many-layer one (so bandwidth and per-layer cost separate), one reading 47-68 MB per token (4 of 32 experts)
+# and one 126-185 MB (8 of 16), so neither one shape's quirks (narrow rows, MLA's extra matrices, what stays in
+# the L3 cache) nor one noisy measurement sets the constants alone: least squares over all four. Files of
+# 210-330 MiB, written once. Q8_0, like the generated models the tests and benchmarks use.
+_GQA = dict(arch="qwen3moe", n_head_kv=2)
+_MLA = dict(arch="deepseek2", qk_nope_dim=64, qk_rope_dim=32, v_head_dim=64)
 CALIBRATION_SPECS = {
-    "cal-wide": SynthSpec(arch="qwen3moe", n_layer=4, n_embd=1024, n_ff_exp=768, n_expert=32, n_expert_used=4,
-                          n_head=8, n_head_kv=2, head_dim=128, seed=11),
-    "cal-deep": SynthSpec(arch="qwen3moe", n_layer=20, n_embd=384, n_ff_exp=384, n_expert=32, n_expert_used=4,
-                          n_head=6, n_head_kv=2, head_dim=64, seed=12),
+    "cal-wide": SynthSpec(**_GQA, n_layer=4, n_embd=1536, n_ff_exp=1024, n_expert=16, n_expert_used=8, n_head=12,
+                          head_dim=128, seed=11),
+    "cal-deep": SynthSpec(**_GQA, n_layer=20, n_embd=384, n_ff_exp=384, n_expert=32, n_expert_used=4, n_head=6,
+                          head_dim=64, seed=12),
+    "cal-mla-wide": SynthSpec(**_MLA, n_layer=4, n_embd=1536, n_ff=3072, n_ff_exp=512, n_expert=32, n_expert_used=4,
+                              n_head=16, q_lora_rank=384, kv_lora_rank=128, seed=15),
+    "cal-mla-deep": SynthSpec(**_MLA, n_layer=16, n_embd=512, n_ff=1024, n_ff_exp=512, n_expert=16, n_expert_used=8,
+                              n_head=8, q_lora_rank=128, kv_lora_rank=128, seed=16),
+}  # fmt: skip
+# GPUs read hundreds of GB/s: a model must read about a GB per token before its speed says more about the
+# bandwidth than about kernel launches. Two shapes, same layers, 4x apart in bytes (about 0.24 and 0.95 GB per
+# token: every expert is used). Q4_K like most GPU-resident quants; gguf-py cannot quantize it, so the weights
+# are zeros, which read exactly as many bytes and are written in seconds.
+GPU_CALIBRATION_SPECS = {
+    "cal-gpu-s": SynthSpec(arch="qwen3moe", n_layer=8, n_embd=2048, n_ff_exp=1024, n_expert=8, n_expert_used=8,
+                           n_head=16, n_head_kv=4, head_dim=128, weight_type="Q4_K", seed=13),
+    "cal-gpu-l": SynthSpec(arch="qwen3moe", n_layer=8, n_embd=4096, n_ff_exp=2048, n_expert=8, n_expert_used=8,
+                           n_head=32, n_head_kv=4, head_dim=128, weight_type="Q4_K", seed=14),
 }  # fmt: skip
 GEN_TOKENS = 16
 REPETITIONS = 6  # short runs; the median of all of them (every pass) is kept
@@ -159,14 +178,14 @@ class CalModel:
     expert_bytes: int
 
 
-def calibration_models(say: Callable[[str], None]) -> list[CalModel]:
+def calibration_models(say: Callable[[str], None], specs: dict[str, SynthSpec] | None = None) -> list[CalModel]:
     """The generated calibration models (written once, kept under the cache)."""
     from launcher.model import open_local
     from launcher.planner import bytes_per_token
     from launcher.synth import write_model
 
     out = []
-    for name, spec in CALIBRATION_SPECS.items():
+    for name, spec in (CALIBRATION_SPECS if specs is None else specs).items():
         path = calibration_dir() / "models" / f"{name}-{_hash(asdict(spec))[:8]}.gguf"
         if not path.is_file():
             say(f"generating calibration model {name} (once)…")
@@ -199,6 +218,7 @@ def calibrate(
 
     start = time.monotonic()
     models = calibration_models(say)
+    gpu_models = calibration_models(say, GPU_CALIBRATION_SPECS) if cuda and machine.gpus else []
     generated_s = time.monotonic() - start  # zero after the first calibration: the models are kept
     threads = thread_counts(machine.cores)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -207,7 +227,7 @@ def calibrate(
         say(f"warning: this machine is busy (load {load:.1f} on {logical} cores): the figures measure it as it is"
             " now; run `runq calibrate` again when it is idle")  # fmt: skip
     say(f"decoding {len(models)} models at {', '.join(map(str, threads))} threads with llama-bench…")
-    deadline = start + max(BUDGET_S * (0.7 if cuda else 1.0), generated_s + 10)
+    deadline = start + generated_s + BUDGET_S * (0.6 if gpu_models else 1.0)  # the rest: the GPUs
     obs, error, log_tail = _cpu_passes(bin_dir, models, threads, deadline)
     if not obs:
         raise ExternalToolError(
@@ -215,8 +235,9 @@ def calibrate(
             hint="check the build with `runq build --list`; the end of llama-bench's log: " + " | ".join(log_tail[-3:]),
         )
     h2d: list[tuple[str, float]] = []
-    if cuda and machine.gpus:
-        obs += _gpu_observations(bin_dir, models, machine, BUDGET_S - (time.monotonic() - start), h2d)
+    if gpu_models:
+        left = max(BUDGET_S + generated_s - (time.monotonic() - start), 10.0)
+        obs += _gpu_observations(bin_dir, gpu_models, machine, left, h2d)
     fp = fingerprint(machine, build_key)
     rec: dict[str, Any] = {
         "fingerprint": fp,
@@ -282,8 +303,9 @@ def _cpu_passes(
 def _gpu_observations(
     bin_dir: Path, models: list[CalModel], machine: Machine, left_s: float, h2d: list[tuple[str, float]]
 ) -> list[Observation]:
-    """Each GPU alone (`-dev CUDAi`): decode with every layer on it; a prompt with the experts in RAM for
-    the copy speed (llama.cpp copies CPU-resident weights to the GPU for large batches). Untested here."""
+    """Each GPU alone (`-dev CUDAi`): the GPU calibration models decoded with every layer on it; a prompt
+    with the experts in RAM for the copy speed (llama.cpp copies CPU-resident weights to the GPU for large
+    batches, so every expert byte crosses once per 512-token batch: a lower bound of the link's speed)."""
     from launcher import bench_run
 
     out: list[Observation] = []

@@ -200,7 +200,7 @@ def add_tune_parsers(sub: Any) -> None:
     c = sub.add_parser(
         "calibrate",
         help="measure this machine's decode speed constants with llama-bench (under a minute), used by every plan",
-        description="Decode two generated models with llama-bench at 1..physical-core threads (and on each GPU) "
+        description="Decode four generated models with llama-bench at 1..physical-core threads (and two on each GPU) "
         "and fit the effective RAM bandwidth and per-layer cost that speed predictions use. Runs once by itself "
         "before the first real run or tune on a machine; run it again after changing hardware or drivers.",
     )
@@ -229,6 +229,12 @@ def add_tune_parsers(sub: Any) -> None:
     t.add_argument("--pp", type=int, default=512, metavar="N", help="prompt tokens per test (default 512)")
     t.add_argument("--tg", type=int, default=128, metavar="N", help="generated tokens per test (default 128)")
     t.add_argument("--repetitions", "-r", type=int, default=2, metavar="N", help="runs per test (default 2)")
+    t.add_argument(
+        "--gpu-limit",
+        metavar="SIZE",
+        help="use at most SIZE of each GPU, llama.cpp's default included "
+        "(e.g. 8GiB: room for something else, or tuning as on a smaller card; the result is not saved)",
+    )
     t.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(func=_lazy("launcher.cli_tune", "cmd_tune"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from launcher.errors import EXIT_INTERRUPTED, EXIT_OK, RunqError, UsageError
-from launcher.machine import Machine
+from launcher.machine import Machine, limit_gpus
 from launcher.measured import current_build, with_speed
 
 
@@ -99,6 +99,7 @@ class _Ctx:
     planned: int
     biggest_layer: int
     start: float
+    fit_target_mib: int = 1024  # the baseline's llama.cpp -fitt: its default, or more under --gpu-limit
     count: int = 0
     interrupted: bool = False
 
@@ -113,26 +114,33 @@ def cmd_tune(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     start_time = time.monotonic()
     machine = probe(cpu_details=False)
+    limit = _gpu_limit(machine, getattr(args, "gpu_limit", None))  # checked before anything slow
     found = current_build(machine, args.llama_bin)
     if found is None or not (found[0] / "llama-bench").is_file():
         raise RunqError("tune runs llama-bench, and there is no llama.cpp build for this machine yet",
                         hint="run `runq build` first (or give --llama-bin DIR)")  # fmt: skip
     bin_dir, build_key = found
     target = resolve_target(args)
-    machine = with_speed(machine, args.llama_bin, calibrate_now=True, say=_say)
+    real = machine = with_speed(machine, args.llama_bin, calibrate_now=True, say=_say)
+    fit_target = tune.FIT_TARGET_MIB
+    if limit is not None:
+        # The baseline gets the same room: llama.cpp's default margin plus the free memory above the limit.
+        fit_target += max(max(0, g.free_bytes - limit) for g in machine.gpus) // 2**20
+        machine = limit_gpus(machine, limit)
     req = Request(ctx=args.ctx or target.default_ctx, server=True)
     choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned, ctx_pinned=bool(args.ctx))
     chosen = choice.chosen
     model_path = ensure_model(target, chosen.source.name, auto=False, yes=False, dry=False)
     tensors, hp = chosen.source.tensors, chosen.source.hparams
-    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(chosen.plan.gpu_devices))
+    # Expert layers per GPU are tried whenever there is a GPU: runq's margins may have kept a small one unused.
+    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(machine.gpus))
     start_knobs = tune.start_knobs(chosen.plan)
     baseline = replace(start_knobs, baseline=True)
     biggest = max((tensors.expert_bytes(il) for il in tensors.expert_layers), default=0)
     planned = 3 + len(list(tune.planned(start_knobs, space)))  # + baseline, + the confirming pair
     bench = str(bin_dir / "llama-bench")
     ctx = _Ctx(machine, tensors, hp, req, bench, str(model_path), args, start_time + budget, planned, biggest,
-               time.monotonic())  # fmt: skip
+               time.monotonic(), fit_target)  # fmt: skip
     if not args.json:
         _say(f"Tuning {target.name} {chosen.source.name} for {args.goal} with llama-bench (pp{args.pp}, tg{args.tg},"
              f" {args.repetitions} repetitions; at most {ctx.planned} candidates, budget {budget:.0f} s)…")  # fmt: skip
@@ -140,19 +148,35 @@ def cmd_tune(args: argparse.Namespace) -> int:
     best = tune.choose(measured, args.goal)
     base = next((m for m in measured if m.knobs.baseline), None)
     key = tuned_store.model_key(target)
-    if best is not None:
+    if best is not None and machine is real:
         tuned_store.save(machine, build_key, key, chosen.source.name, args.goal, best, measured)
-        _refit(machine, build_key, key, measured, ctx)
+    if best is not None:
+        _refit(real, build_key, key, measured, ctx)
     if args.json:
         print(json.dumps({"baseline": tune.BASELINE, "chosen": best.label if best else None,
                           "candidates": [m.as_json() for m in measured]}, indent=2))  # fmt: skip
     else:
         _print_table(measured, best, base, args.goal, stopped)
+        if best is not None and machine is not real:
+            print("Not saved for `runq run`: measured with --gpu-limit (runs use the whole GPU).")
     if ctx.interrupted:
         return EXIT_INTERRUPTED
     if best is None:
         raise RunqError("no candidate ran: nothing was measured", hint="see the errors above; try a larger --budget")
     return EXIT_OK
+
+
+def _gpu_limit(machine: Machine, text: str | None) -> int | None:
+    from launcher.units import parse_size
+
+    if text is None:
+        return None
+    limit = parse_size(text, what="--gpu-limit")
+    if not machine.gpus:
+        raise UsageError("--gpu-limit: this machine has no GPU runq can see", hint="leave --gpu-limit out")
+    if limit <= 0:
+        raise UsageError(f"--gpu-limit {text!r} must be more than zero", hint="e.g. --gpu-limit 8GiB")
+    return limit
 
 
 def _plan_for(ctx: _Ctx, k: Any) -> Any:
@@ -184,7 +208,8 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
         raise tune.Stop("the budget is spent")
     p = None if k.baseline else _plan_for(ctx, k)
     argv = tune.bench_argv(ctx.bench, ctx.model_path, p, k, pp=ctx.args.pp, tg=ctx.args.tg,
-                           reps=ctx.args.repetitions, gpus=bool(ctx.machine.gpus))  # fmt: skip
+                           reps=ctx.args.repetitions, gpus=bool(ctx.machine.gpus),
+                           fit_target_mib=ctx.fit_target_mib)  # fmt: skip
     ctx.count += 1
     if not ctx.args.json:
         done = ctx.count - 1

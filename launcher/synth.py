@@ -246,6 +246,16 @@ def _tensor_data(rng: np.random.Generator, name: str, shape: tuple[int, ...], ty
     from gguf.quants import quantize
 
     np_shape = tuple(reversed(shape))
+    qtype = GGMLQuantizationType[type_name]
+    if qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.I32) and not (
+        _can_quantize(type_name)
+    ):
+        # Zeros of the right size, without drawing random values first (GBs of them for the big test models).
+        from launcher.ggml_types import type_by_name
+
+        t = type_by_name(type_name)
+        row_bytes = shape[0] // t.block_elems * t.block_bytes
+        return np.zeros((*np_shape[:-1], row_bytes), dtype=np.uint8), qtype
     if type_name == "I32":  # hash routing table: each token's experts, distinct per row
         n_expert_used = shape[0]
         return (
@@ -262,19 +272,27 @@ def _tensor_data(rng: np.random.Generator, name: str, shape: tuple[int, ...], ty
         values = np.zeros(np_shape, dtype=np.float32)
     else:
         values = (rng.standard_normal(np_shape, dtype=np.float32) * 0.02).astype(np.float32)
-    qtype = GGMLQuantizationType[type_name]
     if qtype == GGMLQuantizationType.F32:
         return values, None
     if qtype == GGMLQuantizationType.F16:
         return values.astype(np.float16), None
-    try:
-        return quantize(values, qtype), qtype
-    except NotImplementedError:
-        from launcher.ggml_types import type_by_name
+    return quantize(values, qtype), qtype
 
-        t = type_by_name(type_name)
-        row_bytes = shape[0] // t.block_elems * t.block_bytes
-        return np.zeros((*np_shape[:-1], row_bytes), dtype=np.uint8), qtype
+
+@cache
+def _can_quantize(type_name: str) -> bool:
+    """Whether gguf-py implements this type's quantization (Q8_0 yes, the K-quants no)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from launcher.ggml_types import type_by_name
+
+    try:
+        quantize(np.zeros((1, type_by_name(type_name).block_elems), dtype=np.float32), GGMLQuantizationType[type_name])
+    except NotImplementedError:
+        return False
+    return True
 
 
 # --- writer ----------------------------------------------------------------------------------

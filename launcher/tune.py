@@ -205,13 +205,22 @@ def prompt_tokens(knobs: Knobs, pp: int) -> int:
 
 
 def bench_argv(
-    bench: str, model: str, plan: Plan | None, knobs: Knobs, *, pp: int, tg: int, reps: int, gpus: bool
+    bench: str,
+    model: str,
+    plan: Plan | None,
+    knobs: Knobs,
+    *,
+    pp: int,
+    tg: int,
+    reps: int,
+    gpus: bool,
+    fit_target_mib: int = FIT_TARGET_MIB,
 ) -> list[str]:
     """The llama-bench command for a candidate. Pairs inside one -ot are joined with ';' (a ',' would start
     another configuration in llama-bench); tensor splits with '/'."""
     argv = [bench, "-m", model, "-p", str(prompt_tokens(knobs, pp)), "-n", str(tg), "-r", str(reps), "-o", "jsonl"]
     if knobs.baseline:
-        return argv + (["-fitt", str(FIT_TARGET_MIB)] if gpus else [])
+        return argv + (["-fitt", str(fit_target_mib)] if gpus else [])
     assert plan is not None
     argv += ["-ngl", str(plan.ngl if plan.gpu_devices else 0)]
     if plan.overrides:

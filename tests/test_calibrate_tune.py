@@ -184,3 +184,8 @@ def test_tune_needs_a_build_and_a_duration(tiny: SynthModel, tmp_path: Path) -> 
     assert code == 1 and "Error: tune runs llama-bench" in err and "Hint: run `runq build`" in err
     code, _, err = runq("tune", str(tiny.path), "--budget", "10")
     assert code == 2 and "expected a duration" in err
+    # --gpu-limit is checked before anything slow: a bad size, or no GPU to limit (this machine has none).
+    code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8", "--llama-bin", str(tmp_path))
+    assert code == 2 and "no unit" in err
+    code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8GiB", "--llama-bin", str(tmp_path))
+    assert code == 2 and "no GPU runq can see" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from launcher import speed, tune
@@ -168,6 +170,11 @@ def test_bench_argv_and_applying_a_tuned_result(models: dict) -> None:
     base = tune.bench_argv("llama-bench", "m.gguf", None, BASE, pp=512, tg=128, reps=2, gpus=True)
     assert "-ot" not in base and "-ngl" not in base and "-t" not in base and base[-2:] == ["-fitt", "1024"]
 
+    # Under --gpu-limit the baseline's fit leaves the same room as runq's plan had (cli_tune computes the margin).
+    limited = tune.bench_argv("llama-bench", "m.gguf", None, BASE, pp=512, tg=128, reps=2, gpus=True,
+                              fit_target_mib=130_000)  # fmt: skip
+    assert limited[-2:] == ["-fitt", "130000"]
+
     run = ["llama-server", "-m", "m.gguf", "-c", "4096", "-ngl", "5", "--fit", "off", "-ot", "x=CPU", "-ub", "512",
            "-b", "2048", "-t", "2", "-lm", "none", "--port", "8080"]  # fmt: skip
     assert tune.apply_to_argv(run, BASE) == ["llama-server", "-m", "m.gguf", "-c", "4096", "--port", "8080"]
@@ -189,3 +196,29 @@ def test_merge_averages_two_runs_and_keeps_failures() -> None:
     assert tune.merge(a, _m(START, None, None, "out of memory while loading")).error == (
         "on the second run: out of memory while loading"
     )
+
+
+def test_gpu_limit_caps_each_gpu_and_plans_fewer_expert_layers(models: dict) -> None:
+    from launcher import memory
+    from launcher.machine import CPU, GPU, Machine, limit_gpus
+    from launcher.model import open_local
+
+    m = open_local(models["deepseek2-q8"].path)
+    t, hp = m.tensors, m.hparams
+    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
+    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
+    limit = memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
+    big = GPU(0, "big GPU", 140 << 30, 139 << 30)
+    machine = Machine(gpus=(big, replace(big, index=1)), ram_total_bytes=16 << 30, ram_available_bytes=16 << 30,
+                      cpu=CPU(physical_cores=2))  # fmt: skip
+    small = limit_gpus(machine, limit)
+    assert [(g.total_bytes, g.free_bytes) for g in small.gpus] == [(limit, limit)] * 2
+    assert small.gpus[0].name == "big GPU" and limit_gpus(small, 1 << 40).gpus == small.gpus  # a cap, never more
+    one = replace(machine, gpus=machine.gpus[:1])
+    full = plan(one, t, hp, Request(ctx=4096))
+    capped = plan(limit_gpus(one, limit), t, hp, Request(ctx=4096))
+    # Everything fits 140 GB; under the limit about half the expert layers go to the CPU.
+    assert not full.overrides and capped.overrides and capped.fits
+    assert 0 < len(capped.expert_layers["CUDA0"]) < len(full.expert_layers["CUDA0"])
+    with pytest.raises(UsageError):
+        limit_gpus(machine, 0)
