@@ -1,6 +1,6 @@
 """runq's estimate next to llama.cpp's own projection, for every architecture runq knows.
 
-    .venv/bin/python bench/truth.py [--llama-bin DIR]
+    .venv/bin/python bench/truth.py [--llama-bin DIR] [--gpu-only]
 
 For each shape (bench/shapes.py: header-only sparse sets of real models) and a few contexts and
 ubatches, prints the KV cache and compute bytes runq's memory model gives for a CPU-only plan next to
@@ -69,6 +69,7 @@ def gpu_table(path: Path, root: Path) -> None:
     print(f"\nCUDA rows from {path.name} ({data.get('gpu')}, build {data.get('build')}, {data.get('date')}):")
     print(f"{'shape':<34}{'ctx':>7}{'ub':>6}{'fa':>6}{'experts':>9}  {'compute runq':>12}{'llama':>9}{'err':>8}")
     by_name = {s.name: s for s in shapes(root)}
+    errors: dict[tuple[str, str], list[float]] = {}
     for row in data["rows"]:
         s = by_name.get(row["shape"])
         if s is None or row.get("fa") != "auto":
@@ -79,18 +80,29 @@ def gpu_table(path: Path, root: Path) -> None:
         theirs = row["compute_mib"] * MiB
         print(f"{row['shape']:<34}{row['ctx']:>7}{row['ubatch']:>6}{row['fa']:>6}{row['experts']:>9}"
               f"  {ours // MiB:>12}{theirs // MiB:>9}{pct(ours, theirs):>8}")  # fmt: skip
+        errors.setdefault((row["arch"], row["experts"]), []).append(100 * (ours - theirs) / theirs)
+    print(f"\n{'architecture':<14}{'experts':>8}  {'rows':>4}  error range (runq vs llama.cpp, fa auto)")
+    for (arch, experts), e in sorted(errors.items()):
+        print(f"{arch:<14}{experts:>8}  {len(e):>4}  {min(e):+.0f}% .. {max(e):+.0f}%")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-bin", type=Path, help="llama.cpp binaries (default: runq's cached build)")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA rows of gpu_fit_rows.json (no build needed)")
     args = ap.parse_args()
+    rows = Path(__file__).with_name("gpu_fit_rows.json")
+    if args.gpu_only:
+        if not rows.is_file():
+            sys.exit(f"no {rows.name}: run bench/gpu_fit_rows.py on an NVIDIA GPU first")
+        with tempfile.TemporaryDirectory() as tmp:
+            gpu_table(rows, Path(tmp))
+        return
     bin_dir = args.llama_bin or next((b.bin_dir for b in cached_builds()), None)
     if bin_dir is None:
         sys.exit("no llama.cpp build: run `runq build` (or give --llama-bin)")
     with tempfile.TemporaryDirectory() as tmp:
         cpu_table(bin_dir / "llama-fit-params", Path(tmp))
-        rows = Path(__file__).with_name("gpu_fit_rows.json")
         if rows.is_file():
             gpu_table(rows, Path(tmp))
         else:

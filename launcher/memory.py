@@ -32,27 +32,59 @@ KV_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 2
 MLA_V_LESS = True
 
 # --- compute buffers -------------------------------------------------------------------------
-# CUDA (fa auto). Three facts, all at this commit:
-# (a) H200, deepseek2 test shape (32 heads, MLA K 160 wide: no CUDA flash-attention kernel, so fa auto = off),
-#     ub 512, `-ncmoe 9` (experts of 8 layers on the CPU, 272 MiB per expert tensor): compute 340 MiB at -c 4096,
-#     2186 MiB at -c 32768 = n_head x ubatch x ctx x 4 B of attention scores (256 / 2048 MiB) + about 90-140 MiB.
-# (b) H200, DeepSeek-V3.1 UD-Q2_K_XL replica (MLA K 576 / V 512: CUDA has a kernel, so fa auto = on), -c 32768
-#     -ub 512: about 2.2 GiB, although the CPU build projects 440 MiB with fa on for the same flags.
-# (c) The scheduler runs big-batch matmuls of CPU-resident weights on the GPU ("op offload"): each such weight is
-#     copied into the GPU's compute buffer. The allocator reuses memory between ops, so the buffer holds the largest
-#     of (attention temporaries, the largest copied weight), not their sum: in (a) max(256, 272) + 68 = 340 MiB;
-#     in (b) the largest expert tensor (1,904 MiB, IQ4_XS ffn_down_exps) + 252 MiB logits + the rest = 2.2 GiB.
-# The model: base + logits + max(attention, largest CPU-resident weight the GPU multiplies). It is at or above
-# (a) and (b) (a test checks), and above the CPU's fa-on projections for the Qwen3-235B shape (312 MiB at 4k).
-COMPUTE_BASE_BYTES = 128 * MiB
+# CUDA, fa auto/on (what runq plans: it always passes `-fa auto`, and at this commit every head size the catalog
+# has gets a CUDA kernel, so auto = on; the fa off rows are 5-20x higher and are not modelled). Fitted to
+# bench/gpu_fit_rows.json: 200 `llama-fit-params -fitp on` rows recorded on an H200 (build 0c1e570, 2026-11-27):
+# one shape per architecture (deepseek2, deepseek32, deepseek4, glm-dsa, glm4moe, gpt-oss, minimax-m2, qwen35moe,
+# qwen3moe, qwen3next) x -c 4k/16k/32k/64k x -ub 512/2048, every layer on the GPU, and again with the routed
+# experts on the CPU (-cmoe). Every row is linear in -ub (no constant part), so the buffer is ubatch x the bytes
+# per ubatch token of its biggest phase, plus with -cmoe the expert weight the scheduler copies in (op offload).
+# The graph allocator's peak is one phase's tensors plus what its reuse leaves unfilled, which moves with the
+# context in steps (qwen3moe drops by a fifth at 64k, qwen35moe rises by a fifth at 32k): the fitted terms bound
+# the steps from above, which the test in tests/test_llama_sizes.py checks against every row.
+# Phases, in bytes per ubatch token (f32 activations, ACT_BYTES):
+# - output: the f32 logits (n_vocab) plus some n_embd rows the allocator keeps beside them (GPU_ALLOC_EMBD_ROWS,
+#   fitted per architecture: 1-3 for most, up to 20 for the hybrids) plus a quarter of the f16 mask;
+# - attention (flash attention): the f16 KQ mask (n_kv x ubatch, live through every layer) and the f32 query and
+#   output; MLA (deepseek2): the absorbed query (n_head x kv_lora_rank), the concatenated one (n_head x 576) and
+#   the kv_lora_rank-wide output (fits the deepseek2 rows within 5%);
+# - MoE: the mask, and the routed experts' f32 up/gate (n_expert_used x n_ff_exp each) and down (n_expert_used x
+#   n_embd) results plus a few n_embd rows (GPU_MOE_EMBD_ROWS; gated-DeltaNet hybrids keep more);
+# - DSA (deepseek32, glm-dsa; models/deepseek32.cpp, llama-graph.cpp build_attn with top_k): the lightning
+#   indexer's f32 score row and its own f16 mask, then the -inf filled top-k mask and its sum with the MLA mask,
+#   per context cell (DSA_GPU_CTX_BYTES), next to a logits-sized block, the query and 21 n_embd rows (fitted:
+#   it holds for both the 128-head DeepSeek-V3.2 and the 64-head GLM-5.2); its MoE phase keeps both f16 masks
+#   and 27 n_embd rows (fitted);
+# - deepseek4 (compressed attention: a 128-cell window plus caches compressed 4x and 128x, so no n_kv-long
+#   mask per token): the logits, 5.5 n_embd rows and 2.4 B per context cell (fitted); with -cmoe the allocator
+#   keeps two copied expert tensors at 16k and above (785 + 672 MiB on the V4-Flash shape): counted always.
+# Without a CUDA kernel for the head size `-fa auto` materialises the scores: n_head x ctx f32 per ubatch token
+# and an f32 mask on top (the fa off rows: +0.7% to +9% above, deepseek2, qwen3moe, glm4moe, gpt-oss, minimax).
 SCORE_BYTES = 4  # f32 attention scores per head, per ubatch token, per context token (no flash attention)
 LOGIT_BYTES = 4
-# With flash attention: q (and the output) in f32 per head per ubatch token, plus the f16 KQ mask (ubatch x ctx).
-FA_Q_BYTES = 4
-FA_MASK_BYTES = 2
-# CUDA flash-attention kernels at this commit (ggml-cuda/fattn.cu): K head sizes with V of the same size, and
-# MLA's 576 (V 512). Other sizes make `-fa auto` fall back to materialised scores.
-CUDA_FA_HEAD_SIZES = frozenset({40, 64, 72, 80, 96, 112, 128, 256})
+ACT_BYTES = 4
+FA_MASK_BYTES = 2  # f16 KQ mask per ubatch token and context cell
+NO_FA_MASK_BYTES = 4  # f32 mask when the scores are materialised
+GPU_OUT_MASK_SHARE = 0.25
+# Extra n_embd f32 rows next to the logits, (all experts on the GPU, experts on the CPU with op offload): fitted.
+GPU_ALLOC_EMBD_ROWS = {
+    "deepseek2": (3, 3), "deepseek32": (3, 3), "glm-dsa": (3, 3), "deepseek4": (3, 3), "gpt-oss": (3, 3),
+    "minimax-m2": (2, 2), "glm4moe": (4, 20), "qwen3moe": (12, 2), "qwen3next": (9, 14), "qwen35moe": (19, 20),
+}  # fmt: skip
+GPU_ALLOC_EMBD_ROWS_DEFAULT = (20, 20)  # an architecture not measured on a GPU: the largest fitted
+GPU_MOE_EMBD_ROWS = 3
+GPU_MOE_EMBD_ROWS_HYBRID = 10  # qwen3next/qwen35moe -cmoe rows at -ub 512
+DSA_GPU_CTX_BYTES = 6
+DSA_GPU_EMBD_ROWS = 22
+DSA_GPU_MOE_CTX_BYTES = 2  # the indexer's f16 mask, next to the MLA one
+DSA_GPU_MOE_EMBD_ROWS = 27
+DSV4_GPU_EMBD_ROWS = 5.5
+DSV4_GPU_CTX_BYTES = 2.4
+DSV4_GPU_MOE_EMBD_ROWS = 6
+DSV4_OFFLOAD_COPIES = 2
+# CUDA flash-attention kernels at this commit (ggml-cuda/fattn.cu): K head sizes with V of the same size (512:
+# deepseek4), and MLA's 576 (V 512). Other sizes make `-fa auto` fall back to materialised scores.
+CUDA_FA_HEAD_SIZES = frozenset({40, 64, 72, 80, 96, 112, 128, 256, 512})
 CUDA_FA_MLA = (576, 512)
 # With GPUs, the CPU keeps its own compute buffer (inputs, CPU-resident expert ops): not yet measured, kept generous.
 CPU_COMPUTE_BASE_BYTES = 256 * MiB
@@ -246,17 +278,39 @@ def uses_flash_attention(hp: HParams) -> bool:
     return hp.key_length == hp.value_length and hp.key_length in CUDA_FA_HEAD_SIZES
 
 
+def _gpu_phases(hp: HParams, ctx: int, has_output: bool, offload: bool) -> tuple[float, float]:
+    """Bytes per ubatch token of a CUDA device's biggest phase, and of its MoE phase (op offload adds a copy)."""
+    heads = max(hp.n_head, default=0)
+    emb = ACT_BYTES * hp.n_embd
+    mask = FA_MASK_BYTES * ctx
+    logits = LOGIT_BYTES * hp.n_vocab
+    rows = GPU_ALLOC_EMBD_ROWS.get(hp.arch, GPU_ALLOC_EMBD_ROWS_DEFAULT)[offload]
+    output = (logits if has_output else 0) + rows * emb + GPU_OUT_MASK_SHARE * mask
+    moe_rows = GPU_MOE_EMBD_ROWS_HYBRID if hp.recurrent_layers else GPU_MOE_EMBD_ROWS
+    moe = mask + ACT_BYTES * hp.n_expert_used * (2 * hp.n_ff_exp + hp.n_embd) + moe_rows * emb
+    if hp.is_mla:
+        attention = mask + ACT_BYTES * heads * (2 * hp.kv_lora_rank + hp.key_length)
+    else:
+        attention = mask + ACT_BYTES * heads * (hp.key_length + hp.value_length)
+    if hp.is_mla and hp.indexer_head_size:  # DSA
+        attention = DSA_GPU_CTX_BYTES * ctx + logits + ACT_BYTES * heads * hp.key_length + DSA_GPU_EMBD_ROWS * emb
+        moe += DSA_GPU_MOE_CTX_BYTES * ctx + DSA_GPU_MOE_EMBD_ROWS * emb
+    elif hp.kv_compress:  # deepseek4
+        attention = logits + DSV4_GPU_EMBD_ROWS * emb + DSV4_GPU_CTX_BYTES * ctx
+        moe += DSV4_GPU_MOE_EMBD_ROWS * emb
+    if not uses_flash_attention(hp):
+        attention += (heads * SCORE_BYTES + NO_FA_MASK_BYTES) * ctx
+    return max(output, attention, moe), moe
+
+
 def gpu_compute_bytes(
     hp: HParams, ctx: int, ubatch: int, *, has_output: bool = True, offload_copy_bytes: int = 0
 ) -> int:
-    """A GPU's compute buffer; `offload_copy_bytes`: the largest CPU-resident weight the GPU multiplies."""
-    heads = max(hp.n_head, default=0)
-    if uses_flash_attention(hp):
-        attention = ubatch * (heads * hp.key_length * FA_Q_BYTES + ctx * FA_MASK_BYTES)
-    else:
-        attention = heads * ubatch * SCORE_BYTES * ctx
-    logits = hp.n_vocab * ubatch * LOGIT_BYTES if has_output else 0
-    return COMPUTE_BASE_BYTES + logits + max(attention, offload_copy_bytes)
+    """A CUDA device's compute buffer (fa auto); `offload_copy_bytes`: the largest CPU-resident expert weight the
+    GPU multiplies (op offload), 0 when every expert it runs is in its own memory."""
+    peak, moe = _gpu_phases(hp, ctx, has_output, offload_copy_bytes > 0)
+    copies = DSV4_OFFLOAD_COPIES if hp.kv_compress else 1
+    return int(max(ubatch * peak, ubatch * moe + copies * offload_copy_bytes))
 
 
 def cpu_compute_bytes(hp: HParams, ubatch: int) -> int:

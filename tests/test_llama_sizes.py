@@ -170,6 +170,14 @@ def test_build_label_from_version_when_not_runq_s_build(llama_build: Build, tmp_
 GPU_ROWS = Path(__file__).resolve().parent.parent / "bench" / "gpu_fit_rows.json"
 
 
+# Rows where memory.py's CUDA model is more than GPU_ROWS_UPPER above llama.cpp (it is never below any row):
+# (arch, experts, ctx) -> the most it may be above. qwen3moe at 64k: the allocator's peak drops by a fifth there
+# (1542 -> 1219 MiB at -ub 2048) while 4k-32k need the higher bound. deepseek4 with -cmoe at 4k: llama.cpp keeps
+# one copied expert tensor there and two from 16k up; the model counts two at every context.
+GPU_ROWS_UPPER = 1.25
+GPU_ROWS_ABOVE = {("qwen3moe", "gpu", 65536): 1.36, ("deepseek4", "cpu", 4096): 1.88}
+
+
 @pytest.mark.skipif(not GPU_ROWS.is_file(), reason="bench/gpu_fit_rows.py has not been run on an NVIDIA GPU yet")
 def test_cuda_compute_model_is_never_below_a_recorded_gpu_row(tmp_path: Path) -> None:
     from bench.shapes import shapes
@@ -177,16 +185,19 @@ def test_cuda_compute_model_is_never_below_a_recorded_gpu_row(tmp_path: Path) ->
 
     data = json.loads(GPU_ROWS.read_text())
     models = {s.name: open_local(s.first) for s in shapes(tmp_path)}
-    checked = 0
+    checked, archs = 0, set()
     for row in data["rows"]:
         m = models.get(row["shape"])
-        if m is None or row.get("fa") != "auto" or row.get("compute_mib") is None:
-            continue
+        if m is None or row.get("fa") == "off" or row.get("compute_mib") is None:
+            continue  # runq plans -fa auto, which is on for every head size here (the on rows equal the auto ones)
         copy = max(t.nbytes for t in m.tensors.tensors if t.is_expert) if row["experts"] == "cpu" else 0
         ours = mem.gpu_compute_bytes(m.hparams, row["ctx"], row["ubatch"], offload_copy_bytes=copy)
-        assert ours >= row["compute_mib"] * MiB, row
+        real = row["compute_mib"] * MiB
+        upper = GPU_ROWS_ABOVE.get((row["arch"], row["experts"], row["ctx"]), GPU_ROWS_UPPER)
+        assert real + MiB <= ours <= real * upper, (row, ours / MiB)  # llama.cpp prints whole MiB (floored)
         checked += 1
-    assert checked
+        archs.add(row["arch"])
+    assert checked >= 180 and len(archs) == 10
 
 
 def test_tui_plans_ask_llama_cpp_too(
