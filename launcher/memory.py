@@ -59,7 +59,8 @@ MLA_V_LESS = True
 #   mask per token): the logits, 5.5 n_embd rows and 2.4 B per context cell (fitted); with -cmoe the allocator
 #   keeps two copied expert tensors at 16k and above (785 + 672 MiB on the V4-Flash shape): counted always.
 # Without a CUDA kernel for the head size `-fa auto` materialises the scores: n_head x ctx f32 per ubatch token
-# and an f32 mask on top (the fa off rows: +0.7% to +9% above, deepseek2, qwen3moe, glm4moe, gpt-oss, minimax).
+# and an f32 mask, added to the biggest phase (against the fa off rows, which force that path: +0.7% to +27%
+# except deepseek4, whose compressed attention this does not model).
 SCORE_BYTES = 4  # f32 attention scores per head, per ubatch token, per context token (no flash attention)
 LOGIT_BYTES = 4
 ACT_BYTES = 4
@@ -288,6 +289,7 @@ def _gpu_phases(hp: HParams, ctx: int, has_output: bool, offload: bool) -> tuple
     output = (logits if has_output else 0) + rows * emb + GPU_OUT_MASK_SHARE * mask
     moe_rows = GPU_MOE_EMBD_ROWS_HYBRID if hp.recurrent_layers else GPU_MOE_EMBD_ROWS
     moe = mask + ACT_BYTES * hp.n_expert_used * (2 * hp.n_ff_exp + hp.n_embd) + moe_rows * emb
+    attention: float
     if hp.is_mla:
         attention = mask + ACT_BYTES * heads * (2 * hp.kv_lora_rank + hp.key_length)
     else:
@@ -298,9 +300,10 @@ def _gpu_phases(hp: HParams, ctx: int, has_output: bool, offload: bool) -> tuple
     elif hp.kv_compress:  # deepseek4
         attention = logits + DSV4_GPU_EMBD_ROWS * emb + DSV4_GPU_CTX_BYTES * ctx
         moe += DSV4_GPU_MOE_EMBD_ROWS * emb
-    if not uses_flash_attention(hp):
-        attention += (heads * SCORE_BYTES + NO_FA_MASK_BYTES) * ctx
-    return max(output, attention, moe), moe
+    peak = max(output, attention, moe)
+    if not uses_flash_attention(hp):  # the materialised scores and an f32 mask, on top of any phase
+        peak += (heads * SCORE_BYTES + NO_FA_MASK_BYTES) * ctx
+    return peak, moe
 
 
 def gpu_compute_bytes(
