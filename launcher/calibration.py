@@ -44,8 +44,8 @@ BUDGET_S = 60.0
 # and one 126-185 MB (8 of 16), so neither one shape's quirks (narrow rows, MLA's extra matrices, what stays in
 # the L3 cache) nor one noisy measurement sets the constants alone: least squares over all four. Files of
 # 210-330 MiB, written once. Q8_0, like the generated models the tests and benchmarks use.
-_GQA = dict(arch="qwen3moe", n_head_kv=2)
-_MLA = dict(arch="deepseek2", qk_nope_dim=64, qk_rope_dim=32, v_head_dim=64)
+_GQA: dict[str, Any] = dict(arch="qwen3moe", n_head_kv=2)
+_MLA: dict[str, Any] = dict(arch="deepseek2", qk_nope_dim=64, qk_rope_dim=32, v_head_dim=64)
 CALIBRATION_SPECS = {
     "cal-wide": SynthSpec(**_GQA, n_layer=4, n_embd=1536, n_ff_exp=1024, n_expert=16, n_expert_used=8, n_head=12,
                           head_dim=128, seed=11),
