@@ -156,9 +156,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(json.dumps({"baseline": tune.BASELINE, "chosen": best.label if best else None,
                           "candidates": [m.as_json() for m in measured]}, indent=2))  # fmt: skip
     else:
-        _print_table(measured, best, base, args.goal, stopped)
-        if best is not None and machine is not real:
-            print("Not saved for `runq run`: measured with --gpu-limit (runs use the whole GPU).")
+        _print_table(measured, best, base, args.goal, stopped, saved=machine is real)
     if ctx.interrupted:
         return EXIT_INTERRUPTED
     if best is None:
@@ -252,7 +250,9 @@ def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx:
     calibration.add_observations(machine, build_key, obs)
 
 
-def _print_table(measured: list[Any], best: Any, base: Any, goal: Any, stopped: str | None) -> None:
+def _print_table(
+    measured: list[Any], best: Any, base: Any, goal: Any, stopped: str | None, *, saved: bool = True
+) -> None:
     from launcher import tune
     from launcher.units import fmt_bytes
 
@@ -269,4 +269,6 @@ def _print_table(measured: list[Any], best: Any, base: Any, goal: Any, stopped: 
         return
     b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
     vs = f" ({s / b:.2f}x llama.cpp's default)" if b and s else " (llama.cpp's default did not run)"
-    print(f"Chosen for {goal}: {best.label}{vs}; `runq run` and `runq service install` use it on this machine.")
+    use = ("`runq run` and `runq service install` use it on this machine" if saved
+           else "not saved: measured under --gpu-limit, and runs use the whole GPU")  # fmt: skip
+    print(f"Chosen for {goal}: {best.label}{vs}; {use}.")
