@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -57,8 +58,6 @@ def test_thread_interpolation_and_prediction() -> None:
 
 
 def test_planner_uses_the_machine_speed_and_says_so(models: dict) -> None:
-    from dataclasses import replace
-
     from launcher.machine import CPU, Machine
     from launcher.model import open_local
 
@@ -141,16 +140,23 @@ def test_search_walks_one_knob_at_a_time_and_keeps_what_was_measured_when_stoppe
     assert stopped == "the budget is spent" and len(measured) == 2
 
 
-def test_bench_argv_and_applying_a_tuned_result(models: dict) -> None:
+def _half_the_experts_vram(model: Any) -> int:
+    """A GPU size that holds the model's non-expert weights, KV cache and compute at 4K, and half its expert layers."""
     from launcher import memory
+
+    t, hp = model.tensors, model.hparams
+    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
+    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
+    return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
+
+
+def test_bench_argv_and_applying_a_tuned_result(models: dict) -> None:
     from launcher.machine import CPU, GPU, Machine
     from launcher.model import open_local
 
     m = open_local(models["deepseek2-q8"].path)
     t, hp = m.tensors, m.hparams
-    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
-    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
-    vram = memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
+    vram = _half_the_experts_vram(m)
     gpu = GPU(0, "test GPU", vram, vram)
     machine = Machine(gpus=(gpu,), ram_total_bytes=16 << 30, ram_available_bytes=16 << 30, cpu=CPU(physical_cores=2))
     p = plan(machine, m.tensors, m.hparams, Request(ctx=4096, ubatch=512))
@@ -199,15 +205,12 @@ def test_merge_averages_two_runs_and_keeps_failures() -> None:
 
 
 def test_gpu_limit_caps_each_gpu_and_plans_fewer_expert_layers(models: dict) -> None:
-    from launcher import memory
     from launcher.machine import CPU, GPU, Machine, limit_gpus
     from launcher.model import open_local
 
     m = open_local(models["deepseek2-q8"].path)
     t, hp = m.tensors, m.hparams
-    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
-    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
-    limit = memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
+    limit = _half_the_experts_vram(m)
     big = GPU(0, "big GPU", 140 << 30, 139 << 30)
     machine = Machine(gpus=(big, replace(big, index=1)), ram_total_bytes=16 << 30, ram_available_bytes=16 << 30,
                       cpu=CPU(physical_cores=2))  # fmt: skip
