@@ -170,10 +170,10 @@ def _gpu_limit(machine: Machine, text: str | None) -> int | None:
     if text is None:
         return None
     limit = parse_size(text, what="--gpu-limit")
-    if not machine.gpus:
-        raise UsageError("--gpu-limit: this machine has no GPU runq can see", hint="leave --gpu-limit out")
     if limit <= 0:
         raise UsageError(f"--gpu-limit {text!r} must be more than zero", hint="e.g. --gpu-limit 8GiB")
+    if not machine.gpus:
+        raise UsageError("--gpu-limit: this machine has no GPU runq can see", hint="leave --gpu-limit out")
     return limit
 
 

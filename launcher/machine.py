@@ -324,8 +324,6 @@ def override(
 def limit_gpus(base: Machine, limit: int) -> Machine:
     """Each GPU as if it had at most `limit` bytes (free memory capped the same): what `runq tune --gpu-limit`
     plans and measures with, to leave VRAM to something else or to tune as on a smaller card."""
-    if limit <= 0:
-        raise UsageError(f"--gpu-limit must be more than zero (got {limit} bytes)", hint="e.g. --gpu-limit 8GiB")
     gpus = tuple(replace(g, total_bytes=min(g.total_bytes, limit), free_bytes=min(g.free_bytes, limit))
                  for g in base.gpus)  # fmt: skip
     return replace(base, gpus=gpus)

@@ -187,5 +187,7 @@ def test_tune_needs_a_build_and_a_duration(tiny: SynthModel, tmp_path: Path) -> 
     # --gpu-limit is checked before anything slow: a bad size, or no GPU to limit (this machine has none).
     code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8", "--llama-bin", str(tmp_path))
     assert code == 2 and "no unit" in err
+    code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "0GiB", "--llama-bin", str(tmp_path))
+    assert code == 2 and "more than zero" in err
     code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8GiB", "--llama-bin", str(tmp_path))
     assert code == 2 and "no GPU runq can see" in err
