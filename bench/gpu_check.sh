@@ -3,7 +3,10 @@
 #
 #   here:   .venv/bin/python bench/gpu_fit_rows.py --prepare      # llama.cpp source + shapes -> .device/
 #           (optional) a CUDA build of llama.cpp packed as .device/llama-cuda-bin.tar.xz (bin/ with its .so
-#           files, RPATH $ORIGIN), and runq's missing wheels for the machine's python3 in .device/whl/
+#           files, RPATH $ORIGIN), and runq's missing wheels for the machine's python3 in .device/whl/.
+#           The 2026-11-27 build: pip's nvidia-cuda-nvcc/-runtime/-cublas/-cccl/-crt/nvvm 13.0 wheels unpacked as
+#           one toolkit, -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF
+#           -DGGML_AVX2=ON, a stub libcuda.so for CUDA_cuda_driver_LIBRARY (2 cores: about 30 min; 43 MB packed)
 #   there:  bench/gpu_check.sh OUTDIR [SECONDS]
 #
 # Steps, each logged to OUTDIR and none fatal to the next: the carried build (or a CUDA build from the
@@ -46,7 +49,8 @@ import sys; sys.path.insert(0, 'bench')
 from pathlib import Path
 import gpu_fit_rows as g
 name, arch = g.cuda_arch()
-print(g.build(Path('/tmp/llama-src'), arch))" >"$out/build.log" 2>&1 || echo "build failed: see build.log"
+print(g.build(Path('/tmp/llama-src'), arch, ('llama-fit-params', 'llama-bench')))" >"$out/build.log" 2>&1 ||
+        echo "build failed: see build.log"
     bin=/tmp/llama-src/build/bin
     "$bin/llama-bench" --list-devices >>"$out/gpu.txt" 2>&1
     echo "built ($(left) s left)"
@@ -68,8 +72,8 @@ budget=$(($(left) - ${RESERVE:-200}))
 [ "$budget" -gt 240 ] && budget=240
 if [ "$budget" -gt 30 ]; then
     {
-        python3 -m launcher plan "$model" --ctx 8192 --gpu 1536MiB
-        timeout $((budget + 60)) python3 -m launcher tune "$model" --ctx 8192 --gpu-limit 1536MiB --for balanced \
+        python3 -m launcher plan "$model" --ctx 8192 --gpu 3GiB
+        timeout $((budget + 60)) python3 -m launcher tune "$model" --ctx 8192 --gpu-limit 3GiB --for balanced \
             --budget "${budget}s" --llama-bin "$bin"
         echo "rc=$?"
     } >>"$out/tune.txt" 2>&1
