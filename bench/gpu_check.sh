@@ -65,7 +65,7 @@ tail -12 "$out/calibrate.txt"
 echo "== tune ($(left) s left)"
 model=/tmp/runq-tune/qwen3moe-2g.gguf
 python3 -c "
-from launcher.synth import SynthSpec, write_model
+from launcher.measure.synth import SynthSpec, write_model
 write_model(SynthSpec(arch='qwen3moe', n_layer=12, n_embd=2048, n_ff_exp=768, n_expert=64, n_expert_used=8,
             n_head=16, n_head_kv=4, head_dim=128, weight_type='Q4_K', seed=31), '$model')" >"$out/tune.txt" 2>&1
 budget=$(($(left) - ${RESERVE:-200}))

@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher.projection import parse_fit_print  # noqa: E402  (stdlib-only imports from here on)
-from launcher.replica import HeaderFile, write_replica  # noqa: E402
+from launcher.hub.replica import HeaderFile, write_replica  # noqa: E402
+from launcher.plan.projection import parse_fit_print  # noqa: E402  (stdlib-only imports from here on)
 
 CARRY = ROOT / ".device"
 SOURCE_TAR = CARRY / "llama.cpp.tar.xz"
@@ -55,7 +55,7 @@ def prepare(source: Path) -> None:
     import tempfile
 
     from bench.shapes import shapes
-    from launcher.replica import local_header_files
+    from launcher.hub.replica import local_header_files
 
     CARRY.mkdir(exist_ok=True)
     with tarfile.open(SOURCE_TAR, "w:xz") as tar:

@@ -9,11 +9,13 @@ import argparse
 import statistics
 import time
 
-from launcher.catalog import require_profile
-from launcher.choose import choose, profile_sources
-from launcher.estimate import estimate
-from launcher.machine import MachineSpec
-from launcher.planner import Request, plan
+from launcher.catalog.estimate import estimate
+from launcher.catalog.profiles import require_profile
+from launcher.catalog.sources import profile_sources
+from launcher.machine.spec import MachineSpec
+from launcher.plan.choose import choose
+from launcher.plan.place import plan
+from launcher.plan.types import Request
 
 MACHINES = {
     "1x24GiB + 256GiB": {"gpus": [{"memory": "24GiB"}], "ram": "256GiB", "cores": 16},

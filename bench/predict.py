@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from launcher.synth import SynthSpec
+from launcher.measure.synth import SynthSpec
 
 Q = dict(arch="qwen3moe", n_expert=32, n_expert_used=4)
 D = dict(arch="deepseek2", n_expert=32, n_expert_used=4, qk_nope_dim=64, qk_rope_dim=32, v_head_dim=64)
@@ -45,9 +45,9 @@ def main() -> int:
     ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "runq-bench-predict"))
     args = ap.parse_args()
 
-    from launcher.cli_tune import current_build
-    from launcher.hardware import probe
-    from launcher.synth import write_model
+    from launcher.cli.measure import current_build
+    from launcher.machine.probe import probe
+    from launcher.measure.synth import write_model
 
     machine = probe(cpu_details=False)
     found = current_build(machine, args.llama_bin)
@@ -80,9 +80,11 @@ def main() -> int:
 def one_round(args: argparse.Namespace, machine: Any, bin_dir: Path, key: str, threads: int,
               paths: dict[str, Path]) -> tuple[list[float], list[float]]:  # fmt: skip
     """Calibrate (in a temporary cache), then decode the six models: what a user would do."""
-    from launcher import calibration
-    from launcher.model import open_local
-    from launcher.planner import Request, bytes_per_token, plan
+    from launcher.measure import calibrate as calibration
+    from launcher.model.shards import open_local
+    from launcher.plan.place import plan
+    from launcher.plan.predict import bytes_per_token
+    from launcher.plan.types import Request
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as cache:

@@ -16,10 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from launcher import memory
-from launcher.model import open_local
-from launcher.runner import free_port
-from launcher.synth import SynthSpec, write_model
+from launcher.llama.server import free_port
+from launcher.measure.synth import SynthSpec, write_model
+from launcher.model.shards import open_local
+from launcher.plan import memory
 
 SPEC = SynthSpec(arch="deepseek2", n_layer=8, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
 CTX = 4096

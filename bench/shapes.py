@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from launcher.catalog import Profile, load_profiles, parse_profile
+from launcher.catalog.profiles import Profile, load_profiles, parse_profile
 
 QWEN3_235B = """
 name = "qwen3-235b-shape"
@@ -50,7 +50,7 @@ class ShapeSet:
 
 def shapes(root: Path, quant_for: dict[str, str] | None = None) -> list[ShapeSet]:
     """One sparse set per known profile (the quant named in quant_for, else the one nearest 2.5 bits)."""
-    from tests.sparse_models import write_sparse_quant
+    from tests.support.sparse_models import write_sparse_quant
 
     profiles: list[Profile] = [*load_profiles(), parse_profile(QWEN3_235B, "bench/shapes.py")]
     out = []

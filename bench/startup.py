@@ -34,7 +34,7 @@ def main() -> None:
     print(f"python -c pass          {baseline * 1000:7.1f} ms (interpreter start, for reference)")
     print(f"runq --help             {median_seconds([*runq, '--help'], runs) * 1000:7.1f} ms")
     print(f"runq --version          {median_seconds([*runq, '--version'], runs) * 1000:7.1f} ms")
-    from launcher.synth import SynthSpec, write_model
+    from launcher.measure.synth import SynthSpec, write_model
 
     with tempfile.TemporaryDirectory() as d:
         m = write_model(SynthSpec(n_layer=8), Path(d) / "m.gguf", shards=3)

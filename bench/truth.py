@@ -21,10 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.shapes import shapes
-from launcher import memory as mem
-from launcher.build import cached_builds
-from launcher.model import open_local
-from launcher.projection import parse_fit_print
+from launcher.llama.build import cached_builds
+from launcher.model.shards import open_local
+from launcher.plan import memory as mem
+from launcher.plan.projection import parse_fit_print
 
 CONTEXTS = (4096, 32768)
 UBATCHES = (512, 2048)

@@ -1,5 +1,5 @@
 """`python -m launcher` is the same as the `runq` command."""
 
-from launcher.cli import main
+from launcher.cli.main import main
 
 raise SystemExit(main())

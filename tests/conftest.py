@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.build import Build
-from launcher.synth import SynthModel, SynthSpec, write_model
+from launcher.llama.build import Build
+from launcher.measure.synth import SynthModel, SynthSpec, write_model
 
 # Every generated model the reader, classifier and planner tests run over.
 MODEL_SPECS: dict[str, tuple[SynthSpec, int]] = {
@@ -65,8 +65,8 @@ def llama_build() -> Build:
     import json
     import os
 
-    from launcher.build import load_build
-    from launcher.cli import main
+    from launcher.cli.main import main
+    from launcher.llama.build import load_build
 
     cache = os.environ.get("RUNQ_TEST_CACHE_DIR") or str(Path.home() / ".cache" / "runq")
     with pytest.MonkeyPatch.context() as mp:

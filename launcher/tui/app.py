@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual.app import App
 from textual.binding import Binding
 
-from launcher.machine import Machine
+from launcher.machine.spec import Machine
 
 
 class RunqApp(App[list[str]]):

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from launcher import catalog
-from launcher.choose import Candidate, Choice, choose
+from launcher.catalog import profiles as catalog
 from launcher.errors import DoesNotFitError, RunqError
-from launcher.inputs import PlanInputs, buffers_of, planning_request
-from launcher.local_models import scan_hf_cache
-from launcher.machine import Machine
-from launcher.planner import CPU, Plan
-from launcher.target import ModelTarget, resolve
-from launcher.tensors import Role
+from launcher.hub.local import scan_hf_cache
+from launcher.machine.spec import Machine
+from launcher.model.tensors import Role
+from launcher.pipeline.target import ModelTarget, resolve
+from launcher.plan.choose import Candidate, Choice, choose
+from launcher.plan.inputs import PlanInputs, buffers_of, planning_request
+from launcher.plan.types import CPU, Plan
 from launcher.units import fmt_bytes
 
 
@@ -58,7 +58,8 @@ def plan_target(
     try:
         choice = choose(target.name, machine, list(target.sources), req)
         if project:
-            from launcher.fitparams import cached_bin_dir, project_target
+            from launcher.llama.fit import cached_bin_dir
+            from launcher.pipeline.projection import project_target
 
             choice, _ = project_target(choice, machine, req, target, cached_bin_dir())
     except DoesNotFitError as e:

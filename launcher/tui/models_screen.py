@@ -15,7 +15,7 @@ from launcher.tui.dialogs import show_error
 from launcher.units import fmt_bytes
 
 if TYPE_CHECKING:
-    from launcher.machine import Machine
+    from launcher.machine.spec import Machine
     from launcher.tui.data import ModelRow
 
 
@@ -73,7 +73,7 @@ class ModelsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="models")
     def action_refresh_hub(self) -> None:
-        from launcher import catalog
+        from launcher.catalog import profiles as catalog
         from launcher.tui.data import load_target
 
         self.app.call_from_thread(self.query_one("#status", Static).update, "Reading GGUF headers from the Hub…")

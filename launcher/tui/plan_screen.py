@@ -11,16 +11,16 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from launcher.argv import build_argv, launch_for, shell_quote
-from launcher.inputs import ServerOptions
-from launcher.render_plan import placement_lines, source_lines
+from launcher.llama.argv import build_argv, launch_for, shell_quote
+from launcher.plan.inputs import ServerOptions
 from launcher.units import fmt_bytes
+from launcher.view.plan import placement_lines, source_lines
 
 if TYPE_CHECKING:
-    from launcher.choose import Candidate
-    from launcher.machine import Machine
-    from launcher.planner import DevicePlan
-    from launcher.target import ModelTarget
+    from launcher.machine.spec import Machine
+    from launcher.pipeline.target import ModelTarget
+    from launcher.plan.choose import Candidate
+    from launcher.plan.types import DevicePlan
 
 BAR = 40
 # Segment styles read on dark and light terminals alike (they are backgrounds, not text colours).

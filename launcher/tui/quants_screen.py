@@ -12,13 +12,13 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
 
-from launcher.memory import KV_TYPE_BYTES
+from launcher.plan.memory import KV_TYPE_BYTES
 from launcher.units import GiB, fmt_bytes
 
 if TYPE_CHECKING:
-    from launcher.choose import Candidate, Choice
-    from launcher.machine import Machine
-    from launcher.target import ModelTarget
+    from launcher.machine.spec import Machine
+    from launcher.pipeline.target import ModelTarget
+    from launcher.plan.choose import Candidate, Choice
 
 
 class QuantsScreen(Screen[None]):

@@ -95,7 +95,8 @@ class DownloadTask(TaskScreen):
         self.title_text = f"Downloading {model} {quant}"
 
     def run(self) -> str:
-        from launcher import catalog, pull
+        from launcher.catalog import profiles as catalog
+        from launcher.hub import pull
         from launcher.progress import Meter
 
         st = pull.state(catalog.require_profile(self.model), self.quant)
@@ -117,7 +118,7 @@ class BuildTask(TaskScreen):
     title_text = "Building llama.cpp for this machine"
 
     def run(self) -> str:
-        from launcher.build import BuildRequest, ensure_build
+        from launcher.llama.build import BuildRequest, ensure_build
 
         notes: list[str] = []
 

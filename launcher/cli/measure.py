@@ -1,0 +1,276 @@
+"""`runq calibrate` and `runq tune`, and the hooks that let `run`, `plan` and `service install` use what they
+measured. CLI layer: prints, decides exit codes; decisions are in launcher/tune.py and launcher/speed.py,
+measuring in launcher/calibration.py and launcher/bench_run.py, tuned results in launcher/tuned_store.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from launcher.errors import EXIT_INTERRUPTED, EXIT_OK, RunqError, UsageError
+from launcher.machine.spec import Machine, limit_gpus
+from launcher.pipeline.measured import current_build, with_speed
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- runq calibrate --------------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from launcher.machine.probe import probe
+    from launcher.measure import calibrate as calibration
+
+    machine = probe(cpu_details=False)
+    found = current_build(machine, args.llama_bin)
+    if found is None or not (found[0] / "llama-bench").is_file():
+        raise RunqError(
+            "calibration runs llama-bench, and there is no llama.cpp build for this machine yet",
+            hint="run `runq build` first (or give --llama-bin DIR with llama-bench in it)",
+        )
+    bin_dir, key = found
+    model, rec, path = calibration.calibrate(
+        machine, bin_dir, key, cuda=bool(machine.gpus), say=(lambda _t: None) if args.json else _say
+    )
+    if args.json:
+        out = {
+            "calibrated_at": rec["calibrated_at"],
+            "took_s": rec["took_s"],
+            "generating_s": rec["generating_s"],
+            "fingerprint": rec["fingerprint"],
+            "cpu": [
+                {"threads": p.threads, "bandwidth_bytes_s": round(p.bandwidth), "layer_s": p.layer_s} for p in model.cpu
+            ],
+            "gpus": [{"device": d, "bandwidth_bytes_s": round(bw)} for d, bw in model.gpu_bandwidth],
+            "h2d": [{"device": d, "bytes_s": round(bw)} for d, bw in model.h2d_bytes_s],
+            "path": str(path),
+        }
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    print(f"Calibrated in {rec['took_s']:.0f} s ({rec['fingerprint']['cpu']}, build {key}):")
+    print("  threads  effective RAM bandwidth  per-layer cost")
+    for p in model.cpu:
+        print(f"  {p.threads:>7}  {p.bandwidth / 1e9:>17.1f} GB/s  {p.layer_s * 1e6:>11.1f} µs")
+    for dev, bw in model.gpu_bandwidth:
+        print(f"  {dev}: effective bandwidth {bw / 1e9:.0f} GB/s")
+    for dev, bw in model.h2d_bytes_s:
+        print(f"  {dev}: host-to-device copy about {bw / 1e9:.1f} GB/s")
+    if not machine.gpus:
+        print("  no GPU: CPU constants only")
+    if rec.get("incomplete"):
+        print(f"  note: {rec['incomplete']}")
+    print(f"Saved in {path}; plans on this machine now say 'calibrated on this machine, {rec['calibrated_at'][:10]}'.")
+    return EXIT_OK
+
+
+# --- runq tune --------------------------------------------------------------------------------------------
+
+
+def parse_budget(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", text.lower())
+    if not m:
+        raise UsageError(f"--budget {text!r}: expected a duration like 90s, 10m or 1h")
+    value = float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+    if value <= 0:
+        raise UsageError(f"--budget {text!r} must be more than zero")
+    return value
+
+
+@dataclass
+class _Ctx:
+    """What every candidate of one tune run shares."""
+
+    machine: Machine
+    tensors: Any
+    hp: Any
+    req: Any
+    bench: str
+    model_path: str
+    args: argparse.Namespace
+    deadline: float
+    planned: int
+    biggest_layer: int
+    start: float
+    fit_target_mib: int = 1024  # the baseline's llama.cpp -fitt: its default, or more under --gpu-limit
+    count: int = 0
+    interrupted: bool = False
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from launcher.cli.common import ensure_model, resolve_target
+    from launcher.machine.probe import probe
+    from launcher.measure import store as tuned_store
+    from launcher.measure import tune
+    from launcher.plan.choose import choose
+    from launcher.plan.types import Request
+
+    budget = parse_budget(args.budget)
+    start_time = time.monotonic()
+    machine = probe(cpu_details=False)
+    limit = _gpu_limit(machine, getattr(args, "gpu_limit", None))  # checked before anything slow
+    found = current_build(machine, args.llama_bin)
+    if found is None or not (found[0] / "llama-bench").is_file():
+        raise RunqError("tune runs llama-bench, and there is no llama.cpp build for this machine yet",
+                        hint="run `runq build` first (or give --llama-bin DIR)")  # fmt: skip
+    bin_dir, build_key = found
+    target = resolve_target(args)
+    real = machine = with_speed(machine, args.llama_bin, calibrate_now=True, say=_say)
+    fit_target = tune.FIT_TARGET_MIB
+    if limit is not None:
+        # The baseline gets the same room: llama.cpp's default margin plus the free memory above the limit.
+        fit_target += max(max(0, g.free_bytes - limit) for g in machine.gpus) // 2**20
+        machine = limit_gpus(machine, limit)
+    req = Request(ctx=args.ctx or target.default_ctx, server=True)
+    choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned, ctx_pinned=bool(args.ctx))
+    chosen = choice.chosen
+    model_path = ensure_model(target, chosen.source.name, auto=False, yes=False, dry=False)
+    tensors, hp = chosen.source.tensors, chosen.source.hparams
+    # Expert layers per GPU are tried whenever there is a GPU: runq's margins may have kept a small one unused.
+    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(machine.gpus))
+    start_knobs = tune.start_knobs(chosen.plan)
+    baseline = replace(start_knobs, baseline=True)
+    biggest = max((tensors.expert_bytes(il) for il in tensors.expert_layers), default=0)
+    planned = 3 + len(list(tune.planned(start_knobs, space)))  # + baseline, + the confirming pair
+    bench = str(bin_dir / "llama-bench")
+    ctx = _Ctx(machine, tensors, hp, req, bench, str(model_path), args, start_time + budget, planned, biggest,
+               time.monotonic(), fit_target)  # fmt: skip
+    if not args.json:
+        _say(f"Tuning {target.name} {chosen.source.name} for {args.goal} with llama-bench (pp{args.pp}, tg{args.tg},"
+             f" {args.repetitions} repetitions; at most {ctx.planned} candidates, budget {budget:.0f} s)…")  # fmt: skip
+    measured, stopped = tune.search(start_knobs, baseline, space, args.goal, lambda k: _measure(ctx, k))
+    best = tune.choose(measured, args.goal)
+    base = next((m for m in measured if m.knobs.baseline), None)
+    key = tuned_store.model_key(target)
+    if best is not None and machine is real:
+        tuned_store.save(machine, build_key, key, chosen.source.name, args.goal, best, measured)
+    if best is not None:
+        _refit(real, build_key, key, measured, ctx)
+    if args.json:
+        print(json.dumps({"baseline": tune.BASELINE, "chosen": best.label if best else None,
+                          "candidates": [m.as_json() for m in measured]}, indent=2))  # fmt: skip
+    else:
+        _print_table(measured, best, base, args.goal, stopped, saved=machine is real)
+    if ctx.interrupted:
+        return EXIT_INTERRUPTED
+    if best is None:
+        raise RunqError("no candidate ran: nothing was measured", hint="see the errors above; try a larger --budget")
+    return EXIT_OK
+
+
+def _gpu_limit(machine: Machine, text: str | None) -> int | None:
+    from launcher.units import parse_size
+
+    if text is None:
+        return None
+    limit = parse_size(text, what="--gpu-limit")
+    if limit <= 0:
+        raise UsageError(f"--gpu-limit {text!r} must be more than zero", hint="e.g. --gpu-limit 8GiB")
+    if not machine.gpus:
+        raise UsageError("--gpu-limit: this machine has no GPU runq can see", hint="leave --gpu-limit out")
+    return limit
+
+
+def _plan_for(ctx: _Ctx, k: Any) -> Any:
+    from launcher.measure.tune import request_for
+    from launcher.plan.place import plan
+
+    return plan(ctx.machine, ctx.tensors, ctx.hp, request_for(ctx.req, k, ctx.biggest_layer))
+
+
+def _measure(ctx: _Ctx, k: Any) -> Any:
+    """One candidate; Ctrl-C anywhere in it (llama-bench is killed first) ends the search, keeping the rest."""
+    from launcher.measure import tune
+
+    try:
+        return _measure_one(ctx, k)
+    except KeyboardInterrupt:
+        ctx.interrupted = True
+        raise tune.Stop("interrupted (Ctrl-C)") from None
+
+
+def _measure_one(ctx: _Ctx, k: Any) -> Any:
+    from launcher.llama import bench as bench_run
+    from launcher.measure import tune
+
+    now = time.monotonic()
+    left = ctx.deadline - now
+    if ctx.interrupted:
+        raise tune.Stop("interrupted (Ctrl-C)")
+    if left < 1:
+        raise tune.Stop("the budget is spent")
+    p = None if k.baseline else _plan_for(ctx, k)
+    argv = tune.bench_argv(ctx.bench, ctx.model_path, p, k, pp=ctx.args.pp, tg=ctx.args.tg,
+                           reps=ctx.args.repetitions, gpus=bool(ctx.machine.gpus),
+                           fit_target_mib=ctx.fit_target_mib)  # fmt: skip
+    ctx.count += 1
+    if not ctx.args.json:
+        done = ctx.count - 1
+        eta = (now - ctx.start) / done * (ctx.planned - done) if done else None
+        eta_text = f", about {min(eta, left):.0f} s left" if eta is not None else ""
+        _say(f"  [{ctx.count}/{ctx.planned}{eta_text}] {k.label}")
+    if p is not None and not p.fits:
+        return tune.Measured(k, tuple(argv), error="the plan does not fit: " + "; ".join(p.problems))
+    res = bench_run.run(argv, timeout_s=left, gpus=bool(ctx.machine.gpus))
+    m = tune.Measured(k, tuple(argv), res.tps(prompt=True), res.tps(prompt=False), res.peak_bytes, res.error,
+                      res.seconds)  # fmt: skip
+    if not ctx.args.json:
+        figures = f"pp {m.pp_tps or 0:.1f} t/s, tg {m.tg_tps or 0:.1f} t/s" if not m.error else f"failed: {m.error}"
+        _say(f"      {figures}")
+    if res.error and "budget" in res.error:
+        raise tune.Stop("the budget is spent")
+    return m
+
+
+def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx: _Ctx) -> None:
+    """Feed the decode measurements back into this machine's constants (launcher/speed.py)."""
+    from launcher.machine.speed import Observation
+    from launcher.measure import calibrate as calibration
+    from launcher.plan.predict import bytes_per_token
+
+    obs = []
+    for m in measured:
+        if m.error or not m.tg_tps:
+            continue
+        if m.knobs.baseline:
+            if machine.gpus:
+                continue  # llama.cpp's fit placed it: the bytes per device are not known here
+            placement = {t.name: "CPU" for t in ctx.tensors.tensors}
+        else:
+            placement = _plan_for(ctx, m.knobs).placement
+        per = bytes_per_token(ctx.tensors, ctx.hp, placement)
+        threads = m.knobs.threads if not m.knobs.baseline else machine.cores
+        gpu = tuple(sorted((d, n) for d, n in per.items() if d != "CPU"))
+        obs.append(Observation(threads, ctx.hp.n_layer, per.get("CPU", 0), m.tg_tps, gpu, f"tune:{key}"))
+    calibration.add_observations(machine, build_key, obs)
+
+
+def _print_table(
+    measured: list[Any], best: Any, base: Any, goal: Any, stopped: str | None, *, saved: bool = True
+) -> None:
+    from launcher.measure import tune
+    from launcher.units import fmt_bytes
+
+    print(f"{'':2}{'candidate':<40}{'pp t/s':>9}{'tg t/s':>9}  {'peak memory':<18}note")
+    for m in measured:
+        mark = "> " if best is not None and m is best else "  "
+        peak = ", ".join(f"{d} {fmt_bytes(n)}" for d, n in sorted(m.peak_bytes.items()) if n)
+        pp = f"{m.pp_tps:.1f}" if m.pp_tps else "-"
+        tg = f"{m.tg_tps:.1f}" if m.tg_tps else "-"
+        print(f"{mark}{m.label:<40}{pp:>9}{tg:>9}  {peak:<18}{m.error or ''}")
+    if stopped:
+        print(f"Stopped early: {stopped}; what was measured is kept.")
+    if best is None:
+        return
+    b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
+    vs = f" ({s / b:.2f}x llama.cpp's default)" if b and s else " (llama.cpp's default did not run)"
+    use = ("`runq run` and `runq service install` use it on this machine" if saved
+           else "not saved: measured under --gpu-limit, and runs use the whole GPU")  # fmt: skip
+    print(f"Chosen for {goal}: {best.label}{vs}; {use}.")

@@ -1,0 +1,391 @@
+"""runq's argument parser: every command and flag, and each command's function, imported only when it runs.
+
+This module stays light (argparse and the error types only) so that `runq --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from launcher import __version__
+from launcher.errors import EXIT_USAGE
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command function imported when it runs, not when the parser is built."""
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return run
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with runq's error format: `Error: …` and `Hint: …`, exit 2 (bad usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"Error: {message}", file=sys.stderr)
+        print(f"Hint: see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+EPILOG = """\
+quick start: runq demo                      (a tiny model, end to end, no download)
+             runq deepseek-v3.1 --auto      (plan, download, build, chat; --server for an API)
+
+exit codes: 0 ok, 1 runtime error, 2 bad usage or config, 3 does not fit,
+            4 an external tool failed, 130 interrupted
+machine flags (plan for hardware you describe instead of this machine):
+  --gpu 24GiB (repeat, or 2x80GiB; 'none' for no GPU)  --ram 256GiB  --cores 16
+  --machine FILE.json  (sizes accept GiB/MiB/TiB (binary) and GB/MB/TB (decimal))
+other hosts (llama.cpp RPC; start `runq worker` on each):
+  --rpc HOST:PORT[,HOST:PORT…] (asked for their devices)  --worker ram=256GiB[,gpu=24GiB][,net=10Gbit]
+"""
+
+
+def _add_machine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("machine (describe instead of probing)")
+    g.add_argument("--gpu", action="append", metavar="SIZE", help="a GPU's memory, e.g. 24GiB or 2x80GiB; 'none'")
+    g.add_argument("--ram", metavar="SIZE", help="system RAM available to the model, e.g. 256GiB")
+    g.add_argument("--cores", type=int, metavar="N", help="physical CPU cores")
+    g.add_argument("--machine", metavar="FILE", help="a JSON description of the machine")
+    g.add_argument(
+        "--rpc", action="append", metavar="HOST:PORT[,…]",
+        help="other hosts running `runq worker`: their devices take expert layers this host cannot hold",
+    )  # fmt: skip
+    g.add_argument(
+        "--worker", action="append", metavar="ram=SIZE[,gpu=SIZE][,net=SPEED][,at=HOST:PORT]",
+        help="describe another host (repeatable), e.g. ram=256GiB,net=10Gbit",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="runq",
+        description="Run the largest mixture-of-experts LLM this machine can hold, fast, with llama.cpp.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"runq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_hw, _add_inspect, _add_plan, _add_build, _add_pull, _add_models, _add_tui):
+        add(sub)
+    add_run_parsers(sub, _add_machine_flags, _add_plan_flags)
+    add_service_parser(sub, _add_machine_flags, _add_plan_flags)
+    add_worker_parser(sub)
+    add_tune_parsers(sub)
+    return parser
+
+
+def _add_hw(sub: Any) -> None:
+    hw = sub.add_parser("hw", help="show this machine (or a described one): GPUs, RAM, CPU, disk")
+    hw.add_argument("--json", action="store_true", help="print JSON")
+    _add_machine_flags(hw)
+    hw.set_defaults(func=_lazy("launcher.cli.info", "cmd_hw"))
+
+
+def _add_inspect(sub: Any) -> None:
+    ins = sub.add_parser("inspect", help="read a GGUF file's header: architecture, tensors, bytes by role")
+    ins.add_argument("path", help="a .gguf file (for a split set, shard 1: …-00001-of-0000N.gguf)")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+    ins.add_argument("--tensors", action="store_true", help="also list every tensor")
+    ins.set_defaults(func=_lazy("launcher.cli.info", "cmd_inspect"))
+
+
+def _add_plan(sub: Any) -> None:
+    pl = sub.add_parser(
+        "plan",
+        help="choose the quant and place every tensor for this machine (or a described one); nothing is run",
+        description="Plan a model: which quant fits, which tensors go on which GPU and which stay in RAM, "
+        "how fast it should run, and the exact llama.cpp command.",
+    )
+    pl.add_argument("model", help="a model name (e.g. deepseek-v3.1) or the path of a .gguf file (shard 1 of a set)")
+    _add_plan_flags(pl)
+    pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.add_argument("--llama-bin", metavar="DIR", help="ask the llama.cpp in DIR for its sizes (default: runq's build)")
+    pl.add_argument(
+        "--no-projection", action="store_true", help="do not ask llama.cpp for its sizes: runq's estimates only"
+    )
+    _add_machine_flags(pl)
+    pl.set_defaults(func=_lazy("launcher.cli.plan", "cmd_plan"))
+
+
+def _add_build(sub: Any) -> None:
+    b = sub.add_parser(
+        "build",
+        help="build llama.cpp for this machine (CUDA when there is a GPU and nvcc, CPU otherwise), cached",
+        description="Build the llama.cpp binaries runq runs (llama-server, llama-cli, llama-bench, llama-fit-params, "
+        "llama-gguf-split) at the pinned, tested commit, and cache them: a second build is instant.",
+    )
+    b.add_argument("--backend", help="cpu or cuda (default: cuda when an NVIDIA GPU and nvcc are present)")
+    b.add_argument("--cuda-arch", action="append", default=[], metavar="SM", help="compute capability, e.g. 86")
+    b.add_argument(
+        "--source", default="git", metavar="git|pypi|DIR",
+        help="git: clone llama.cpp (default); pypi: the copy vendored in llama-cpp-python (no GitHub needed); "
+        "DIR: a local checkout",
+    )  # fmt: skip
+    b.add_argument("--ref", help="git commit, tag or branch to build instead of the pinned commit (git source)")
+    b.add_argument("--git-url", help="clone from this URL instead of GitHub (a mirror)")
+    b.add_argument("--jobs", "-j", type=int, metavar="N", help="parallel compile jobs (default: CPU cores)")
+    b.add_argument("--portable", action="store_true", help="no -march=native: binaries that run on other CPUs")
+    b.add_argument("--list", action="store_true", help="list cached builds")
+    b.add_argument("--clean", nargs="?", const="", metavar="KEY", help="remove the cached build KEY (exactly)")
+    b.add_argument("--all", action="store_true", help="with --clean: remove every cached build")
+    b.add_argument("--llama-bin", metavar="DIR", help="check a llama.cpp you built yourself: print what it supports")
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b.set_defaults(func=_lazy("launcher.cli.build", "cmd_build"))
+
+
+def _add_pull(sub: Any) -> None:
+    pu = sub.add_parser(
+        "pull",
+        help="download one quant of a model (the largest that fits, or --quant), resumable",
+        description="Download exactly one quant's files into the Hugging Face cache (shared with other tools) or "
+        "--dir. Checks free disk space first, resumes interrupted downloads, verifies the shard set at the end.",
+    )
+    pu.add_argument("model", help="a model name, e.g. deepseek-v3.1")
+    pu.add_argument("--quant", help="the quant to download (default: the largest that fits this machine)")
+    pu.add_argument("--dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache")
+    pu.add_argument("--ctx", type=int, metavar="N", help="context to plan for when choosing the quant")
+    pu.add_argument("--disk-free", metavar="SIZE", help="plan for this much free disk instead of measuring it")
+    _add_machine_flags(pu)
+    pu.set_defaults(func=_lazy("launcher.cli.plan", "cmd_pull"))
+
+
+def _add_models(sub: Any) -> None:
+    mo = sub.add_parser("models", help="the models runq knows; --local: what is downloaded, and complete or not")
+    mo.add_argument("--local", action="store_true", help="list GGUF quants on disk (Hugging Face cache, or --dir)")
+    mo.add_argument("--dir", metavar="DIR", help="also look in this download directory")
+    mo.add_argument("--json", action="store_true", help="print JSON")
+    _add_machine_flags(mo)
+    mo.set_defaults(func=_lazy("launcher.cli.info", "cmd_models"))
+
+
+def _add_tui(sub: Any) -> None:
+    tui = sub.add_parser("tui", help="pick a model in a terminal UI (also: `runq` alone, in a terminal)")
+    _add_machine_flags(tui)
+    tui.set_defaults(func=_lazy("launcher.cli.info", "cmd_tui"))
+
+
+def add_worker_parser(sub: Any) -> None:
+    w = sub.add_parser(
+        "worker",
+        help="lend this host's GPUs or CPU and RAM to a main host (llama.cpp RPC; the main host adds --rpc)",
+        description="Start llama.cpp's ggml-rpc-server for this host's GPUs (and its CPU and RAM), print the "
+        "address and what it lends; Ctrl-C or SIGTERM stops it. The protocol has no authentication: it listens "
+        "on 127.0.0.1 unless --host says otherwise.",
+    )
+    worker_flags(w)
+    w.add_argument("--yes", "-y", action="store_true", help="build llama.cpp without asking if there is no build")
+    w.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+    w.set_defaults(func=_lazy("launcher.cli.worker", "cmd_worker"))
+
+
+def worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=50052)
+    p.add_argument("--cache", action="store_true", help="cache tensors on this host's disk (faster reloads)")
+    p.add_argument("--device", action="append", metavar="DEV[,DEV…]", help="lend only these (CUDA0, CPU…)")
+    p.add_argument("--threads", "-t", type=int, metavar="N", help="CPU threads for the CPU device")
+    p.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+
+
+def add_tune_parsers(sub: Any) -> None:
+    c = sub.add_parser(
+        "calibrate",
+        help="measure this machine's decode speed constants with llama-bench (under a minute), used by every plan",
+        description="Decode four generated models with llama-bench at 1..physical-core threads (and two on each GPU) "
+        "and fit the effective RAM bandwidth and per-layer cost that speed predictions use. Runs once by itself "
+        "before the first real run or tune on a machine; run it again after changing hardware or drivers.",
+    )
+    c.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=_lazy("launcher.cli.measure", "cmd_calibrate"))
+
+    t = sub.add_parser(
+        "tune",
+        help="measure runq's plan, its neighbours and llama.cpp's own default with llama-bench; keep the fastest",
+        description="Benchmark candidate plans of a downloaded model on this machine (expert layers per GPU, "
+        "ubatch, threads, flash attention, load mode) against llama.cpp's default, choose the best for the goal "
+        "(never slower than llama.cpp's default as measured) and save it for `runq run` and `runq service`.",
+    )
+    t.add_argument("model", help="a model name (its quant must be downloaded) or a .gguf file")
+    t.add_argument("--quant", help="the quant to tune (default: the one runq would run)")
+    t.add_argument(
+        "--for",
+        dest="goal",
+        choices=("decode", "prefill", "balanced"),
+        default="balanced",
+        help="what to optimise: decode tokens/s, prompt tokens/s, or one 512+128-token turn (default)",
+    )
+    t.add_argument("--budget", default="10m", metavar="TIME", help="the most the whole run may take (90s, 10m, 1h)")
+    t.add_argument("--ctx", type=int, metavar="N", help="context the plan is made for (default: the model's)")
+    t.add_argument("--pp", type=int, default=512, metavar="N", help="prompt tokens per test (default 512)")
+    t.add_argument("--tg", type=int, default=128, metavar="N", help="generated tokens per test (default 128)")
+    t.add_argument("--repetitions", "-r", type=int, default=2, metavar="N", help="runs per test (default 2)")
+    t.add_argument(
+        "--gpu-limit",
+        metavar="SIZE",
+        help="use at most SIZE of each GPU, llama.cpp's default included "
+        "(e.g. 8GiB: room for something else, or tuning as on a smaller card; the result is not saved)",
+    )
+    t.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(func=_lazy("launcher.cli.measure", "cmd_tune"))
+
+
+def _add_plan_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to pin (everything else is planned)")
+    g.add_argument("--quant", help="use this quant instead of the largest that fits")
+    g.add_argument("--ctx", type=int, metavar="N", help="context length in tokens (default: the model's profile)")
+    g.add_argument(
+        "--cache-type-k", "-ctk", default="f16", metavar="TYPE", help="KV cache type for K (f16, q8_0, q4_0…)"
+    )
+    g.add_argument("--cache-type-v", "-ctv", default="f16", metavar="TYPE", help="KV cache type for V")
+    g.add_argument(
+        "--ubatch", "-ub", type=int, metavar="N", help="physical batch size (default: 512, or 2048 when it pays)"
+    )
+    g.add_argument("--ngl", type=int, metavar="N", help="layers on the GPU (llama.cpp -ngl)")
+    g.add_argument(
+        "--ot",
+        action="append",
+        default=[],
+        metavar="PATTERN=BUF",
+        help="your own -ot override, kept first (repeatable)",
+    )
+    g.add_argument("--threads", "-t", type=int, metavar="N", help="CPU threads (default: physical cores)")
+    g.add_argument("--cli", action="store_true", help="plan for llama-cli (chat) instead of llama-server")
+    g.add_argument(
+        "--estimate", action="store_true", help="do not read GGUF headers from the Hub: plan from published sizes"
+    )
+
+
+def add_run_parsers(sub: Any, add_machine_flags: Any, add_plan_flags: Any) -> None:
+    r = sub.add_parser(
+        "run",
+        help="plan and start llama-cli (chat) or llama-server (--server) for a model name or a .gguf file",
+        description="Plan, then start llama.cpp with the plan. A model name needs --auto to download and build "
+        "what is missing (asking once; --yes skips the question). Flags after `--` go to llama.cpp; those that "
+        "pin the plan (-c, -ngl, -ot, -ub, -ctk, -ctv, -t) are planned around.",
+    )
+    r.add_argument("model", help="a model name (deepseek-v3.1) or a .gguf file (shard 1 of a set)")
+    r.add_argument("--auto", action="store_true", help="download the chosen quant and build llama.cpp if missing")
+    r.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading or building")
+    r.add_argument("--dry-run", action="store_true", help="print every step and the exact command; do nothing")
+    r.add_argument("--server", action="store_true", help="start llama-server instead of an interactive chat")
+    r.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    r.add_argument("--port", type=int, default=8080)
+    r.add_argument("--api-key", help="require this key from clients (prefer --api-key-file)")
+    r.add_argument("--api-key-file", metavar="FILE", help="file holding the key clients must send")
+    r.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
+    r.add_argument("--timeout", type=float, default=900, metavar="S", help="seconds to wait for the model to load")
+    r.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+    r.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+    r.add_argument("--verify-tensors", action="store_true", help="check every overridden tensor in llama.cpp's log")
+    add_plan_flags(r)
+    add_machine_flags(r)
+    r.set_defaults(func=_lazy("launcher.cli.run", "cmd_run"))
+
+    d = sub.add_parser(
+        "demo",
+        help="see runq work end to end in a minute, no download: a tiny random model, planned, served, verified",
+    )
+    d.add_argument("--port", type=int, default=0, help="port for the demo server (default: any free one)")
+    d.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+    d.add_argument("--timeout", type=float, default=120, metavar="S")
+    d.set_defaults(func=_lazy("launcher.cli.demo", "cmd_demo"))
+
+
+def add_service_parser(sub: Any, add_machine_flags: Any, add_plan_flags: Any) -> None:
+    s = sub.add_parser("service", help="run a model as a systemd service (starts at boot, waits for the GPU)")
+    ss = s.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+
+    def target_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="a model name or a .gguf file")
+        p.add_argument("--name", help="service name (default: from the model); the unit is runq-NAME.service")
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+        p.add_argument("--port", type=int, default=8080)
+        p.add_argument("--api-key-file", metavar="FILE", help="key clients must send (mode 0600); needed off-loopback")
+        p.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without an API key")
+        p.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR")
+        p.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+        mode = p.add_mutually_exclusive_group()
+        mode.add_argument("--user", dest="mode", action="store_const", const="user", help="a user unit (default)")
+        mode.add_argument("--system", dest="mode", action="store_const", const="system", help="a system unit (root)")
+        p.add_argument("--run-as", metavar="USER", help="system units: the user the server runs as (never root)")
+        p.set_defaults(mode="user")
+        add_plan_flags(p)
+        add_machine_flags(p)
+
+    i = ss.add_parser("install", help="plan, download/build what is missing, write and start the unit, verify it")
+    target_flags(i)
+    i.add_argument("--dry-run", action="store_true", help="print the unit and the plan; write nothing")
+    i.add_argument("--force", action="store_true", help="replace a different unit runq wrote before")
+    i.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading or building")
+    i.set_defaults(func=_lazy("launcher.cli.service", "cmd_install"))
+
+    _add_install_worker(ss)
+
+    r = ss.add_parser("render", help="print exactly the unit file, nothing else")
+    target_flags(r)
+    r.set_defaults(func=_lazy("launcher.cli.service", "cmd_render"))
+
+    for action, helptext in (
+        ("status", "unit state, health, the plan it runs, memory per device as llama.cpp reported it"),
+        ("restart", "restart the service (waits until it is verified again)"),
+        ("remove", "stop, disable and delete the unit and its saved plan (never the model or the build)"),
+        ("logs", "the service's journal"),
+    ):
+        p = ss.add_parser(action, help=helptext)
+        p.add_argument("name")
+        _mode_flags(p)
+        if action == "logs":
+            p.add_argument("-f", "--follow", action="store_true")
+        p.set_defaults(func=_lazy("launcher.cli.service", f"cmd_{action}"))
+    ls = ss.add_parser("list", help="runq's services and their state")
+    _mode_flags(ls)
+    ls.set_defaults(func=_lazy("launcher.cli.service", "cmd_list"))
+
+    w = ss.add_parser("wait-gpu")  # the unit's ExecStartPre
+    w.add_argument("--gpu-free", action="append", default=[], metavar="INDEX:BYTES")
+    w.add_argument("--timeout", type=float, default=120)
+    w.set_defaults(func=_lazy("launcher.cli.service", "cmd_wait_gpu"))
+    v = ss.add_parser("verify")  # the unit's ExecStartPost
+    v.add_argument("name")
+    _mode_flags(v)
+    v.add_argument("--timeout", type=float, default=1800)
+    v.set_defaults(func=_lazy("launcher.cli.service", "cmd_verify"))
+    # argparse lists a subcommand even with help=SUPPRESS ("==SUPPRESS=="): take the unit's own helpers off the list.
+    ss._choices_actions = [a for a in ss._choices_actions if a.dest not in ("wait-gpu", "wait-workers", "verify")]
+
+
+def _add_install_worker(ss: Any) -> None:
+    ww = ss.add_parser("wait-workers")  # ExecStartPre of a plan with --rpc
+    ww.add_argument("--need", action="append", default=[], metavar="HOST:PORT/INDEX:BYTES")
+    ww.add_argument("--llama-bin", metavar="DIR", required=True)
+    ww.add_argument("--timeout", type=float, default=120)
+    ww.set_defaults(func=_lazy("launcher.cli.worker", "cmd_wait_workers"))
+    iw = ss.add_parser("install-worker", help="run `runq worker` as a systemd service (starts at boot)")
+    worker_flags(iw)
+    iw.add_argument("--name", help="service name (default: worker-PORT); the unit is runq-NAME.service")
+    iw.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
+    wmode = iw.add_mutually_exclusive_group()
+    wmode.add_argument("--user", dest="mode", action="store_const", const="user", help="a user unit (default)")
+    wmode.add_argument("--system", dest="mode", action="store_const", const="system", help="a system unit (root)")
+    iw.add_argument("--run-as", metavar="USER", help="system units: the user the worker runs as (never root)")
+    iw.set_defaults(mode="user")
+    iw.add_argument("--dry-run", action="store_true", help="print the unit; write nothing")
+    iw.add_argument("--force", action="store_true", help="replace a different unit runq wrote before")
+    iw.add_argument("--yes", "-y", action="store_true", help="do not ask before building or installing")
+    iw.set_defaults(func=_lazy("launcher.cli.service", "cmd_install_worker"))
+
+
+def _mode_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--user", dest="mode", action="store_const", const="user")
+    g.add_argument("--system", dest="mode", action="store_const", const="system")
+    p.set_defaults(mode="user")

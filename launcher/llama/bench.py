@@ -1,0 +1,146 @@
+"""Run llama-bench once and read what it measured: tokens/s per test, peak memory per device.
+
+Edge module (starts a process). The child is runq's for its whole life: on a timeout, an error or
+Ctrl-C it is killed (by its pid) before this returns or re-raises. Peak host memory is the child's
+own maximum resident set (os.wait4); peak GPU memory is NVML's used memory sampled every 0.2 s
+while it runs (only when there are GPUs; not exercised on the CPU-only test machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher.llama import procs
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    tests: tuple[dict[str, Any], ...]  # llama-bench's JSONL records
+    peak_bytes: dict[str, int]  # "CPU" (max RSS) and "CUDA0"… (NVML used, minus what was used before)
+    seconds: float
+    error: str | None = None
+    log_tail: tuple[str, ...] = field(default=())
+
+    def tps(self, *, prompt: bool) -> float | None:
+        """Average tokens/s of the prompt (n_prompt > 0) or generation (n_gen > 0) test."""
+        for t in self.tests:
+            if (t.get("n_prompt", 0) > 0) == prompt and (t.get("n_gen", 0) > 0) != prompt:
+                return float(t["avg_ts"])
+        return None
+
+    def tps_by(self, key: str) -> dict[Any, float]:
+        """Generation tokens/s keyed by a field (e.g. "n_threads" or "model_filename")."""
+        return {t[key]: float(t["avg_ts"]) for t in self.tests if t.get("n_gen", 0) > 0}
+
+
+def best_tps(test: dict[str, Any]) -> float:
+    """The fastest of a test's repetitions (llama-bench's samples_ts), or its average when there are none: on a
+    shared machine the slower repetitions measure the neighbours, the fastest one the machine."""
+    samples = [float(x) for x in test.get("samples_ts") or []]
+    return max(samples) if samples else float(test["avg_ts"])
+
+
+def _gpu_sampler(stop: threading.Event, peaks: dict[str, int]) -> None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no NVML: no GPU peaks, nothing to report
+        return
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        base = [int(pynvml.nvmlDeviceGetMemoryInfo(h).used) for h in handles]
+        while not stop.is_set():
+            for i, h in enumerate(handles):
+                used = int(pynvml.nvmlDeviceGetMemoryInfo(h).used) - base[i]
+                peaks[f"CUDA{i}"] = max(peaks.get(f"CUDA{i}", 0), used)
+            stop.wait(0.2)
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def run(argv: list[str], *, timeout_s: float, gpus: bool = False) -> BenchResult:
+    """Run llama-bench (argv must ask for `-o jsonl`); never raises for a failed or timed-out run."""
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=_gpu_sampler, args=(stop, peaks), daemon=True) if gpus else None
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        # Dies with runq (SIGKILL or a crash); SIGTERM/SIGHUP to runq are interrupts, so _wait kills it too.
+        proc = procs.spawn(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        if sampler:
+            sampler.start()
+        status, rusage, timed_out = _wait(proc, timeout_s)
+        stop.set()
+        if sampler:
+            sampler.join(timeout=2)
+        out.seek(0)
+        err.seek(0)
+        text = out.read().decode(errors="replace")
+        log = err.read().decode(errors="replace").splitlines()
+    seconds = time.monotonic() - start
+    tests = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and "avg_ts" in rec:
+                tests.append(rec)
+    peaks["CPU"] = rusage.ru_maxrss * 1024 if rusage else 0
+    error = None
+    if timed_out:
+        error = f"stopped after {timeout_s:.0f} s (the time budget)"
+    elif status != 0:
+        error = _failure(status, log)
+    return BenchResult(tuple(tests), peaks, seconds, error, tuple(log[-15:]))
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, Any, bool]:
+    """Wait for the child with a deadline; kill it on timeout or Ctrl-C. (exit status, rusage, timed out)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode, rusage, False
+            if time.monotonic() > deadline:
+                _kill(proc)
+                _, status, rusage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode, rusage, True
+            time.sleep(0.05)
+    except BaseException:
+        _kill(proc)
+        with contextlib.suppress(ChildProcessError):
+            os.wait4(proc.pid, 0)
+        raise
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+
+
+def _failure(status: int, log: list[str]) -> str:
+    text = "\n".join(log).lower()
+    if "out of memory" in text or "failed to allocate" in text or "cudamalloc failed" in text:
+        return "out of memory while loading"
+    if status < 0:
+        return f"killed by signal {-status}"
+    last = next((line.strip() for line in reversed(log) if line.strip()), "")
+    return f"llama-bench exited with {status}" + (f": {last[:160]}" if last else "")
+
+
+def binary(bin_dir: Path) -> Path:
+    return bin_dir / "llama-bench"

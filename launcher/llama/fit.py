@@ -1,0 +1,221 @@
+"""Ask llama.cpp for its own sizes, then place again (edge: runs `llama-fit-params`, writes replicas).
+
+`project_sizes()` is the one hook the plan path calls after `choose()`: when a
+llama.cpp build for this machine exists, it runs `llama-fit-params -fitp on` with
+the plan's own flags on the real file (a local model) or on a header-only replica
+(a Hub quant whose headers are cached), hands the device rows to the planner as a
+`Projection`, and re-plans: at most MAX_ROUNDS rounds, stopping when the flags stop
+changing. Bounded (TIMEOUT_S per call); any failure keeps runq's estimate and says
+why, with llama.cpp's own error line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from launcher.catalog.sources import ModelSource
+from launcher.errors import RunqError
+from launcher.llama.argv import plan_flags
+from launcher.machine.spec import Machine
+from launcher.plan.choose import Candidate, Choice
+from launcher.plan.place import plan
+from launcher.plan.projection import Projection, parse_fit_print
+from launcher.plan.types import DEFAULT_UBATCH, LARGE_UBATCH, SMALL_UBATCH, Plan, Request
+
+TIMEOUT_S = 30
+MAX_ROUNDS = 3
+BINARY = "llama-fit-params"
+
+
+class ProjectionFailed(RunqError):
+    """llama-fit-params could not project this model (unknown architecture, newer GGUF, crash, timeout)."""
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """A llama.cpp build that can project sizes."""
+
+    binary: Path
+    build: str  # short commit
+    cpu_only: bool = False  # a CPU build: every tensor is Host, so -ot/-ts mean nothing (and CUDA names fail)
+
+    @classmethod
+    def find(cls, bin_dir: Path | None) -> Oracle | None:
+        if bin_dir is None or not (bin_dir / BINARY).is_file():
+            return None
+        return cls(bin_dir / BINARY, build_label(bin_dir), _manifest(bin_dir).get("backend") == "cpu")
+
+
+def _manifest(bin_dir: Path) -> dict[str, object]:
+    try:
+        data = json.loads((bin_dir.parent / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cached_bin_dir() -> Path | None:
+    """runq's cached build of the pinned commit (CUDA preferred), without building anything."""
+    from launcher.llama.build import find_build
+
+    found = find_build("cuda") or find_build("cpu")
+    return found.bin_dir if found else None
+
+
+def build_label(bin_dir: Path) -> str:
+    """The build's short commit: from runq's manifest, else from `--version`."""
+    if commit := _manifest(bin_dir).get("commit"):
+        return str(commit)[:7]
+    try:
+        argv = [str(bin_dir / BINARY), "--version"]
+        r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    m = re.search(r"commit ([0-9a-f]{7,40})|\(([0-9a-f]{7,40})\)", r.stdout + r.stderr)
+    return (m.group(1) or m.group(2))[:7] if m else "unknown"
+
+
+def fit_flags(p: Plan, *, placement: bool = True) -> list[str]:
+    """The plan's flags as llama-fit-params takes them (it has no llama-server options); placement=False drops
+    -ot, -ts and --rpc (a CPU build puts everything on the host anyway, and need not reach the workers)."""
+    flags = plan_flags(p)
+    drop = {"-cram"} | (set() if placement else {"-ot", "-ts", "--rpc"})
+    out: list[str] = []
+    i = 0
+    while i < len(flags):
+        if flags[i] in drop:
+            i += 2
+            continue
+        out.append(flags[i])
+        i += 1
+    return out
+
+
+def project(oracle: Oracle, model: Path, p: Plan) -> Projection:
+    """llama.cpp's rows for exactly this plan's flags."""
+    argv = [str(oracle.binary), "-m", str(model), *fit_flags(p, placement=not oracle.cpu_only), "-fitp", "on"]
+    try:
+        r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ProjectionFailed(f"{BINARY} did not answer within {TIMEOUT_S} s") from None
+    except OSError as e:
+        raise ProjectionFailed(f"cannot run {oracle.binary}: {e.strerror}") from None
+    try:
+        if r.returncode != 0:
+            raise ValueError
+        rows = parse_fit_print(r.stdout)
+    except ValueError:
+        raise ProjectionFailed(f"{BINARY} failed (exit {r.returncode}): {_error_line(r.stderr)}") from None
+    return Projection(oracle.build, p.ctx, p.ubatch, p.cache_type_k, p.cache_type_v, rows)
+
+
+def _error_line(stderr: str) -> str:
+    """llama.cpp's own words for what went wrong: its first error-level log message (the root cause comes before
+    the generic 'failed to load model'; an abort may interleave it with other output), else an assertion, else
+    the exception's text."""
+    logged = re.findall(r"\d+\.\d+\.\d+\.\d+ E (.+)", stderr)
+    if logged:
+        return logged[0].strip()
+    if m := re.search(r"GGML_ASSERT\(.*", stderr):
+        return m.group(0).strip()
+    if m := re.search(r"what\(\):\s*(.+)", stderr):
+        return m.group(1).strip()
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def refine(
+    oracle: Oracle, model: Path, machine: Machine, source: ModelSource, req: Request, first: Plan
+) -> tuple[Plan, int]:
+    """Re-plan on llama.cpp's sizes until the flags stop changing (at most MAX_ROUNDS projections of the plan)."""
+    projections: dict[tuple[object, ...], Projection] = {}
+    current = first
+    rounds = 0
+    while rounds < MAX_ROUNDS:
+        rounds += 1
+        for ub in sorted(_ubatches(req, current, source)):
+            trial = replace(current, ubatch=ub)
+            # A CPU build puts everything on the host: its answer does not depend on the placement flags.
+            placement = () if oracle.cpu_only else tuple(fit_flags(trial))
+            key: tuple[object, ...] = (ub, current.ctx, current.cache_type_k, current.cache_type_v, *placement)
+            if key not in projections:
+                projections[key] = project(oracle, model, trial)
+        nxt = plan(machine, source.tensors, source.hparams, replace(req, projections=tuple(projections.values())))
+        done = fit_flags(nxt) == fit_flags(current)  # llama.cpp's sizes were for exactly these flags
+        current = nxt
+        if done:
+            break
+    return current, rounds
+
+
+def _ubatches(req: Request, p: Plan, source: ModelSource) -> set[int]:
+    """The ubatches the planner will weigh for this plan (planner.plan): give it llama.cpp's sizes for each."""
+    out = {p.ubatch}
+    if req.ubatch is None and p.gpu_devices:
+        out.add(DEFAULT_UBATCH)
+        if any(source.tensors[n].is_expert for n in p.cpu_tensors):
+            out.add(LARGE_UBATCH)
+        if p.ngl < p.n_layer + 1:
+            out.add(SMALL_UBATCH)
+    return out
+
+
+class _NoProjection(Exception):
+    """Why the estimate stands (said to the user)."""
+
+
+def project_sizes(
+    choice: Choice,
+    machine: Machine,
+    req: Request,
+    bin_dir: Path | None,
+    model_file: Callable[[ModelSource], Path | None],
+    *,
+    pinned: bool = False,
+) -> tuple[Choice, str]:
+    """The choice with its chosen plan placed again on llama.cpp's sizes, and a line saying what happened."""
+    oracle = Oracle.find(bin_dir)
+    if oracle is None:
+        return choice, "runq estimate (no llama.cpp build here to ask: `runq build`)"
+    src = choice.chosen.source
+    smaller = [c for c in choice.candidates if c.plan.fits and c.source.size_bytes < src.size_bytes and not pinned]
+    order = [choice.chosen, *sorted(smaller, key=lambda c: -c.source.size_bytes)]
+    tried: list[Candidate] = []
+    rounds = 0
+    try:
+        for cand in order[:3]:  # llama.cpp may say the chosen quant does not fit after all: try the next ones
+            path = _model_path(model_file, cand.source)
+            try:
+                refined, rounds = refine(oracle, path, machine, cand.source, req, cand.plan)
+            except ProjectionFailed as e:
+                arch = cand.source.hparams.arch
+                raise _NoProjection(f"llama.cpp could not project {cand.source.name}, {arch}: {e.message}") from None
+            tried.append(Candidate(cand.source, refined))
+            if refined.fits or pinned:
+                break
+    except _NoProjection as e:
+        if not tried:
+            return choice, f"runq estimate ({e})"
+    chosen = tried[-1]
+    new = {c.source.name: c for c in tried}
+    cands = tuple(new.get(c.source.name, c) for c in choice.candidates)
+    note = f"llama.cpp projection, build {oracle.build} ({rounds} round{'s' if rounds > 1 else ''})"
+    reasons = choice.reasons
+    if chosen.source.name != src.name:
+        reasons = (*reasons, f"{chosen.source.name}: {src.name} does not fit on llama.cpp's own sizes")
+    return replace(choice, chosen=chosen, candidates=cands, reasons=reasons), note
+
+
+def _model_path(model_file: Callable[[ModelSource], Path | None], src: ModelSource) -> Path:
+    try:
+        path = model_file(src)
+    except RunqError as e:
+        raise _NoProjection(f"no replica of {src.name}: {e.message}") from None
+    if path is None:
+        raise _NoProjection(f"the headers of {src.name} are not at hand")
+    return path

@@ -1,0 +1,141 @@
+"""What llama.cpp says it did, read from its log; compared with what the plan said. Pure: text in, values out.
+
+Lines read (llama.cpp 0c1e570):
+  `load_tensors:        CUDA0 model buffer size = 7161.23 MiB`        (info)
+  `llama_kv_cache:      CUDA0 KV buffer size =   38.00 MiB`           (info)
+  `sched_reserve:       CUDA0 compute buffer size =  340.00 MiB`      (info)
+  `tensor blk.3.ffn_up_exps.weight (…) buffer type overridden to CPU`  (debug, -lv 5)
+A log may hold more than one load (a fit pass before the real one): the last one counts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from launcher.plan.types import CPU, Plan
+from launcher.units import MiB, fmt_bytes
+
+_BUF_RE = re.compile(
+    r"(load_tensors|llama_kv_cache|sched_reserve):\s+(\S+)\s+(model|KV|compute) buffer size =\s+([\d.]+) MiB"
+)
+_OVERRIDE_RE = re.compile(r"tensor (\S+) \(.*\) buffer type overridden to (\S+)")
+_LOAD_START_RE = re.compile(r"load_tensors: loading model tensors")
+
+# llama.cpp's own failure messages, by what they mean for the user.
+FAILURES = (
+    ("port", re.compile(r"couldn't bind|Address already in use|failed to bind", re.I)),
+    ("oom", re.compile(r"out of memory|cudaMalloc failed|failed to allocate .* buffer|ErrorOutOfDeviceMemory", re.I)),
+    ("model", re.compile(r"failed to load model|error loading model|gguf_init_from_file|invalid magic", re.I)),
+    # ggml-rpc's client aborts without naming the worker: runq names it (workers.name_dead)
+    ("rpc", re.compile(r"Remote RPC server crashed|RPC handshake failed|Failed to connect to \S+:\d+", re.I)),
+)
+
+
+@dataclass
+class Report:
+    buffers: dict[str, dict[str, float]] = field(default_factory=dict)  # device -> kind -> bytes
+    overridden: dict[str, str] = field(default_factory=dict)  # tensor -> buffer, the last load pass
+
+    def device_bytes(self, device: str) -> float:
+        return sum(self.buffers.get(device, {}).values())
+
+
+def _device(name: str) -> str:
+    """llama.cpp's buffer names to the plan's device names: CPU_Mapped, CPU_REPACK, CUDA_Host… are host memory."""
+    return CPU if name.upper().startswith("CPU") or name.endswith("_Host") or name.startswith("AMX") else name
+
+
+def parse(text: str) -> Report:
+    r = Report()
+    for line in text.splitlines():
+        if _LOAD_START_RE.search(line):
+            r.buffers.clear()  # a new load pass: only the last one is what runs
+            r.overridden.clear()
+        if m := _OVERRIDE_RE.search(line):
+            r.overridden[m.group(1)] = m.group(2)
+        elif m := _BUF_RE.search(line):
+            kind = {"model": "weights", "KV": "kv", "compute": "compute"}[m.group(3)]
+            dev = r.buffers.setdefault(_device(m.group(2)), {})
+            dev[kind] = dev.get(kind, 0.0) + float(m.group(4)) * MiB
+    return r
+
+
+def failure(text: str) -> str | None:
+    """'port', 'oom', 'model', or None: what a failed llama.cpp start was about."""
+    for kind, rx in FAILURES:
+        if rx.search(text):
+            return kind
+    return None
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    lines: tuple[str, ...]
+    problems: tuple[str, ...]
+
+
+AGREEMENT = 0.10  # a row within 10% agrees; a larger difference is explained in the row
+
+
+def column_lines(plan: Plan, report: Report) -> list[str]:
+    """Predicted and reported bytes per device and column (weights, KV cache, compute), with the error in %."""
+    width = max(8, *(len(d.name) + 1 for d in plan.devices))  # worker devices have long names
+    out = [f"{'device':<{width}}{'column':<10}{'predicted':>12}{'llama.cpp':>12}{'error':>9}   predicted from"]
+    for d in plan.devices:
+        got = report.buffers.get(d.name, {})
+        for label, kind, predicted, source in (
+            ("weights", "weights", d.weights_bytes, "GGUF header"),
+            ("KV cache", "kv", d.kv_bytes, d.kv_source),
+            ("compute", "compute", d.compute_bytes, d.compute_source),
+        ):
+            measured = got.get(kind, 0.0)
+            err = (predicted - measured) / measured * 100 if measured else (0.0 if not predicted else float("inf"))
+            note = source
+            if abs(err) > AGREEMENT * 100:
+                note += f"; {_why(label, predicted, measured)}"
+            shown = f"{err:+.1f}%" if err != float("inf") else "n/a"
+            cells = f"{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}{shown:>9}"
+            out.append(f"{d.name:<{width}}{label:<10}{cells}   {note}")
+    return out
+
+
+def _why(label: str, predicted: float, measured: float) -> str:
+    del label
+    if measured < 2 * MiB and abs(predicted - measured) < 2 * MiB:
+        return "under 2 MiB apart: llama.cpp prints buffers rounded, and pads small ones"
+    return "more than 10% off: please report it with this table"
+
+
+def verify(
+    plan: Plan, report: Report, *, has_gpu: bool, expected_overrides: dict[str, str] | None = None
+) -> Verification:
+    """Compare llama.cpp's buffers (and, when the log has them, its override lines) with the plan."""
+    lines = column_lines(plan, report)
+    problems: list[str] = []
+    gpus_planned = [d for d in plan.gpu_devices if d.weights_bytes > 0]
+    gpus_used = [
+        name
+        for name in report.buffers
+        if name != CPU and not name.startswith("RPC") and report.buffers[name].get("weights", 0) > 0
+    ]
+    if has_gpu and gpus_planned and not gpus_used:
+        problems.append(
+            "the plan puts weights on the GPU but llama.cpp loaded everything on the CPU (driver not ready, "
+            "or a CPU-only build): it would run many times slower than planned"
+        )
+    if expected_overrides is not None:
+        # "=CPU" may land in one of the CPU's extra buffer types: CPU_REPACK (repacked MXFP4/Q4_0/IQ4_NL kernels).
+        got = {n: CPU if b.startswith(f"{CPU}_") else b for n, b in report.overridden.items()}
+        if got != expected_overrides:
+            missing = sorted(set(expected_overrides) - set(got))
+            extra = sorted(set(got) - set(expected_overrides))
+            problems.append(
+                f"llama.cpp overrode {len(got)} tensors, the plan {len(expected_overrides)}"
+                + (f"; not overridden: {', '.join(missing[:3])}" if missing else "")
+                + (f"; unplanned: {', '.join(extra[:3])}" if extra else "")
+            )
+        else:
+            lines.append(f"override lines: exactly the {len(got)} planned tensors were moved")
+    return Verification(ok=not problems, lines=tuple(lines), problems=tuple(problems))

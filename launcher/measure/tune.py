@@ -1,0 +1,267 @@
+"""`runq tune`'s decisions: which candidates to measure, how each becomes a llama-bench command, and which
+measured candidate wins for a goal. Pure: no I/O; the measuring is injected (launcher/cli_tune.py runs it).
+
+The search starts from llama.cpp's own default (no placement flags: its fit decides) as the baseline
+and runq's plan, then walks one knob at a time — expert layers per GPU (±1-2), ubatch 512/1024/2048,
+threads (physical, logical, physical-1), flash attention on/off, load mode — keeping the best value of
+each before trying the next; then the winner and the baseline run once more, back to back (each keeps
+the mean of its runs). The winner is the best score for the goal among what was measured, the baseline
+included, so it is never slower than llama.cpp's default as measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from launcher.plan.types import Plan, Request
+
+Goal = Literal["decode", "prefill", "balanced"]
+GOALS: tuple[Goal, ...] = ("decode", "prefill", "balanced")
+BASELINE = "llama.cpp default"
+UBATCHES = (512, 1024, 2048)
+# "balanced" scores one typical turn: a 512-token prompt and a 128-token answer (1 / its seconds).
+BALANCED_PROMPT, BALANCED_ANSWER = 512, 128
+FIT_TARGET_MIB = 1024  # llama.cpp's own -fitt default (llama-server); llama-bench's fit is off unless asked
+
+
+@dataclass(frozen=True)
+class Knobs:
+    threads: int
+    ubatch: int
+    flash_attn: str = "auto"  # auto | on | off
+    load_mode: str = "mmap"  # mmap | none
+    expert_delta: int = 0  # expert layers per GPU compared with runq's plan (+: more on the GPU)
+    baseline: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.baseline:
+            return BASELINE
+        text = f"runq t{self.threads} ub{self.ubatch} fa-{self.flash_attn} {self.load_mode}"
+        return text + (f" {self.expert_delta:+d} layers" if self.expert_delta else "")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"threads": self.threads, "ubatch": self.ubatch, "flash_attn": self.flash_attn,
+                "load_mode": self.load_mode, "expert_delta": self.expert_delta, "baseline": self.baseline}  # fmt: skip
+
+    @staticmethod
+    def from_json(d: Mapping[str, Any]) -> Knobs:
+        return Knobs(int(d["threads"]), int(d["ubatch"]), str(d["flash_attn"]), str(d["load_mode"]),
+                     int(d["expert_delta"]), bool(d["baseline"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Measured:
+    knobs: Knobs
+    argv: tuple[str, ...]
+    pp_tps: float | None = None
+    tg_tps: float | None = None
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.knobs.label
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "argv": list(self.argv),
+            "pp_tps": None if self.pp_tps is None else round(self.pp_tps, 2),
+            "tg_tps": None if self.tg_tps is None else round(self.tg_tps, 2),
+            "peak_bytes": dict(self.peak_bytes),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Space:
+    """The values each knob may take on this machine."""
+
+    threads: tuple[int, ...]
+    expert_deltas: tuple[int, ...] = ()  # empty without GPUs
+    ubatches: tuple[int, ...] = UBATCHES
+    flash_attn: tuple[str, ...] = ("on", "off")
+    load_modes: tuple[str, ...] = ("mmap", "none")
+
+    def dimensions(self) -> list[tuple[str, tuple[Any, ...]]]:
+        return [("expert_delta", self.expert_deltas), ("ubatch", self.ubatches), ("threads", self.threads),
+                ("flash_attn", self.flash_attn), ("load_mode", self.load_modes)]  # fmt: skip
+
+    def size(self) -> int:
+        """Candidates the search measures at most (baseline and start included)."""
+        return 2 + sum(len(values) for _, values in self.dimensions())
+
+
+def space_for(physical: int, logical: int, has_gpus: bool) -> Space:
+    threads = tuple(sorted({t for t in (physical, logical, physical - 1) if t >= 1}))
+    return Space(threads=threads, expert_deltas=(-2, -1, 1, 2) if has_gpus else ())
+
+
+def start_knobs(plan: Plan) -> Knobs:
+    return Knobs(threads=plan.threads, ubatch=plan.ubatch, load_mode=plan.load_mode)
+
+
+def score(m: Measured, goal: Goal) -> float | None:
+    """Higher is better; None when the candidate failed or lacks the figure the goal needs."""
+    if m.error:
+        return None
+    if goal == "decode":
+        return m.tg_tps
+    if goal == "prefill":
+        return m.pp_tps
+    if not m.pp_tps or not m.tg_tps:
+        return None
+    return 1.0 / (BALANCED_PROMPT / m.pp_tps + BALANCED_ANSWER / m.tg_tps)
+
+
+def choose(measured: Sequence[Measured], goal: Goal) -> Measured | None:
+    """The best for the goal; the baseline wins ties, so nothing slower than it as measured is chosen."""
+    best: Measured | None = None
+    best_score = -1.0
+    for m in measured:
+        s = score(m, goal)
+        if s is None:
+            continue
+        if s > best_score or (s == best_score and m.knobs.baseline):
+            best, best_score = m, s
+    return best
+
+
+class Stop(Exception):
+    """Raised by the measure function to end the search (budget spent, Ctrl-C); what was measured stays."""
+
+
+def search(
+    start: Knobs, baseline: Knobs, space: Space, goal: Goal, measure: Callable[[Knobs], Measured]
+) -> tuple[list[Measured], str | None]:
+    """Baseline, start, then one knob at a time. Returns every measurement and why it stopped early (or None)."""
+    done: dict[Knobs, Measured] = {}
+
+    def visit(k: Knobs) -> None:
+        if k not in done:
+            done[k] = measure(k)
+
+    try:
+        visit(baseline)
+        visit(start)
+        best = start
+        for name, values in space.dimensions():
+            for value in values:
+                visit(replace(best, **{name: value}))
+            ours = [m for m in done.values() if not m.knobs.baseline]
+            winner = choose(ours, goal)
+            if winner is not None:
+                best = winner.knobs
+        # Confirm on a noisy machine: the winner and the baseline once more, back to back; each keeps the
+        # mean of its two runs, so a lucky first run of either does not decide alone.
+        final = choose(list(done.values()), goal)
+        if final is not None and not final.knobs.baseline:
+            for k in (baseline, final.knobs):
+                done[k] = merge(done[k], measure(k))
+    except Stop as e:
+        return list(done.values()), str(e) or "stopped"
+    return list(done.values()), None
+
+
+def merge(first: Measured, again: Measured) -> Measured:
+    """Two runs of one candidate: the mean of their figures; a failed run counts as a failure."""
+    if first.error or again.error:
+        return first if first.error else replace(first, error=f"on the second run: {again.error}")
+
+    def mean(a: float | None, b: float | None) -> float | None:
+        return (a + b) / 2 if a is not None and b is not None else (a if a is not None else b)
+
+    peaks = {d: max(first.peak_bytes.get(d, 0), again.peak_bytes.get(d, 0)) for d in {*first.peak_bytes,
+                                                                                       *again.peak_bytes}}  # fmt: skip
+    return replace(first, pp_tps=mean(first.pp_tps, again.pp_tps), tg_tps=mean(first.tg_tps, again.tg_tps),
+                   peak_bytes=peaks, seconds=first.seconds + again.seconds)  # fmt: skip
+
+
+def planned(start: Knobs, space: Space) -> Iterator[Knobs]:
+    """An upper bound of what the search visits (for progress and ETA)."""
+    yield start
+    for name, values in space.dimensions():
+        for value in values:
+            yield replace(start, **{name: value})
+
+
+def request_for(req: Request, knobs: Knobs, biggest_expert_layer: int) -> Request:
+    """The plan request of a candidate: its ubatch and threads; n more expert layers per GPU by lowering each
+    GPU's margin by n of the largest expert layers (fewer: raising it)."""
+    margin = req.margin_extra_bytes - knobs.expert_delta * biggest_expert_layer
+    return replace(req, ubatch=knobs.ubatch, threads=knobs.threads, margin_extra_bytes=margin)
+
+
+# --- llama-bench commands ------------------------------------------------------------------------
+
+
+def prompt_tokens(knobs: Knobs, pp: int) -> int:
+    """A prompt at least one ubatch long, so a larger ubatch is actually exercised."""
+    return max(pp, knobs.ubatch if not knobs.baseline else 0)
+
+
+def bench_argv(
+    bench: str,
+    model: str,
+    plan: Plan | None,
+    knobs: Knobs,
+    *,
+    pp: int,
+    tg: int,
+    reps: int,
+    gpus: bool,
+    fit_target_mib: int = FIT_TARGET_MIB,
+) -> list[str]:
+    """The llama-bench command for a candidate. Pairs inside one -ot are joined with ';' (a ',' would start
+    another configuration in llama-bench); tensor splits with '/'."""
+    argv = [bench, "-m", model, "-p", str(prompt_tokens(knobs, pp)), "-n", str(tg), "-r", str(reps), "-o", "jsonl"]
+    if knobs.baseline:
+        return argv + (["-fitt", str(fit_target_mib)] if gpus else [])
+    assert plan is not None
+    argv += ["-ngl", str(plan.ngl if plan.gpu_devices else 0)]
+    if plan.overrides:
+        argv += ["-ot", ";".join(str(o) for o in plan.overrides)]
+    if plan.tensor_split:
+        argv += ["-ts", "/".join(str(n) for n in plan.tensor_split)]
+    if plan.cache_type_k != "f16":
+        argv += ["-ctk", plan.cache_type_k]
+    if plan.cache_type_v != "f16":
+        argv += ["-ctv", plan.cache_type_v]
+    argv += ["-ub", str(knobs.ubatch), "-b", str(max(knobs.ubatch, 2048)), "-t", str(knobs.threads)]
+    argv += ["-fa", knobs.flash_attn, "-lm", knobs.load_mode]
+    return argv
+
+
+# --- applying a tuned result to a llama-server / llama-cli command --------------------------------
+
+# Flags runq adds that llama.cpp's default leaves to itself: flag -> values that follow it.
+_PLACEMENT_FLAGS = {"-ngl": 1, "-ot": 1, "-ts": 1, "--fit": 1, "-ub": 1, "-b": 1, "-t": 1, "-lm": 1, "--no-mmap": 0}
+
+
+def apply_to_argv(argv: Sequence[str], knobs: Knobs) -> list[str]:
+    """A run command with the tuned knobs that the plan does not carry (flash attention, load mode); for the
+    baseline, without runq's placement, batch and thread flags, so llama.cpp's own fit and defaults decide."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if knobs.baseline and a in _PLACEMENT_FLAGS:
+            i += 1 + _PLACEMENT_FLAGS[a]
+            continue
+        if a in ("-lm", "--no-mmap") and not knobs.baseline:
+            i += 2 if a == "-lm" else 1
+            continue
+        out.append(a)
+        i += 1
+    if knobs.baseline:
+        return out
+    extra = ["-lm", knobs.load_mode] if knobs.load_mode != "mmap" else []
+    if knobs.flash_attn != "auto":
+        extra += ["-fa", knobs.flash_attn]
+    # Before the user's own flags (argv's tail): insert right after the model path.
+    cut = out.index("-m") + 2 if "-m" in out else len(out)
+    return [*out[:cut], *extra, *out[cut:]]

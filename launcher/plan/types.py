@@ -1,0 +1,113 @@
+"""The planning request and the Plan: the values the planner takes and gives.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from launcher.plan.overrides import Override
+from launcher.plan.projection import ESTIMATE, Projection
+
+DEFAULT_UBATCH = 512
+SMALL_UBATCH = 256  # weighed when VRAM is short: a smaller compute buffer against layers moved to the CPU
+LARGE_UBATCH = 2048  # 3.4x faster prompt processing with experts on CPU (llama-cpp.md, H200)
+CPU = "CPU"
+
+
+@dataclass(frozen=True)
+class Request:
+    ctx: int
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    ubatch: int | None = None  # None: the planner chooses
+    ngl: int | None = None  # pinned -ngl
+    user_overrides: tuple[Override, ...] = ()  # pinned -ot, applied before runq's
+    server: bool = True  # llama-server keeps a host prompt cache; llama-cli does not
+    threads: int | None = None
+    margin_extra_bytes: int = 0  # extra safety per GPU (the retry after an out-of-memory error)
+    projections: tuple[Projection, ...] = ()  # llama.cpp's own sizes (fitparams.py), used where they apply
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    name: str  # "CUDA0", "CPU"
+    capacity_bytes: int  # free VRAM, or available RAM
+    margin_bytes: int
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    extra_bytes: int = 0  # llama-server's host prompt cache
+    remote: bool = False  # a device on a worker (llama.cpp's RPC backend)
+    kv_source: str = ESTIMATE  # "runq estimate" or "llama.cpp projection, build …"
+    compute_source: str = ESTIMATE
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.capacity_bytes - self.margin_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.extra_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self.budget_bytes - self.used_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.used_bytes <= self.budget_bytes
+
+
+@dataclass(frozen=True)
+class Plan:
+    fits: bool
+    ctx: int
+    cache_type_k: str
+    cache_type_v: str
+    ubatch: int
+    threads: int
+    ngl: int
+    load_mode: Literal["mmap", "none"]
+    devices: tuple[DevicePlan, ...]
+    placement: dict[str, str]  # tensor name -> device name
+    moved: dict[str, str]  # tensors -ot takes off their layer's device (yours and runq's): what llama.cpp logs
+    overrides: tuple[Override, ...]  # the user's first, then runq's
+    tensor_split: tuple[int, ...] | None
+    expert_layers: dict[str, tuple[int, ...]]  # device -> layers whose experts are all there
+    partials: tuple[tuple[int, str, tuple[str, ...]], ...]  # (layer, device, expert kinds on it), one per GPU at most
+    predicted_tg_tps: float
+    cache_ram_bytes: int | None  # llama-server --cache-ram, None for llama-cli
+    reasons: tuple[str, ...]
+    problems: tuple[str, ...] = ()
+    n_layer: int = 0
+    rpc: tuple[str, ...] = ()  # workers' host:port for llama.cpp's --rpc, in the order their devices are numbered
+    gpu_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # local GPU -> its layer slots (-ts)
+    speed_source: str = "reference constants"  # or "calibrated on this machine, DATE" (launcher/speed.py)
+
+    @property
+    def gpu_devices(self) -> tuple[DevicePlan, ...]:
+        """This host's GPUs."""
+        return tuple(d for d in self.devices if d.name != CPU and not d.remote)
+
+    @property
+    def remote_devices(self) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if d.remote)
+
+    @property
+    def cpu(self) -> DevicePlan:
+        return next(d for d in self.devices if d.name == CPU)
+
+    @property
+    def cpu_tensors(self) -> list[str]:
+        return [n for n, d in self.placement.items() if d == CPU]
+
+    @property
+    def gpu_bytes(self) -> int:
+        return sum(d.used_bytes for d in self.gpu_devices)
+
+    @property
+    def cpu_bytes(self) -> int:
+        return self.cpu.used_bytes

@@ -1,0 +1,191 @@
+"""What the placement phases share: the devices a plan can use (this host's GPUs, workers' devices) and the work state.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from launcher.machine.spec import Machine
+from launcher.model.hparams import HParams
+from launcher.model.tensors import ModelTensor, Role, TensorSet
+from launcher.plan import memory as mem
+from launcher.plan import overrides as ovr
+from launcher.plan.projection import SizeBook
+from launcher.plan.types import CPU, DevicePlan, Request
+
+
+@dataclass
+class Dev:
+    """A device the planner hands bytes to: a local GPU, or a device on a worker (llama.cpp's RPC backend)."""
+
+    name: str  # the buffer name -ot takes and llama.cpp logs: CUDA0, RPC0[10.0.0.2:50052]
+    index: int
+    capacity: int
+    margin: int
+    bandwidth: float  # effective bytes/s reading weights
+    remote: bool = False
+    kind: str = "gpu"  # "gpu" or "cpu" (a worker's CPU and RAM)
+    net_s: float = 0.0  # network seconds per token for each layer with tensors here
+    layers: list[int] = field(default_factory=list)  # layer slots owned (n_layer = the output layer)
+
+
+def gpu_usable(machine: Machine, extra_margin: int = 0) -> list[Dev]:
+    out = []
+    for g in machine.gpus:
+        out.append(
+            Dev(
+                name=f"CUDA{g.index}",
+                index=g.index,
+                capacity=g.free_bytes,
+                margin=mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_margin,
+                bandwidth=mem.gpu_bandwidth(g.name, g.memory_bandwidth) * mem.GPU_BANDWIDTH_EFFICIENCY,
+            )
+        )
+    return [g for g in out if g.capacity > g.margin]
+
+
+def remote_usable(machine: Machine, n_embd: int, cpu_bw: float, extra_margin: int = 0) -> list[Dev]:
+    """The workers' devices in llama.cpp's order (--rpc order, then each worker's own), each with the network
+    cost of a layer placed there. A worker's RAM reads as fast as this host's unless described."""
+    out = []
+    for w in machine.workers:
+        loop = w.host in ("localhost", "::1") or w.host.startswith("127.")
+        net = w.net_bytes_s or (mem.LOOPBACK_NET_BYTES_S if loop else mem.DEFAULT_NET_BYTES_S)
+        net_s = mem.rpc_layer_seconds(n_embd, net, mem.LOOPBACK_LATENCY_S if loop else mem.NET_LATENCY_S)
+        for d in w.devices:
+            if d.kind == "gpu":
+                margin = mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_margin
+                bw = mem.gpu_bandwidth("", d.bandwidth_bytes_s) * mem.GPU_BANDWIDTH_EFFICIENCY
+            else:
+                margin = mem.ram_margin(d.total_bytes) + extra_margin
+                bw = d.bandwidth_bytes_s or cpu_bw
+            dev = Dev(f"RPC{d.index}[{w.endpoint}]", d.index, d.free_bytes, margin, bw, True, d.kind, net_s)
+            if dev.capacity > dev.margin + mem.RPC_COMPUTE_BYTES:
+                out.append(dev)
+    return out
+
+
+def layer_bytes(tensors: TensorSet, n_layer: int) -> tuple[dict[int, int], dict[int, list[ModelTensor]]]:
+    """Non-expert bytes per layer slot (slot n_layer = output layer), and experts per layer."""
+    non_expert: dict[int, int] = dict.fromkeys(range(n_layer + 1), 0)
+    experts: dict[int, list[ModelTensor]] = {}
+    for t in tensors.tensors:
+        if t.role is Role.TOKEN_EMBD:
+            continue  # llama.cpp keeps the input layer on the CPU
+        slot = t.layer if t.layer is not None else n_layer
+        if t.is_expert and t.layer is not None:
+            experts.setdefault(t.layer, []).append(t)
+        else:
+            non_expert[min(slot, n_layer)] = non_expert.get(min(slot, n_layer), 0) + t.nbytes
+    return non_expert, experts
+
+
+@dataclass
+class Work:
+    """What the placement phases share: the inputs, and the placement as it is built."""
+
+    machine: Machine
+    tensors: TensorSet
+    hp: HParams
+    req: Request
+    ubatch: int
+    book: SizeBook  # KV cache and compute bytes: llama.cpp's projection where it applies, else memory.py
+    forced: dict[str, str]
+    gpus: list[Dev]
+    remotes: list[Dev]
+    layer_dev: dict[int, str] = field(default_factory=dict)
+    placement: dict[str, str] = field(default_factory=dict)
+    expert_layers: dict[str, list[int]] = field(default_factory=dict)
+    partials: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def n_layer(self) -> int:
+        return self.hp.n_layer
+
+    @property
+    def threads(self) -> int:
+        return self.req.threads or self.machine.cores
+
+    @property
+    def layer_devs(self) -> list[Dev]:
+        """Where the layers (attention, shared weights, KV) go: this host's GPUs; with none, the workers' GPUs
+        (a layer split crosses the network once per device boundary, not per layer); else the CPU."""
+        return self.gpus or [d for d in self.remotes if d.kind == "gpu"]
+
+    def placed_bytes(self, device: str) -> int:
+        return sum(self.tensors[n].nbytes for n, d in self.placement.items() if d == device)
+
+    def gpu_state(self, g: Dev) -> DevicePlan:
+        n_layer = self.n_layer
+        compute, source = self.book.gpu_compute(
+            g.name, has_output=n_layer in g.layers, offload_copy_bytes=self.offload_copy_bytes()
+        )
+        return DevicePlan(
+            name=g.name,
+            capacity_bytes=g.capacity,
+            margin_bytes=g.margin,
+            weights_bytes=self.placed_bytes(g.name),
+            kv_bytes=self.book.kv_bytes([il for il in g.layers if il < n_layer]),
+            compute_bytes=compute,
+            remote=g.remote,
+            kv_source=self.book.kv_source,
+            compute_source=source,
+        )
+
+    def offload_copy_bytes(self) -> int:
+        """The largest expert tensor left on the CPU: a GPU multiplies prompt batches with it, so llama.cpp copies
+        it into the GPU's compute buffer (memory.py, compute buffers). Before placement: the largest expert."""
+        on_cpu = [self.tensors[n].nbytes for n, d in self.placement.items() if d == CPU and self.tensors[n].is_expert]
+        if self.placement:
+            return max(on_cpu, default=0)
+        return max((t.nbytes for t in self.tensors.tensors if t.is_expert), default=0)
+
+    def remote_state(self, d: Dev) -> DevicePlan:
+        weights = self.placed_bytes(d.name)
+        compute = mem.RPC_COMPUTE_BYTES if weights else 0
+        return DevicePlan(d.name, d.capacity, d.margin, weights, 0, compute, remote=True)
+
+    def movable(self, il: int, experts: dict[int, list[ModelTensor]]) -> list[ModelTensor]:
+        return [t for t in experts.get(il, []) if t.name not in self.forced]
+
+
+def forced_by_user(tensors: TensorSet, req: Request) -> dict[str, str]:
+    """Tensors the user pinned with their own -ot stay where they said (the first pattern that matches)."""
+    forced: dict[str, str] = {}
+    for t in tensors.tensors:
+        for o in req.user_overrides:
+            if ovr.selects([o.pattern], t.name):
+                forced[t.name] = o.buffer
+                break
+    return forced
+
+
+def same_host(a: str, b: str) -> bool:
+    """Two buffers on one worker (RPC0[h:p], RPC1[h:p]) copy between themselves there, not through this host."""
+    return a == b or (a.endswith("]") and a[a.find("[") :] == b[b.find("[") :])
+
+
+def expert_kind(name: str) -> str:
+    return name.split(".")[2] if name.startswith("blk.") else name
+
+
+def best_subset(candidates: list[ModelTensor], free: int) -> list[ModelTensor]:
+    """The subset of one layer's expert kinds with the most bytes that fits in `free` (3-4 kinds). A kind's
+    tensors move together (gpt-oss: ffn_up_exps.weight with ffn_up_exps.bias), so one -ot pattern covers them."""
+    kinds: dict[str, list[ModelTensor]] = {}
+    for t in candidates:
+        kinds.setdefault(expert_kind(t.name), []).append(t)
+    groups = list(kinds.values())
+    best: list[ModelTensor] = []
+    best_bytes = 0
+    n = len(groups)
+    for mask in range(1, 1 << n):
+        chosen = [t for i in range(n) if mask >> i & 1 for t in groups[i]]
+        size = sum(t.nbytes for t in chosen)
+        if best_bytes < size <= free:
+            best, best_bytes = chosen, size
+    return best

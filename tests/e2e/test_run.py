@@ -1,0 +1,252 @@
+"""`runq run` and `runq demo` with real llama-server processes (the CPU build), and their failure modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import jinja2
+import psutil
+import pytest
+
+from launcher.catalog.profiles import templates_dir
+from launcher.errors import UsageError
+from launcher.llama import log as llama_log
+from launcher.llama.build import Build
+from launcher.llama.server import free_port
+from launcher.measure.synth import SynthModel, SynthSpec, write_model
+from launcher.model.shards import open_local
+from launcher.plan.choose import gpu_for_half_the_experts
+from launcher.plan.inputs import split_extra
+
+SPEC = SynthSpec(arch="deepseek2", n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
+
+
+@pytest.fixture
+def env(llama_build: Build) -> dict[str, str]:
+    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+
+
+@pytest.fixture(scope="module")
+def run_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SynthModel]:
+    d = tmp_path_factory.mktemp("run-models")
+    return {
+        # Named like the real file, so runq applies the deepseek-v3.1 profile: its template and sampling.
+        "deepseek2": write_model(SPEC, d / "DeepSeek-V3.1-UD-TQ1_0.gguf"),
+        "qwen3moe": write_model(SPEC.with_(arch="qwen3moe", n_head_kv=2, head_dim=64), d / "qw.gguf"),
+    }
+
+
+def half_the_experts_gpu(path: Path, ctx: int = 4096, ubatch: int = 512) -> str:
+    """A GPU size (in bytes) with room for the non-expert weights and about half the expert layers (the demo's)."""
+    m = open_local(path)
+    return f"{gpu_for_half_the_experts(m.tensors, m.hparams, ctx, ubatch)}B"
+
+
+class RunningRunq:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.out: list[str] = []
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        t0 = time.monotonic()
+        assert self.proc.stdout is not None
+        while time.monotonic() - t0 < timeout:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.out.append(line)
+            if text in line:
+                return
+        err = self.proc.stderr.read() if self.proc.poll() is not None else ""  # type: ignore[union-attr]
+        raise AssertionError(f"{text!r} not seen; stdout: {''.join(self.out)} stderr: {err}")
+
+    def llama_server(self) -> psutil.Process:
+        kids = [c for c in psutil.Process(self.proc.pid).children(recursive=True) if "llama-server" in c.name()]
+        assert len(kids) == 1
+        return kids[0]
+
+    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.out) + out, err
+
+
+@pytest.fixture
+def running(env: dict[str, str]) -> Iterator[list[RunningRunq]]:
+    started: list[RunningRunq] = []
+    yield started
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+
+
+def post(url: str, body: dict[str, object]) -> dict[str, object]:
+    """POST JSON. Random weights now and then end a reply inside a multi-byte character, which llama-server
+    answers with HTTP 500 ("invalid UTF-8 byte"): such a request is sent again with another seed."""
+    for seed in (11, 12, 13):
+        data = json.dumps({**body, "seed": seed} if "messages" in body else body).encode()
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            if e.code != 500 or b"UTF-8" not in e.read() or seed == 13:
+                raise
+    raise AssertionError("unreachable")
+
+
+def serve_verified(
+    path: Path, env: dict[str, str], running: list[RunningRunq]
+) -> tuple[RunningRunq, int, str, dict[str, object]]:
+    """`runq run --server --verify-tensors` on a pretend GPU that holds about half the experts; once it serves,
+    runq's override check must have passed, and one chat request is answered. Returns the running runq, its
+    port, runq's output and the answer."""
+    port = free_port()
+    gpu = half_the_experts_gpu(path)
+    argv = ["run", str(path), "--server", "--port", str(port), "--verify-tensors", "--gpu", gpu, "--ram", "16GiB"]
+    r = RunningRunq([*argv, "--ctx", "4096", "--ubatch", "512"], env)
+    running.append(r)
+    r.wait_for("Serving.")
+    out = "".join(r.out)
+    assert "override lines: exactly the" in out and "planned tensors were moved" in out
+    answer = post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                  {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})  # fmt: skip
+    return r, port, out, answer
+
+
+@pytest.mark.parametrize("arch", ["deepseek2", "qwen3moe"])
+def test_server_runs_the_plan_exactly(
+    arch: str, run_models: dict[str, SynthModel], env: dict[str, str], running: list[RunningRunq]
+) -> None:
+    r, port, out, answer = serve_verified(run_models[arch].path, env, running)
+    assert "experts of layers" in out and "on the CPU" in out
+    assert answer["choices"][0]["message"]["role"] == "assistant"  # type: ignore[index]
+    if arch == "deepseek2":  # the profile's fixed template, as llama-server renders it
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+        tpl = jinja2.Template((templates_dir() / "deepseek-v3.1.jinja").read_text())
+        for kwargs, tail in (({}, "<think>"), ({"thinking": False}, "<think></think>")):  # thinking is on by default
+            body: dict[str, object] = {"messages": msgs, "chat_template_kwargs": kwargs}
+            got = post(f"http://127.0.0.1:{port}/apply-template", body)["prompt"]
+            want = tpl.render(
+                messages=msgs, add_generation_prompt=True, bos_token="", thinking=kwargs.get("thinking", True)
+            )
+            assert got == want == f"Be brief.<｜User｜>Hi<｜Assistant｜>{tail}"  # llama.cpp adds BOS as a token
+    server = r.llama_server()
+    r.proc.send_signal(signal.SIGINT)  # Ctrl-C: runq stops llama-server cleanly
+    code, _, err = r.finish()
+    assert code == 130 and "Stopping llama-server" in err
+    assert not server.is_running()
+
+
+def test_killed_server_is_reported(
+    run_models: dict[str, SynthModel], env: dict[str, str], running: list[RunningRunq]
+) -> None:
+    port = free_port()
+    r = RunningRunq(["run", str(run_models["qwen3moe"].path), "--server", "--port", str(port)], env)
+    running.append(r)
+    r.wait_for("Serving.")
+    measured = re.search(r"^\s+CPU\s+\S+ \S+\s+([\d.]+) (\S+)", "".join(r.out), re.M)
+    assert measured and float(measured.group(1)) > 0  # llama.cpp's own memory breakdown was read (-lv 4)
+    r.llama_server().send_signal(signal.SIGKILL)
+    code, _, err = r.finish()
+    assert code == 4
+    assert "Error: llama-server was killed by signal 9" in err and "Hint: the full log is" in err
+
+
+def test_port_in_use_corrupt_model_missing_binary(
+    run_models: dict[str, SynthModel], env: dict[str, str], tmp_path: Path
+) -> None:
+    def runq(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        r = runq("run", str(run_models["qwen3moe"].path), "--server", "--port", str(busy))
+    assert r.returncode == 4 and f"Error: port {busy} on 127.0.0.1 is already in use" in r.stderr
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(run_models["qwen3moe"].path.read_bytes()[:5000])
+    r = runq("run", str(bad), "--server")
+    assert r.returncode == 1 and "past the end of the file" in r.stderr and "Traceback" not in r.stderr
+    r = runq("run", str(run_models["qwen3moe"].path), "--server", "--llama-bin", str(tmp_path / "nowhere"))
+    assert r.returncode == 4 and "llama.cpp binary not found" in r.stderr
+    r = runq("run", str(run_models["qwen3moe"].path), "--server", "--host", "0.0.0.0")
+    assert r.returncode == 2 and "would let anyone on the network use the model" in r.stderr
+
+
+def test_dry_run_prints_the_command_and_starts_nothing(run_models: dict[str, SynthModel], env: dict[str, str]) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher", str(run_models["deepseek2"].path), "--server", "--dry-run", "--port", "9",
+         "--", "-c", "2048", "--no-warmup"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    cmd = next(line for line in r.stdout.splitlines() if line.startswith("[dry-run] would run: "))
+    assert "llama-server" in cmd and " -c 2048 " in cmd and cmd.endswith("--no-warmup")
+    assert "--chat-template-file" in cmd and "deepseek-v3.1.jinja" in cmd and "--temp 0.6" in cmd
+
+
+def test_demo_end_to_end(env: dict[str, str]) -> None:
+    r = subprocess.run([sys.executable, "-m", "launcher", "demo"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "gibberish by design" in r.stdout
+    assert "the model answered" in r.stdout
+    assert "override lines: exactly the" in r.stdout
+    # Like with like: each column of llama.cpp's report next to the prediction for the same run, within 10%
+    # (or the row says why).
+    rows = [line.split() for line in r.stdout.splitlines() if re.match(r"\s+(CPU|CUDA\d)\s+(weights|KV|compute)", line)]
+    assert {row[1] for row in rows} == {"weights", "KV", "compute"}
+    for line in r.stdout.splitlines():
+        if m := re.match(r"\s+(CPU|CUDA\d)\s+(weights|KV cache|compute)\s.*?([+-]\d+\.\d)%\s+(.*)$", line):
+            assert abs(float(m.group(3))) <= 10 or ";" in m.group(4), line
+
+
+def test_pins_after_the_double_dash() -> None:
+    pins, rest = split_extra(["-c", "8192", "-ot", "x=CPU", "--no-warmup", "-ngl", "10", "-ctk", "q8_0"])
+    assert pins == {"ctx": 8192, "ot": ["x=CPU"], "ngl": 10, "cache_type_k": "q8_0"}
+    assert rest == ["--no-warmup"]
+    with pytest.raises(UsageError):
+        split_extra(["-c", "lots"])
+    with pytest.raises(UsageError):
+        split_extra(["-ngl", "all"])
+
+
+def test_log_parsing_and_failures() -> None:
+    log = """
+load_tensors: loading model tensors, this can take a while... (load_mode = none)
+tensor blk.1.ffn_up_exps.weight (0 MiB q8_0) buffer type overridden to CPU
+load_tensors:        CUDA0 model buffer size =  100.00 MiB
+load_tensors: loading model tensors, this can take a while... (load_mode = none)
+tensor blk.2.ffn_up_exps.weight (0 MiB q8_0) buffer type overridden to CPU
+load_tensors:        CUDA0 model buffer size =  7161.00 MiB
+load_tensors:   CPU_Mapped model buffer size =  500.00 MiB
+load_tensors:   CPU_REPACK model buffer size =  20.00 MiB
+llama_kv_cache:      CUDA0 KV buffer size =    38.00 MiB
+sched_reserve:       CUDA0 compute buffer size =   340.00 MiB
+"""
+    r = llama_log.parse(log)
+    assert r.overridden == {"blk.2.ffn_up_exps.weight": "CPU"}  # the last load pass only
+    assert r.buffers["CUDA0"] == {"weights": 7161 * 2**20, "kv": 38 * 2**20, "compute": 340 * 2**20}
+    assert r.buffers["CPU"]["weights"] == 520 * 2**20  # mapped + repacked host memory
+    assert llama_log.failure("ggml_backend_cuda_buffer_type_alloc_buffer: cudaMalloc failed: out of memory") == "oom"
+    assert llama_log.failure("couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 8080") == "port"
+    assert llama_log.failure("llama_model_load: error loading model: tensor data is not within bounds") == "model"
+    assert llama_log.failure("all good") is None

@@ -1,0 +1,194 @@
+"""`runq calibrate` and `runq tune` with the real llama-bench (CPU build) on generated models.
+
+Small on purpose (2 shared cores): one calibration per test run, tune with -p 64 -n 16 and one repetition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from launcher.cli.main import main
+from launcher.llama.build import Build
+from launcher.measure import calibrate as calibration
+from launcher.measure import tune
+from launcher.measure.synth import SynthModel, SynthSpec, write_model
+
+TINY = SynthSpec(arch="qwen3moe", n_layer=4, n_embd=256, n_ff_exp=128, n_expert=8, n_head=4, n_head_kv=2, head_dim=64)
+FAST = ["--pp", "64", "--tg", "16", "-r", "1"]
+
+
+def _cache_dir(d: Path, llama_build: Build) -> Path:
+    """A cache of its own (calibration record) that sees the shared llama.cpp build and calibration models."""
+    (d / "builds").mkdir(parents=True)
+    (d / "builds" / llama_build.key).symlink_to(llama_build.path)
+    # The generated calibration models are kept with the shared build, so they are written once per machine.
+    shared_models = llama_build.path.parent.parent / "calibration" / "models"
+    shared_models.mkdir(parents=True, exist_ok=True)
+    (d / "calibration").mkdir()
+    (d / "calibration" / "models").symlink_to(shared_models)
+    return d
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory, llama_build: Build) -> Path:
+    return _cache_dir(tmp_path_factory.mktemp("tune-cache"), llama_build)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SynthModel:
+    return write_model(TINY, tmp_path_factory.mktemp("tune-models") / "tiny.gguf")
+
+
+def runq(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def calibrated(cache: Path) -> dict[str, Any]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RUNQ_CACHE_DIR", str(cache))
+        mp.setenv("RUNQ_CALIBRATE_PASSES", "1")  # one pass over the models is enough to test with
+        t0 = time.monotonic()
+        code, out, err = runq("calibrate", "--json")
+        took = time.monotonic() - t0
+    assert code == 0, err
+    data = json.loads(out)
+    data["wall_s"] = took
+    return data
+
+
+def test_calibrate_measures_each_thread_count_and_plans_say_so(
+    calibrated: dict[str, Any], cache: Path, tiny: SynthModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from launcher.machine.probe import probe
+
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(cache))
+    cores = probe(cpu_details=False).cores
+    assert [p["threads"] for p in calibrated["cpu"]] == calibration.thread_counts(cores)
+    assert all(1e8 < p["bandwidth_bytes_s"] < 1e13 for p in calibrated["cpu"])
+    # At most a minute of measuring (the first calibration on a machine also generates its models).
+    assert calibrated["took_s"] - calibrated["generating_s"] <= 61 and calibrated["gpus"] == []  # no GPU here
+    assert calibrated["fingerprint"]["build"] and calibrated["fingerprint"]["cpu"]
+
+    code, out, _ = runq("plan", str(tiny.path))
+    assert code == 0
+    assert f"speed: calibrated on this machine, {calibrated['calibrated_at'][:10]}" in out
+    code, out, _ = runq("plan", str(tiny.path), "--gpu", "none")  # a described machine: reference constants
+    assert code == 0 and "speed: reference constants" in out
+
+    # A changed machine (or build) does not use these constants: it is calibrated again.
+    machine = probe(cpu_details=False)
+    key = calibrated["fingerprint"]["build"]
+    assert calibration.load(machine, key) is not None
+    assert calibration.load(replace(machine, ram_total_bytes=machine.ram_total_bytes * 2), key) is None
+    assert calibration.load(machine, "another-build") is None
+
+
+def test_tune_measures_llama_cpp_default_and_never_picks_slower(
+    calibrated: dict[str, Any], cache: Path, tiny: SynthModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(cache))
+    code, out, err = runq("tune", str(tiny.path), "--for", "decode", "--budget", "5m", "--json", *FAST)
+    assert code == 0, err
+    data = json.loads(out)
+    assert set(data) == {"baseline", "chosen", "candidates"} and data["baseline"] == tune.BASELINE
+    for c in data["candidates"]:
+        assert set(c) == {"label", "argv", "pp_tps", "tg_tps", "peak_bytes", "error"}
+        assert c["argv"][0].endswith("llama-bench")
+    by_label = {c["label"]: c for c in data["candidates"]}
+    base = by_label[tune.BASELINE]
+    assert base["error"] is None and base["tg_tps"] > 0 and base["peak_bytes"]["CPU"] > 0
+    assert "-t" not in base["argv"] and "-ub" not in base["argv"]  # llama.cpp decides
+    chosen = by_label[data["chosen"]]
+    assert chosen["tg_tps"] >= base["tg_tps"]
+    ours = [c for c in data["candidates"] if c["label"] != tune.BASELINE]
+    assert {"-ub" in c["argv"] for c in ours} == {True} and len(ours) >= 5
+    assert any(c["argv"][c["argv"].index("-ub") + 1] == "2048" for c in ours)  # ubatch 2048 was tried
+
+    # run and plan use the result; the machine's constants were refitted from the measurements.
+    code, out, _ = runq("run", str(tiny.path), "--dry-run", "--server")
+    assert code == 0 and "tuned " in out and f"({data['chosen']}, for decode)" in out
+    code, out, _ = runq("plan", str(tiny.path))
+    assert code == 0 and "Measured: tuned " in out
+    # Its decode measurements joined this machine's calibration record (a model this small decodes from the
+    # CPU's caches, so the fit leaves it out: launcher/speed.py, tested in test_tune.py).
+    from launcher.machine.probe import probe
+
+    rec = calibration.load_record(calibration.fingerprint(probe(cpu_details=False), calibrated["fingerprint"]["build"]))
+    assert rec is not None
+    assert {o["source"] for o in rec["observations"]} == {"calibrate", f"tune:{tiny.path.resolve()}"}
+    code, out, _ = runq("service", "render", str(tiny.path))
+    exec_start = next(line for line in out.splitlines() if line.startswith("ExecStart="))
+    knobs = re.fullmatch(r"runq t(\d+) ub(\d+) fa-(\w+) (\w+)(?: [+-]\d+ layers)?", data["chosen"])
+    if knobs is None:  # llama.cpp's default won: no placement, batch or thread flags
+        assert data["chosen"] == tune.BASELINE and " -t " not in exec_start and " -ub " not in exec_start
+    else:
+        assert f" -t {knobs[1]} " in exec_start and f" -ub {knobs[2]} " in exec_start
+        assert (f" -fa {knobs[3]} " in exec_start) == (knobs[3] != "auto")
+
+
+def test_first_tune_calibrates_and_ctrl_c_keeps_what_was_measured(
+    llama_build: Build, tiny: SynthModel, runq_home: Path, tmp_path: Path
+) -> None:
+    fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)  # this machine, never calibrated
+    env = {**os.environ, "RUNQ_CACHE_DIR": str(fresh), "RUNQ_AUTO_CALIBRATE": "1", "RUNQ_CALIBRATE_PASSES": "1"}
+    argv = [sys.executable, "-m", "launcher", "tune", str(tiny.path), "--budget", "5m", *FAST]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "[3/" in line:  # baseline and runq's plan are measured; the third candidate is running
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            break
+    out, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert "Stopped early: interrupted (Ctrl-C)" in out and tune.BASELINE in out
+    assert "Calibrating this machine once" in "".join(lines) and list((fresh / "calibration").glob("*.json"))
+    kids = [p for p in psutil.process_iter(["name", "ppid"]) if p.info["name"] == "llama-bench"]
+    assert not [p for p in kids if p.info["ppid"] == proc.pid]
+    assert list((runq_home / "config" / "tuned").glob("*.json")), "what was measured is saved"
+
+
+def test_tune_budget_bounds_the_run(cache: Path, tiny: SynthModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(cache))
+    t0 = time.monotonic()
+    code, out, err = runq("tune", str(tiny.path), "--budget", "4s", "--json", *FAST)
+    took = time.monotonic() - t0
+    data = json.loads(out)
+    assert code == 0, err
+    assert data["candidates"][0]["label"] == tune.BASELINE and data["candidates"][0]["error"] is None
+    assert took < 4 + 3  # the candidate running when the budget ran out was stopped
+    assert took < 4 or len(data["candidates"]) < 8  # 8: the whole search on 2 cores
+
+
+def test_tune_needs_a_build_and_a_duration(tiny: SynthModel, tmp_path: Path) -> None:
+    code, _, err = runq("tune", str(tiny.path), "--llama-bin", str(tmp_path))
+    assert code == 1 and "Error: tune runs llama-bench" in err and "Hint: run `runq build`" in err
+    code, _, err = runq("tune", str(tiny.path), "--budget", "10")
+    assert code == 2 and "expected a duration" in err
+    # --gpu-limit is checked before anything slow: a bad size, or no GPU to limit (this machine has none).
+    code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8", "--llama-bin", str(tmp_path))
+    assert code == 2 and "no unit" in err
+    code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "0GiB", "--llama-bin", str(tmp_path))
+    assert code == 2 and "more than zero" in err
+    code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8GiB", "--llama-bin", str(tmp_path))
+    assert code == 2 and "no GPU runq can see" in err

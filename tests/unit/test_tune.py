@@ -1,0 +1,228 @@
+"""The pure parts of calibrate and tune: fitting speed constants, the candidate search, choosing, commands."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from launcher.cli.measure import parse_budget
+from launcher.errors import UsageError
+from launcher.machine import speed
+from launcher.machine.speed import CpuPoint, Observation, SpeedModel
+from launcher.measure import tune
+from launcher.measure.tune import Knobs, Measured, Space
+from launcher.plan.place import plan
+from launcher.plan.predict import bytes_per_token
+from launcher.plan.types import Request
+
+
+def _obs(threads: int, n_layer: int, nbytes: int, bw: float, layer_s: float, src: str = "calibrate") -> Observation:
+    return Observation(threads, n_layer, nbytes, 1.0 / (nbytes / bw + n_layer * layer_s), source=src)
+
+
+def test_fit_recovers_bandwidth_and_layer_cost_per_thread_count() -> None:
+    obs = [
+        _obs(1, 6, 80_000_000, 9e9, 40e-6),
+        _obs(1, 16, 30_000_000, 9e9, 40e-6),
+        _obs(2, 6, 80_000_000, 15e9, 60e-6),
+        _obs(2, 16, 30_000_000, 15e9, 60e-6),
+    ]
+    model = speed.fit(obs, calibrated_at="2026-11-27T12:00:00Z")
+    assert model is not None
+    p1, p2 = model.cpu
+    assert (p1.threads, p2.threads) == (1, 2)
+    assert p1.bandwidth == pytest.approx(9e9, rel=1e-6) and p1.layer_s == pytest.approx(40e-6, rel=1e-6)
+    assert p2.bandwidth == pytest.approx(15e9, rel=1e-6) and p2.layer_s == pytest.approx(60e-6, rel=1e-6)
+    assert model.label == "calibrated on this machine, 2026-11-27"
+    # A tune run adds a point; the label says the constants were refitted from it.
+    more = speed.fit([*obs, _obs(2, 40, 500_000_000, 15e9, 60e-6, "tune:/m.gguf")], calibrated_at="2026-11-27")
+    assert more is not None and more.refitted_from == ("/m.gguf",) and "refitted" in more.label
+
+
+def test_fit_falls_back_to_bandwidth_only_when_shapes_cannot_separate_the_layer_cost() -> None:
+    model = speed.fit([_obs(2, 8, 100_000_000, 10e9, 0.0)], calibrated_at="x")
+    assert model is not None and model.cpu[0].layer_s == 0.0
+    assert model.cpu[0].bandwidth == pytest.approx(10e9, rel=1e-6)
+    assert speed.fit([], calibrated_at="x") is None
+    # A model small enough to decode from the CPU's caches says nothing about RAM bandwidth: not fitted.
+    tiny = _obs(2, 4, 4_000_000, 80e9, 0.0, "tune:/tiny.gguf")
+    with_tiny = speed.fit([_obs(2, 8, 100_000_000, 10e9, 0.0), tiny], calibrated_at="x")
+    assert with_tiny is not None and with_tiny.refitted_from == ()
+    assert with_tiny.cpu[0].bandwidth == pytest.approx(10e9, rel=1e-6)
+
+
+def test_thread_interpolation_and_prediction() -> None:
+    m = SpeedModel(cpu=(CpuPoint(1, 8e9, 10e-6), CpuPoint(4, 20e9, 40e-6)), calibrated_at="2026-11-27")
+    assert m.cpu_at(4).bandwidth == 20e9 and m.cpu_at(16).bandwidth == 20e9  # more threads than measured
+    assert m.cpu_at(2).bandwidth == pytest.approx(12e9) and m.cpu_at(2).layer_s == pytest.approx(20e-6)
+    assert m.seconds_per_token(10, {"CPU": 2_000_000_000}, 4) == pytest.approx(0.1 + 10 * 40e-6)
+
+
+def test_planner_uses_the_machine_speed_and_says_so(models: dict) -> None:
+    from launcher.machine.spec import CPU, Machine
+    from launcher.model.shards import open_local
+
+    m = open_local(models["qwen3moe-q8"].path)
+    machine = Machine(ram_total_bytes=16 << 30, ram_available_bytes=16 << 30, cpu=CPU(physical_cores=2))
+    ref = plan(machine, m.tensors, m.hparams, Request(ctx=4096))
+    assert ref.speed_source == "reference constants"
+    fast = SpeedModel(cpu=(CpuPoint(2, 1e12, 0.0),), calibrated_at="2026-11-27")
+    cal = plan(replace(machine, speed=fast), m.tensors, m.hparams, Request(ctx=4096))
+    assert cal.speed_source == "calibrated on this machine, 2026-11-27"
+    per_token = sum(bytes_per_token(m.tensors, m.hparams, cal.placement).values())
+    assert cal.predicted_tg_tps == pytest.approx(1e12 / per_token)
+    assert cal.placement == ref.placement  # only the prediction changes
+
+
+def _m(k: Knobs, pp: float | None, tg: float | None, error: str | None = None) -> Measured:
+    return Measured(k, ("llama-bench",), pp, tg, {"CPU": 1}, error)
+
+
+BASE = Knobs(2, 512, baseline=True)
+START = Knobs(2, 512)
+
+
+@pytest.mark.parametrize("goal", tune.GOALS)
+def test_choose_never_picks_slower_than_the_baseline(goal: tune.Goal) -> None:
+    base = _m(BASE, 100.0, 50.0)
+    slower = _m(START, 90.0, 45.0)
+    failed = _m(Knobs(2, 2048), None, None, "out of memory while loading")
+    assert tune.choose([base, slower, failed], goal) is base
+    tie = _m(START, 100.0, 50.0)
+    assert tune.choose([tie, base], goal) is base  # a tie goes to llama.cpp's default
+    better = _m(Knobs(1, 512), 120.0, 60.0)
+    assert tune.choose([base, slower, better], goal) is better
+
+
+def test_goals_score_differently() -> None:
+    fast_prompt = _m(Knobs(2, 2048), 400.0, 40.0)
+    fast_decode = _m(Knobs(2, 512), 100.0, 60.0)
+    assert tune.choose([fast_prompt, fast_decode], "decode") is fast_decode
+    assert tune.choose([fast_prompt, fast_decode], "prefill") is fast_prompt
+    # balanced: 512/400 + 128/40 = 4.48 s vs 512/100 + 128/60 = 7.25 s for one turn
+    assert tune.choose([fast_prompt, fast_decode], "balanced") is fast_prompt
+
+
+def test_search_walks_one_knob_at_a_time_and_keeps_what_was_measured_when_stopped() -> None:
+    space = Space(threads=(1, 2), ubatches=(512, 1024), flash_attn=("on", "off"), load_modes=("mmap", "none"))
+    table = {1024: 30.0, 512: 20.0}  # decode tokens/s by ubatch; threads 1 halves it; fa off fails
+
+    def measure(k: Knobs) -> Measured:
+        if k.flash_attn == "off":
+            return _m(k, None, None, "failed to load")
+        tg = 10.0 if k.baseline else table[k.ubatch] / (2 if k.threads == 1 else 1)
+        return _m(k, tg * 4, tg)
+
+    seen: list[Knobs] = []
+
+    def counting(k: Knobs) -> Measured:
+        seen.append(k)
+        return measure(k)
+
+    measured, stopped = tune.search(START, BASE, space, "decode", counting)
+    assert stopped is None
+    assert seen.count(BASE) == 2 and seen[-2] == BASE  # the winner and the baseline are confirmed at the end
+    labels = [m.label for m in measured]
+    assert labels[0] == tune.BASELINE and labels[1] == START.label
+    assert len(labels) == len(set(labels)) <= space.size()
+    best = tune.choose(measured, "decode")
+    assert best is not None and best.knobs.ubatch == 1024 and best.knobs.threads == 2
+    assert any(m.error == "failed to load" for m in measured)  # recorded, not fatal
+
+    calls: list[Knobs] = []
+
+    def stop_third(k: Knobs) -> Measured:
+        if len(calls) == 2:
+            raise tune.Stop("the budget is spent")
+        calls.append(k)
+        return measure(k)
+
+    measured, stopped = tune.search(START, BASE, space, "decode", stop_third)
+    assert stopped == "the budget is spent" and len(measured) == 2
+
+
+def _half_the_experts_vram(model: Any) -> int:
+    """A GPU size that holds the model's non-expert weights, KV cache and compute at 4K, and half its expert layers."""
+    from launcher.plan import memory
+
+    t, hp = model.tensors, model.hparams
+    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
+    half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
+    return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
+
+
+def test_bench_argv_and_applying_a_tuned_result(models: dict) -> None:
+    from launcher.machine.spec import CPU, GPU, Machine
+    from launcher.model.shards import open_local
+
+    m = open_local(models["deepseek2-q8"].path)
+    t, hp = m.tensors, m.hparams
+    vram = _half_the_experts_vram(m)
+    gpu = GPU(0, "test GPU", vram, vram)
+    machine = Machine(gpus=(gpu,), ram_total_bytes=16 << 30, ram_available_bytes=16 << 30, cpu=CPU(physical_cores=2))
+    p = plan(machine, m.tensors, m.hparams, Request(ctx=4096, ubatch=512))
+    assert p.overrides, "the test needs a plan with -ot overrides"
+    # The expert-layer neighbours: one more / one fewer expert layer on the GPU than runq's plan.
+    biggest = max(t.expert_bytes(il) for il in t.expert_layers)
+    on_gpu = {}
+    for d in (-1, 0, 1):
+        req = tune.request_for(Request(ctx=4096), Knobs(2, 512, expert_delta=d), biggest)
+        on_gpu[d] = len(plan(machine, t, hp, req).expert_layers["CUDA0"])
+    assert on_gpu[-1] == on_gpu[0] - 1 and on_gpu[1] == on_gpu[0] + 1
+    k = Knobs(2, 1024, "on", "none")
+    argv = tune.bench_argv("llama-bench", "m.gguf", p, k, pp=512, tg=128, reps=2, gpus=True)
+    assert argv[argv.index("-ot") + 1] == ";".join(str(o) for o in p.overrides)
+    assert argv[argv.index("-p") + 1] == "1024"  # a prompt at least one ubatch long
+    assert argv[argv.index("-fa") + 1] == "on" and argv[argv.index("-lm") + 1] == "none"
+    base = tune.bench_argv("llama-bench", "m.gguf", None, BASE, pp=512, tg=128, reps=2, gpus=True)
+    assert "-ot" not in base and "-ngl" not in base and "-t" not in base and base[-2:] == ["-fitt", "1024"]
+
+    # Under --gpu-limit the baseline's fit leaves the same room as runq's plan had (cli_tune computes the margin).
+    limited = tune.bench_argv("llama-bench", "m.gguf", None, BASE, pp=512, tg=128, reps=2, gpus=True,
+                              fit_target_mib=130_000)  # fmt: skip
+    assert limited[-2:] == ["-fitt", "130000"]
+
+    run = ["llama-server", "-m", "m.gguf", "-c", "4096", "-ngl", "5", "--fit", "off", "-ot", "x=CPU", "-ub", "512",
+           "-b", "2048", "-t", "2", "-lm", "none", "--port", "8080"]  # fmt: skip
+    assert tune.apply_to_argv(run, BASE) == ["llama-server", "-m", "m.gguf", "-c", "4096", "--port", "8080"]
+    tuned = tune.apply_to_argv(run, Knobs(2, 512, "off", "mmap"))
+    assert tuned[3:5] == ["-fa", "off"] and "-lm" not in tuned and "-ot" in tuned
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("10m") == 600 and parse_budget("90s") == 90 and parse_budget("1h") == 3600
+    for bad in ("10", "ten minutes", "0s"):
+        with pytest.raises(UsageError):
+            parse_budget(bad)
+
+
+def test_merge_averages_two_runs_and_keeps_failures() -> None:
+    a, b = _m(START, 100.0, 10.0), _m(START, 200.0, 30.0)
+    m = tune.merge(a, b)
+    assert (m.pp_tps, m.tg_tps, m.error) == (150.0, 20.0, None)
+    assert tune.merge(a, _m(START, None, None, "out of memory while loading")).error == (
+        "on the second run: out of memory while loading"
+    )
+
+
+def test_gpu_limit_caps_each_gpu_and_plans_fewer_expert_layers(models: dict) -> None:
+    from launcher.machine.spec import CPU, GPU, Machine, limit_gpus
+    from launcher.model.shards import open_local
+
+    m = open_local(models["deepseek2-q8"].path)
+    t, hp = m.tensors, m.hparams
+    limit = _half_the_experts_vram(m)
+    big = GPU(0, "big GPU", 140 << 30, 139 << 30)
+    machine = Machine(gpus=(big, replace(big, index=1)), ram_total_bytes=16 << 30, ram_available_bytes=16 << 30,
+                      cpu=CPU(physical_cores=2))  # fmt: skip
+    small = limit_gpus(machine, limit)
+    assert [(g.total_bytes, g.free_bytes) for g in small.gpus] == [(limit, limit)] * 2
+    assert small.gpus[0].name == "big GPU" and limit_gpus(small, 1 << 40).gpus == small.gpus  # a cap, never more
+    one = replace(machine, gpus=machine.gpus[:1])
+    full = plan(one, t, hp, Request(ctx=4096))
+    capped = plan(limit_gpus(one, limit), t, hp, Request(ctx=4096))
+    # Everything fits 140 GB; under the limit about half the expert layers go to the CPU.
+    assert not full.overrides and capped.overrides and capped.fits
+    assert 0 < len(capped.expert_layers["CUDA0"]) < len(full.expert_layers["CUDA0"])
