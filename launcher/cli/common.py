@@ -8,7 +8,6 @@ the core; none imports another command module, and no core module imports this o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ from launcher.errors import RunqError, UsageError
 
 if TYPE_CHECKING:
     from launcher.machine.spec import Machine
+    from launcher.pipeline.plan import Ask, Planned
     from launcher.pipeline.target import ModelTarget
     from launcher.plan.inputs import PlanInputs, ServerOptions
 
@@ -129,15 +129,42 @@ def show_profile_notes() -> None:
         warn(note)
 
 
-def resolve_target(args: argparse.Namespace) -> ModelTarget:
-    """The model (a name or a file) the command is about, with the Hub's warnings printed."""
-    from launcher.pipeline.target import resolve
+def ask_for(args: argparse.Namespace, *, server: bool) -> tuple[Ask, list[str]]:
+    """The command's flags as the pipeline's Ask (llama.cpp flags after `--` that pin the plan win; the rest is
+    passed through), and the flags to pass through."""
+    from launcher.pipeline.plan import Ask
+    from launcher.plan.inputs import split_extra
+
+    pins, passthrough = split_extra(getattr(args, "extra", []))
+    inputs = plan_inputs(args, server=server).pinned(pins)
+    ask = Ask(
+        model=args.model, inputs=inputs, quant=getattr(args, "quant", None), pins=pins,
+        estimate=getattr(args, "estimate", False), project=not getattr(args, "no_projection", False),
+        llama_bin=getattr(args, "llama_bin", None),
+    )  # fmt: skip
+    return ask, passthrough
+
+
+def plan_for(
+    args: argparse.Namespace,
+    *,
+    server: bool,
+    calibrate: bool = False,
+    machine: Machine | None = None,
+    tuned: bool = True,
+) -> tuple[Planned, list[str]]:
+    """The one pipeline for this command's flags, with the notes and the Hub's warnings printed."""
+    from dataclasses import replace
+
+    from launcher.pipeline.plan import plan
 
     show_profile_notes()
-    target = resolve(args.model, quant=getattr(args, "quant", None), estimate=getattr(args, "estimate", False))
-    for w in target.warnings:
+    ask, passthrough = ask_for(args, server=server)
+    ask = replace(ask, tuned=tuned)
+    planned = plan(ask, machine or resolve_machine(args), calibrate=calibrate, say=say)
+    for w in planned.target.warnings:
         warn(w)
-    return target
+    return planned, passthrough
 
 
 def confirm(question: str, yes: bool) -> bool:
@@ -214,20 +241,6 @@ def say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def llama_sizes(
-    args: argparse.Namespace, target: ModelTarget, machine: Machine, req: Any, choice: Any
-) -> tuple[Any, str]:
-    """The choice placed again on llama.cpp's own sizes when a build is here (fitparams), and where the KV cache
-    and compute sizes came from. Never builds anything."""
-    if getattr(args, "estimate", False) or getattr(args, "no_projection", False):
-        return choice, "runq estimate (not asked)"
-    from launcher.llama.fit import cached_bin_dir
-    from launcher.pipeline.projection import project_target
-
-    llama_bin = getattr(args, "llama_bin", None)
-    return project_target(choice, machine, req, target, Path(llama_bin) if llama_bin else cached_bin_dir())
-
-
 # --- steps that may ask first ------------------------------------------------------------------------
 
 
@@ -235,17 +248,16 @@ def ensure_binaries(
     llama_bin: str | None, source: str, *, allowed: bool, dry: bool, quirks: tuple[str, ...] = ()
 ) -> Path:
     """llama.cpp binaries for this machine's real hardware (a described GPU does not make a CUDA build useful),
-    with what the model's build quirks need (MiniMax on CUDA: -DGGML_CUDA_FORCE_CUBLAS=ON)."""
+    with what the model's build quirks need (MiniMax on CUDA: -DGGML_CUDA_FORCE_CUBLAS=ON): the build here, or
+    one built now."""
     from launcher.llama import build as bld
+    from launcher.llama.binaries import backend_here, binaries_here
     from launcher.llama.build_config import quirk_flags
-    from launcher.machine.probe import probe_gpus
 
-    if llama_bin:
-        return Path(llama_bin)
-    wanted = "cuda" if probe_gpus()[0] else "cpu"
-    found = bld.find_build(wanted, quirks)
+    found = binaries_here(llama_bin, quirks)
     if found is not None:
         return found.bin_dir
+    wanted = backend_here()
     also = " ".join(quirk_flags(wanted, quirks))
     if dry:
         say(f"[dry-run] would build llama.cpp ({wanted}{', with ' + also + ' for this model' if also else ''}): "
@@ -270,34 +282,25 @@ def ensure_binaries(
 
 
 def rpc_server_binary(llama_bin: str | None, source: str, *, yes: bool) -> tuple[Path, str | None]:
-    """ggml-rpc-server (`runq worker`) of runq's build for this machine (built now if there is none, asking once),
-    or of --llama-bin; and the build's backend when known."""
+    """ggml-rpc-server (`runq worker`) of the build here (built now if there is none, asking once), or of
+    --llama-bin; and the build's backend when known."""
     from launcher.errors import ExternalToolError
-    from launcher.llama import build as bld
     from launcher.llama import build_config as bc
-    from launcher.machine.probe import probe_gpus
+    from launcher.llama.binaries import backend_here, binaries_at, binaries_here
 
-    wanted = "cuda" if probe_gpus()[0] else "cpu"
-    found = bld.find_build(wanted) if not llama_bin else None
-    if (
-        not llama_bin
-        and found is None
-        and not confirm(f"No {wanted} build of llama.cpp yet: build it now (about 5 minutes on 2 cores)?", yes)
-    ):
-        raise RunqError("a worker needs a llama.cpp build", hint="run `runq build`, or add --yes")
-    bin_dir = found.bin_dir if found else ensure_binaries(llama_bin, source, allowed=True, dry=False)
-    server = bin_dir / bc.RPC_SERVER
+    found = binaries_here(llama_bin)
+    if found is None:
+        wanted = backend_here()
+        if not confirm(f"No {wanted} build of llama.cpp yet: build it now (about 5 minutes on 2 cores)?", yes):
+            raise RunqError("a worker needs a llama.cpp build", hint="run `runq build`, or add --yes")
+        found = binaries_at(ensure_binaries(None, source, allowed=True, dry=False))
+    server = found.bin_dir / bc.RPC_SERVER
     if not server.is_file():
         raise ExternalToolError(
             f"{server}: not found (llama.cpp built without -DGGML_RPC=ON?)",
             hint="build it with `runq build`, or give --llama-bin a build with ggml-rpc-server",
         )
-    backend = None
-    manifest = bin_dir.parent / "manifest.json"
-    if manifest.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            backend = json.loads(manifest.read_text()).get("backend")
-    return server, backend
+    return server, found.backend
 
 
 def pull_with_progress(st: Any, disk_free: int | None = None) -> Any:

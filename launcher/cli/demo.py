@@ -84,7 +84,9 @@ def _demo_plan_here(here: Machine, path: Any, model: Any, req: Request, binaries
 
     cpu_only = with_gpus(here, [])
     p = plan(cpu_only, model.tensors, model.hparams, req)
-    oracle = fitparams.Oracle.find(binaries)
+    from launcher.llama.binaries import binaries_at
+
+    oracle = fitparams.Oracle.find(binaries_at(binaries))
     if oracle is None:
         return p
     try:

@@ -1,6 +1,6 @@
-"""`runq calibrate` and `runq tune`, and the hooks that let `run`, `plan` and `service install` use what they
-measured. CLI layer: prints, decides exit codes; decisions are in launcher/tune.py and launcher/speed.py,
-measuring in launcher/calibration.py and launcher/bench_run.py, tuned results in launcher/tuned_store.py.
+"""`runq calibrate` and `runq tune`. CLI layer: prints, decides exit codes; the decisions are in measure/tune.py and
+machine/speed.py, the measuring in measure/calibrate.py and llama/bench.py, tuned results in measure/store.py; every
+plan (tune's start included) comes from the pipeline, which also applies what was measured.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from launcher.errors import EXIT_INTERRUPTED, EXIT_OK, RunqError, UsageError
+from launcher.llama.argv import FIT_TARGET_MIB, bench_argv
+from launcher.llama.binaries import binaries_here
 from launcher.machine.spec import Machine, limit_gpus
-from launcher.pipeline.measured import current_build, with_speed
 
 
 def _say(text: str) -> None:
@@ -30,13 +31,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from launcher.measure import calibrate as calibration
 
     machine = probe(cpu_details=False)
-    found = current_build(machine, args.llama_bin)
-    if found is None or not (found[0] / "llama-bench").is_file():
+    found = binaries_here(args.llama_bin)
+    if found is None or not found.has("llama-bench"):
         raise RunqError(
             "calibration runs llama-bench, and there is no llama.cpp build for this machine yet",
             hint="run `runq build` first (or give --llama-bin DIR with llama-bench in it)",
         )
-    bin_dir, key = found
+    bin_dir, key = found.bin_dir, found.key
     model, rec, path = calibration.calibrate(
         machine, bin_dir, key, cuda=bool(machine.gpus), say=(lambda _t: None) if args.json else _say
     )
@@ -105,32 +106,35 @@ class _Ctx:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from launcher.cli.common import ensure_model, resolve_target
+    from launcher.cli.common import ensure_model, plan_for
     from launcher.machine.probe import probe
     from launcher.measure import store as tuned_store
     from launcher.measure import tune
-    from launcher.plan.choose import choose
-    from launcher.plan.types import Request
+    from launcher.pipeline.measured import with_speed
 
     budget = parse_budget(args.budget)
     start_time = time.monotonic()
     machine = probe(cpu_details=False)
     limit = _gpu_limit(machine, getattr(args, "gpu_limit", None))  # checked before anything slow
-    found = current_build(machine, args.llama_bin)
-    if found is None or not (found[0] / "llama-bench").is_file():
+    found = binaries_here(args.llama_bin)
+    if found is None or not found.has("llama-bench"):
         raise RunqError("tune runs llama-bench, and there is no llama.cpp build for this machine yet",
                         hint="run `runq build` first (or give --llama-bin DIR)")  # fmt: skip
-    bin_dir, build_key = found
-    target = resolve_target(args)
-    real = machine = with_speed(machine, args.llama_bin, calibrate_now=True, say=_say)
-    fit_target = tune.FIT_TARGET_MIB
+    fit_target = FIT_TARGET_MIB
+    limited = machine
     if limit is not None:
         # The baseline gets the same room: llama.cpp's default margin plus the free memory above the limit.
         fit_target += max(max(0, g.free_bytes - limit) for g in machine.gpus) // 2**20
-        machine = limit_gpus(machine, limit)
-    req = Request(ctx=args.ctx or target.default_ctx, server=True)
-    choice = choose(target.name, machine, list(target.sources), req, pinned=target.pinned, ctx_pinned=bool(args.ctx))
-    chosen = choice.chosen
+        limited = limit_gpus(machine, limit)
+    # runq's untuned plan, exactly as `runq plan` makes it (the same checks of every input, llama.cpp's sizes), is
+    # the start: planned before anything slow, so a bad input is refused at once.
+    planned, _ = plan_for(args, server=True, machine=limited, tuned=False)
+    real = with_speed(machine, found, calibrate_now=True, say=_say)
+    if real.speed is not None and planned.machine.speed is None:  # calibrated just now: the start's prediction too
+        planned, _ = plan_for(args, server=True, machine=limit_gpus(real, limit) if limit else real, tuned=False)
+    machine = planned.machine
+    chosen = planned.chosen
+    target = planned.target
     model_path = ensure_model(target, chosen.source.name, auto=False, yes=False, dry=False)
     tensors, hp = chosen.source.tensors, chosen.source.hparams
     # Expert layers per GPU are tried whenever there is a GPU: runq's margins may have kept a small one unused.
@@ -138,10 +142,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     start_knobs = tune.start_knobs(chosen.plan)
     baseline = replace(start_knobs, baseline=True)
     biggest = max((tensors.expert_bytes(il) for il in tensors.expert_layers), default=0)
-    planned = 3 + len(list(tune.planned(start_knobs, space)))  # + baseline, + the confirming pair
-    bench = str(bin_dir / "llama-bench")
-    ctx = _Ctx(machine, tensors, hp, req, bench, str(model_path), args, start_time + budget, planned, biggest,
-               time.monotonic(), fit_target)  # fmt: skip
+    planned_n = 3 + len(list(tune.planned(start_knobs, space)))  # + baseline, + the confirming pair
+    bench = str(found.bin_dir / "llama-bench")
+    ctx = _Ctx(machine, tensors, hp, planned.request, bench, str(model_path), args, start_time + budget, planned_n,
+               biggest, time.monotonic(), fit_target)  # fmt: skip
     if not args.json:
         _say(f"Tuning {target.name} {chosen.source.name} for {args.goal} with llama-bench (pp{args.pp}, tg{args.tg},"
              f" {args.repetitions} repetitions; at most {ctx.planned} candidates, budget {budget:.0f} s)…")  # fmt: skip
@@ -149,15 +153,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     best = tune.choose(measured, args.goal)
     base = next((m for m in measured if m.knobs.baseline), None)
     key = tuned_store.model_key(target)
-    if best is not None and machine is real:
-        tuned_store.save(machine, build_key, key, chosen.source.name, args.goal, best, measured)
+    if best is not None and limit is None:
+        tuned_store.save(machine, found.key, key, chosen.source.name, args.goal, best, measured)
     if best is not None:
-        _refit(real, build_key, key, measured, ctx)
+        _refit(real, found.key, key, measured, ctx)
     if args.json:
         print(json.dumps({"baseline": tune.BASELINE, "chosen": best.label if best else None,
                           "candidates": [m.as_json() for m in measured]}, indent=2))  # fmt: skip
     else:
-        _print_table(measured, best, base, args.goal, stopped, saved=machine is real)
+        _print_table(measured, best, base, args.goal, stopped, saved=limit is None)
     if ctx.interrupted:
         return EXIT_INTERRUPTED
     if best is None:
@@ -207,9 +211,8 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
     if left < 1:
         raise tune.Stop("the budget is spent")
     p = None if k.baseline else _plan_for(ctx, k)
-    argv = tune.bench_argv(ctx.bench, ctx.model_path, p, k, pp=ctx.args.pp, tg=ctx.args.tg,
-                           reps=ctx.args.repetitions, gpus=bool(ctx.machine.gpus),
-                           fit_target_mib=ctx.fit_target_mib)  # fmt: skip
+    argv = bench_argv(ctx.bench, ctx.model_path, p, pp=ctx.args.pp, tg=ctx.args.tg, reps=ctx.args.repetitions,
+                      gpus=bool(ctx.machine.gpus), fit_target_mib=ctx.fit_target_mib)  # fmt: skip
     ctx.count += 1
     if not ctx.args.json:
         done = ctx.count - 1

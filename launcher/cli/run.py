@@ -13,103 +13,62 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from launcher.cli.common import (
-    ensure_binaries,
-    ensure_model,
-    llama_sizes,
-    plan_inputs,
-    read_api_key,
-    resolve_machine,
-    resolve_target,
-    say,
-    server_options,
-)
+from launcher.cli.common import ensure_binaries, ensure_model, plan_for, read_api_key, say, server_options
 from launcher.errors import EXIT_INTERRUPTED, EXIT_OK
-from launcher.pipeline.measured import tuned_request, with_speed
 
 if TYPE_CHECKING:
-    from launcher.llama.argv import Launch
-    from launcher.machine.spec import Machine
-    from launcher.pipeline.measured import Tuned
-    from launcher.pipeline.target import ModelTarget
-    from launcher.plan.choose import Choice
+    from pathlib import Path
+
+    from launcher.pipeline.plan import Planned
     from launcher.plan.inputs import ServerOptions
-    from launcher.plan.types import Request
 OOM_ATTEMPTS = 3
 
 
-@dataclass
-class Planned:
-    """What `run` decided before it starts anything."""
+@dataclass(frozen=True)
+class Launching:
+    """What `run` starts: the plan, and where its model, binaries and the user's own flags are."""
 
-    machine: Machine
-    target: ModelTarget
-    request: Request
-    choice: Choice
-    passthrough: list[str]
-    sizes: str = ""  # where the KV cache and compute sizes came from (llama.cpp's projection or runq's estimate)
-    tuned: Tuned | None = None  # a saved `runq tune` result for this model here (launcher/measured.py)
+    planned: Planned
+    model: str
+    bin_dir: Path | None
+    extra: tuple[str, ...]
 
-    def argv(self, launch: Launch) -> list[str]:
-        """The llama.cpp command: the plan's, with the tuned knobs the plan does not carry."""
-        from launcher.llama.argv import build_argv
+    def argv(self, opts: ServerOptions | None) -> list[str]:
+        from launcher.pipeline.plan import command
 
-        argv = build_argv(self.choice.chosen.plan, launch)
-        return self.tuned.argv(argv) if self.tuned else argv
-
-
-def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
-    """The machine, the model and the checked request (flags after `--` that pin the plan win), then the choice."""
-    from launcher.plan.choose import choose
-    from launcher.plan.inputs import buffers_of, planning_request, split_extra
-
-    pins, passthrough = split_extra(getattr(args, "extra", []))
-    inputs = plan_inputs(args, server=server).pinned(pins)
-    llama_bin = getattr(args, "llama_bin", None)
-    machine = with_speed(resolve_machine(args), llama_bin, calibrate_now=not args.dry_run, say=say)
-    target = resolve_target(args)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
-    req, pinned, tuned = tuned_request(machine, target, req, pins, llama_bin)  # a saved `runq tune` result
-    choice = choose(target.name, machine, list(target.sources), req, pinned=pinned,
-                    ctx_pinned=inputs.ctx is not None)  # fmt: skip
-    choice, projected = llama_sizes(args, target, machine, req, choice)
-    return Planned(machine, target, req, choice, passthrough, sizes=projected, tuned=tuned)
+        return command(self.planned, server=opts, model=self.model, bin_dir=self.bin_dir, extra=self.extra)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from launcher.llama import build
-    from launcher.llama.argv import launch_for, shell_quote
+    from launcher.llama.argv import shell_quote
     from launcher.view import plan as render_plan
 
     opts = server_options(args) if args.server else None
     key = read_api_key(opts) if opts else None
-    p = plan_run(args, server=args.server)
-    chosen = p.choice.chosen
-    plan = chosen.plan
-    print(f"{p.target.name} {chosen.source.name}: {plan.ctx:,} tokens of context, "
+    p, passthrough = plan_for(args, server=args.server, calibrate=not args.dry_run)
+    plan = p.plan
+    print(f"{p.target.name} {p.quant}: {plan.ctx:,} tokens of context, "
           f"{plan.predicted_tg_tps:.1f} tokens/s predicted ({p.target.sizes}; {plan.speed_source})")  # fmt: skip
     if p.tuned:
         print(f"  {p.tuned.note}")
     print(f"  KV cache and compute: {p.sizes}")
-    for line in (*render_plan.memory_table(chosen.plan), *(f"  {x}" for x in render_plan.placement_lines(chosen.plan))):
+    for line in (*render_plan.memory_table(plan), *(f"  {x}" for x in render_plan.placement_lines(plan))):
         print(line)
     for note in p.machine.notes:
         print(f"Note: {note}", file=sys.stderr)
     dry = args.dry_run
-    model_path = ensure_model(p.target, chosen.source.name, auto=args.auto, yes=args.yes, dry=dry)
+    model_path = ensure_model(p.target, p.quant, auto=args.auto, yes=args.yes, dry=dry)
     quirks = tuple(p.target.profile.build_quirks) if p.target.profile else ()
     binaries = ensure_binaries(
         args.llama_bin, args.source, allowed=args.auto or bool(args.llama_bin), dry=dry, quirks=quirks
     )
     if p.machine.source != "probed" and p.machine.gpus and not _here_has_gpu():
         say("Note: the plan is for the GPU you described; this machine has none: llama.cpp runs it all on the CPU.")
-    extra = list(p.passthrough)
+    extra = list(passthrough)
     if args.verify_tensors and "-lv" not in extra:
         extra += ["-lv", "5"]
-    launch = launch_for(str(binaries / ("llama-server" if args.server else "llama-cli")), str(model_path),
-                        p.target.profile, server=opts, extra=extra, flags=build.binary_flags(binaries),
-                        gguf_sampling=chosen.source.sampling)  # fmt: skip
-    argv = p.argv(launch)
+    run = Launching(p, str(model_path), binaries, tuple(extra))
+    argv = run.argv(opts)
     if dry:
         print(f"[dry-run] would run: {shell_quote([a if a != key else '<api key>' for a in argv])}")
         return EXIT_OK
@@ -118,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from launcher.llama.procs import run_foreground
 
         return run_foreground(argv)  # the terminal (and Ctrl-C) is llama-cli's now; it dies with runq
-    return serve(p, launch, opts, key, verify_tensors=args.verify_tensors)
+    return serve(run, opts, key, verify_tensors=args.verify_tensors)
 
 
 def _here_has_gpu() -> bool:
@@ -127,39 +86,40 @@ def _here_has_gpu() -> bool:
     return bool(probe_gpus()[0])
 
 
-def start_verified(p: Planned, launch: Launch, opts: ServerOptions, key: str | None) -> tuple[Any, float, Planned]:
+def start_verified(run: Launching, opts: ServerOptions, key: str | None) -> tuple[Any, float, Launching]:
     """Start llama-server and wait until it answers; after an out-of-memory while loading, re-plan with more
-    margin (the core's replan_after_oom) and start again, up to OOM_ATTEMPTS times in all."""
+    margin (the pipeline's replan_after_oom) and start again, up to OOM_ATTEMPTS times in all."""
     from dataclasses import replace
 
     from launcher.llama import server as runner
     from launcher.llama.rpc import name_dead
     from launcher.paths import logs_dir
-    from launcher.plan.choose import replan_after_oom
+    from launcher.pipeline.plan import replan_after_oom
 
     attempt = 1
     while True:
         log_path = logs_dir() / f"llama-server-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
         say(f"Log: {log_path}")
-        server = runner.start(p.argv(launch), log_path, opts.host, opts.port, key)
+        server = runner.start(run.argv(opts), log_path, opts.host, opts.port, key)
         try:
-            return server, runner.wait_healthy(server, opts.timeout_s), p
+            return server, runner.wait_healthy(server, opts.timeout_s), run
         except runner.ServerFailed as e:
             if e.kind != "oom" or attempt >= OOM_ATTEMPTS:
-                raise name_dead(e, p.choice.chosen.plan.rpc) from None  # a lost worker is named
-            again = replan_after_oom(p.machine, p.choice, p.request)
+                raise name_dead(e, run.planned.plan.rpc) from None  # a lost worker is named
+            planned, again = replan_after_oom(run.planned)
             attempt += 1
             say(again.message(attempt, OOM_ATTEMPTS))
-            p = replace(p, choice=again.choice, request=again.request)
+            run = replace(run, planned=planned)
 
 
-def serve(p: Planned, launch: Launch, opts: ServerOptions, key: str | None, *, verify_tensors: bool) -> int:
+def serve(run: Launching, opts: ServerOptions, key: str | None, *, verify_tensors: bool) -> int:
     """Start, wait, verify the placement against llama.cpp's log, then serve until Ctrl-C."""
     from launcher.llama import log as llama_log
     from launcher.llama import server as runner
 
-    server, took, p = start_verified(p, launch, opts, key)
-    plan = p.choice.chosen.plan
+    server, took, run = start_verified(run, opts, key)
+    p = run.planned
+    plan = p.plan
     try:
         report = llama_log.parse(server.log_text())
         check = llama_log.verify(plan, report, has_gpu=bool(p.machine.gpus) and p.machine.source == "probed",

@@ -15,22 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.cli.common import (
-    confirm,
-    ensure_binaries,
-    ensure_model,
-    llama_sizes,
-    plan_inputs,
-    read_api_key,
-    resolve_machine,
-    resolve_target,
-    server_options,
-    warn,
-)
+from launcher.cli.common import confirm, ensure_binaries, ensure_model, plan_for, read_api_key, server_options, warn
 from launcher.errors import EXIT_OK, RunqError, UsageError
 
 if TYPE_CHECKING:
-    from launcher.service.manage import Mode
+    from launcher.service.manage import Mode, Record, SavedPlan
 
 UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 
@@ -83,11 +72,7 @@ class Prepared:
 
 def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     """The record, unit and its text for the command's model and options; downloads/builds only when `act`."""
-    from launcher.llama import build
-    from launcher.llama.argv import build_argv, launch_for
-    from launcher.pipeline.measured import tuned_request, with_speed
-    from launcher.plan.choose import choose
-    from launcher.plan.inputs import buffers_of, planning_request
+    from launcher.pipeline.plan import command
     from launcher.service.manage import Locations, check_port
 
     name = check_service_name(args.name) if args.name is not None else _name_for(args.model)
@@ -96,41 +81,26 @@ def _prepare(args: argparse.Namespace, *, act: bool) -> Prepared:
     opts = server_options(args)
     read_api_key(opts)
     check_port(loc, name, opts.port)
-    machine = with_speed(resolve_machine(args), args.llama_bin)
-    target = resolve_target(args)
-    inputs = plan_inputs(args, server=True)
-    req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
-    req, pinned, tuned = tuned_request(machine, target, req, None, args.llama_bin)  # a saved `runq tune` result
-    choice = choose(target.name, machine, list(target.sources), req, pinned=pinned,
-                    ctx_pinned=args.ctx is not None)  # fmt: skip
-    choice, _ = llama_sizes(args, target, machine, req, choice)
-    plan = choice.chosen.plan
+    p, _ = plan_for(args, server=True)
     dry = not act  # a service makes sure its model and build exist, asking once
-    model_path = ensure_model(target, choice.chosen.source.name, auto=True, yes=getattr(args, "yes", False), dry=dry)
-    quirks = tuple(target.profile.build_quirks) if target.profile else ()
-    binaries = ensure_binaries(args.llama_bin, args.source, allowed=True, dry=dry, quirks=quirks)
-    warnings = _build_warnings(plan, binaries)
+    model_path = ensure_model(p.target, p.quant, auto=True, yes=getattr(args, "yes", False), dry=dry)
+    quirks = tuple(p.target.profile.build_quirks) if p.target.profile else ()
+    binaries = Path(ensure_binaries(args.llama_bin, args.source, allowed=True, dry=dry, quirks=quirks)).absolute()
+    warnings = _build_warnings(p.plan, binaries)
     log_path = loc.log_path(name)
-    launch = launch_for(str(Path(binaries, "llama-server").absolute()), str(Path(model_path).absolute()),
-                        target.profile, server=opts, extra=["--log-file", str(log_path)],
-                        flags=build.binary_flags(Path(binaries)),
-                        gguf_sampling=choice.chosen.source.sampling)  # fmt: skip
-    argv = build_argv(plan, launch)
-    argv = tuned.argv(argv) if tuned else argv
-    return _unit(args.mode, name, run_as, target, choice, opts, argv, str(log_path), launch, warnings)
+    argv = command(p, server=opts, model=str(Path(model_path).absolute()), bin_dir=binaries,
+                   extra=["--log-file", str(log_path)])  # fmt: skip
+    template = p.target.profile.template_path() if p.target.profile else None
+    reads = (argv[0], str(Path(model_path).absolute()), *([str(template)] if template else []))
+    return _unit(args.mode, name, run_as, p.target, p.choice, opts, argv, str(log_path), reads, warnings)
 
 
 def _build_warnings(plan: Any, binaries: Path) -> tuple[str, ...]:
     """A plan with GPU layers pointed at a build without CUDA would run many times slower: say so."""
-    import json
+    from launcher.llama.binaries import binaries_at
 
-    if not plan.gpu_devices:
-        return ()
-    try:
-        backend = json.loads((binaries.parent / "manifest.json").read_text()).get("backend")
-    except (OSError, ValueError):
-        return ()
-    if backend == "cuda":
+    backend = binaries_at(binaries).backend
+    if not plan.gpu_devices or backend in ("cuda", None):
         return ()
     return (
         f"the plan puts layers on the GPU but {binaries} is a {backend} build of llama.cpp: the service would run "
@@ -139,8 +109,8 @@ def _build_warnings(plan: Any, binaries: Path) -> tuple[str, ...]:
 
 
 def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, opts: Any, argv: list[str],
-          log_path: str, launch: Any, warnings: tuple[str, ...]) -> Prepared:  # fmt: skip
-    from launcher.service.manage import Record
+          log_path: str, reads: tuple[str, ...], warnings: tuple[str, ...]) -> Prepared:  # fmt: skip
+    from launcher.service.manage import Record, SavedPlan
     from launcher.service.unit import UnitSpec, render
     from launcher.view import plan as render_plan
 
@@ -151,14 +121,14 @@ def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, o
                for d in plan.remote_devices if d.weights_bytes]  # fmt: skip
     record = Record(
         name=name, mode=mode, model=target.key, quant=quant, host=opts.host, port=opts.port, argv=argv,
-        log_path=log_path, gpus=gpus, plan=render_plan.plan_json(plan), api_key_file=opts.api_key_file,
+        log_path=log_path, gpus=gpus, plan=SavedPlan.model_validate(render_plan.plan_json(plan)),
+        api_key_file=opts.api_key_file,
     )  # fmt: skip
-    reads = [launch.binary, launch.model_path, *([launch.template_path] if launch.template_path else []),
-             sys.executable, *([opts.api_key_file] if opts.api_key_file else [])]  # fmt: skip
+    read_paths = (*reads, sys.executable, *([opts.api_key_file] if opts.api_key_file else []))
     spec = UnitSpec(
         name=name, description=f"runq: {target.name} {quant} on {opts.host}:{opts.port}", exec_start=argv,
         runq=[sys.executable, "-m", "launcher"], mode=mode, run_as=run_as, gpus=tuple(gpus), state_dir=f"runq/{name}",
-        read_paths=tuple(reads), mlock="mlock" in plan.load_mode, workers=tuple(workers),
+        read_paths=read_paths, mlock="mlock" in plan.load_mode, workers=tuple(workers),
     )  # fmt: skip
     return Prepared(record, spec, render(spec), warnings)
 
@@ -187,7 +157,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"# {loc.unit_path(record.name)}")
         sys.stdout.write(text)
         print(f"\n# {loc.record_path(record.name)}: the plan it runs")
-        print(f"#   {record.quant}, ctx {record.plan['ctx']:,}, {record.plan['predicted_tg_tps']} tokens/s predicted")
+        p = _saved_plan(record)
+        print(f"#   {record.quant}, ctx {p.ctx:,}, {p.predicted_tg_tps} tokens/s predicted")
         print(f"#   {shell_quote(record.argv)}")
         return EXIT_OK
     write_unit = service.check_unit_slot(loc, record.name, text, args.force)
@@ -232,7 +203,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     from launcher.llama.server import base_url, http_json
     from launcher.service import manage as service
     from launcher.service.unit import unit_name
-    from launcher.units import fmt_bytes
 
     loc = service.Locations.for_mode(args.mode)
     r = service.Record.load(loc.record_path(check_service_name(args.name)))
@@ -242,7 +212,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if r.kind == "worker":
         print(f"  worker: ggml-rpc-server on {r.host}:{r.port} (main hosts add --rpc {r.host}:{r.port})")
         return EXIT_OK
-    print(f"  model: {r.model} {r.quant}, ctx {r.plan['ctx']:,}, {r.plan['predicted_tg_tps']} tokens/s predicted")
+    plan = _saved_plan(r)
+    print(f"  model: {r.model} {r.quant}, ctx {plan.ctx:,}, {plan.predicted_tg_tps} tokens/s predicted")
     key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
     url = base_url(r.host, r.port)
     try:
@@ -252,10 +223,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  health: {health} at {url}")
     report = llama_log.parse(_read(r.log_path))
     if report.buffers:
-        print("  memory per device (predicted / as llama.cpp reported it):")
-        for d in r.plan["devices"]:
-            predicted = d["weights_bytes"] + d["kv_bytes"] + d["compute_bytes"]
-            print(f"    {d['name']:<6} {fmt_bytes(predicted):>10} / {fmt_bytes(report.device_bytes(d['name'])):>10}")
+        # The same check as `runq run` and the unit's ExecStartPost: the saved plan against llama.cpp's buffers.
+        check = llama_log.verify(plan.view, report, has_gpu=bool(r.gpus))
+        print("  memory per device, predicted and as llama.cpp reported it:")
+        for line in check.lines:
+            print(f"    {line}")
+        for problem in check.problems:
+            print(f"  problem: {problem}")
     return EXIT_OK
 
 
@@ -341,14 +315,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 1
         time.sleep(1)
     report = llama_log.parse(_read(r.log_path))
-    on_gpu = [n for n, b in report.buffers.items() if n.startswith("CUDA") and b.get("weights", 0) > 0]
-    if r.gpus and not on_gpu:
-        print("Error: the plan puts weights on the GPU but llama.cpp loaded everything on the CPU: "
-              "failing the start instead of serving many times slower", file=sys.stderr)  # fmt: skip
+    check = llama_log.verify(_saved_plan(r).view, report, has_gpu=bool(r.gpus))  # the same check as `runq run`
+    for line in check.lines:
+        print(f"  {line}")
+    if not check.ok:
+        for problem in check.problems:
+            print(f"Error: {problem}: failing the start instead of serving many times slower", file=sys.stderr)
         return 1
+    on_gpu = [n for n, b in report.buffers.items() if n.startswith("CUDA") and b.get("weights", 0) > 0]
     print(f"{args.name}: ready after {time.monotonic() - t0:.0f} s; weights on {', '.join(on_gpu) or 'the CPU'} "
           f"as planned", flush=True)  # fmt: skip
     return EXIT_OK
+
+
+def _saved_plan(r: Record) -> SavedPlan:
+    if r.plan is None:
+        raise RunqError(f"{r.name} is a worker service: it has no model plan", hint=f"runq service status {r.name}")
+    return r.plan
 
 
 def _read(path: str) -> str:
@@ -396,7 +379,7 @@ def cmd_install_worker(args: argparse.Namespace) -> int:
         return 1
     record = service.Record(
         name=name, mode=args.mode, model="(worker)", quant="", host=args.host, port=args.port, argv=argv,
-        log_path="", gpus=[(i, 1) for i in range(n_gpus)], plan={}, kind="worker",
+        log_path="", gpus=[(i, 1) for i in range(n_gpus)], kind="worker",
     )  # fmt: skip
     service.write_atomic(loc.record_path(name), record.to_json())
     if write_unit:

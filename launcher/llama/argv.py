@@ -1,10 +1,14 @@
-"""A Plan as a llama.cpp command line (llama-server or llama-cli). Pure: builds argv lists, runs nothing."""
+"""A Plan as llama.cpp command lines: llama-server / llama-cli, llama-bench and llama-fit-params.
+
+Pure: builds argv lists, runs nothing. The only writer of llama.cpp flags in runq (one place per dialect).
+"""
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from launcher.catalog.profiles import Profile, Sampling
 from launcher.catalog.sampling import to_pass
@@ -31,37 +35,125 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def plan_flags(plan: Plan, flags: Mapping[str, bool] | None = None) -> list[str]:
-    """The placement part of the command: what the planner decided, in the flags this build accepts
-    (`flags` from capabilities.parse_help; None means the pinned commit's)."""
+Dialect = Literal["server", "bench", "fit"]
+FIT_TARGET_MIB = 1024  # llama.cpp's own -fitt default (llama-server); llama-bench's fit is off unless asked
+
+
+def placement_flags(plan: Plan, dialect: Dialect = "server", flags: Mapping[str, bool] | None = None) -> list[str]:
+    """What the planner decided, as llama.cpp flags: the one writer of them, in three dialects.
+
+    server: llama-server / llama-cli (`-ot A=B -ot C=D`, `-ts 1,2`); bench: llama-bench (pairs inside one -ot joined
+    by ';', a ',' would start another configuration; `-ts 1/2`; no -c: the test sets the tokens); fit:
+    llama-fit-params (the server's flags less its server-only ones). `flags` are what the binary accepts
+    (capabilities.parse_help; None: the pinned commit's). A plan that leaves placement to llama.cpp
+    (`llama_default`, measured fastest by tune) says only what the user's turn needs: the context."""
 
     def has(name: str) -> bool:
         return flags is None or flags.get(name, False)
 
-    args = []
-    if plan.rpc:  # first: llama.cpp registers the workers' devices when it reads --rpc, and -ot names them
+    args: list[str] = []
+    if plan.rpc and dialect != "bench":  # first: llama.cpp registers the workers' devices when it reads --rpc
         args += ["--rpc", ",".join(plan.rpc)]
-    args += ["-c", str(plan.ctx), "-ngl", str(plan.ngl)]
-    if has("fit"):  # on by default since late 2025: off, so llama.cpp keeps runq's placement
+    if dialect != "bench":
+        args += ["-c", str(plan.ctx)]
+    if plan.llama_default:
+        return args + _fa(plan, dialect)
+    args += ["-ngl", str(plan.ngl)]
+    if dialect != "bench" and has("fit"):  # on by default since late 2025: off, so llama.cpp keeps runq's placement
         args += ["--fit", "off"]
-    for o in plan.overrides:
-        args += ["-ot", str(o)]
-    if plan.tensor_split:
-        args += ["-ts", ",".join(str(n) for n in plan.tensor_split)]
+    args += _devices(plan, dialect)
     if plan.cache_type_k != "f16":
         args += ["-ctk", plan.cache_type_k]
     if plan.cache_type_v != "f16":
         args += ["-ctv", plan.cache_type_v]
-    args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048))]
-    args += ["-t", str(plan.threads)]
+    args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048)), "-t", str(plan.threads)]
+    return args + _fa(plan, dialect) + _memory(plan, dialect, has)
+
+
+def _devices(plan: Plan, dialect: Dialect) -> list[str]:
+    """-ot (the user's first, then runq's) and -ts."""
+    args: list[str] = []
+    if dialect == "bench":
+        if plan.overrides:
+            args += ["-ot", ";".join(str(o) for o in plan.overrides)]
+    else:
+        for o in plan.overrides:
+            args += ["-ot", str(o)]
+    if plan.tensor_split:
+        args += ["-ts", ("/" if dialect == "bench" else ",").join(str(n) for n in plan.tensor_split)]
+    return args
+
+
+def _memory(plan: Plan, dialect: Dialect, has: Callable[[str], bool]) -> list[str]:
+    """Load mode and the server's host prompt cache."""
+    if dialect == "bench":
+        return ["-lm", plan.load_mode]
+    args: list[str] = []
     if plan.load_mode != "mmap":
         if has("load_mode"):
             args += ["-lm", plan.load_mode]
         elif plan.load_mode == "none" and has("no_mmap"):
             args.append("--no-mmap")  # older builds: -lm replaced --no-mmap/--mlock
-    if plan.cache_ram_bytes is not None and has("cache_ram"):
+    if dialect == "server" and plan.cache_ram_bytes is not None and has("cache_ram"):
         args += ["-cram", str(plan.cache_ram_bytes >> 20)]
     return args
+
+
+def _fa(plan: Plan, dialect: Dialect) -> list[str]:
+    """Flash attention: llama.cpp's auto unless a measurement chose; llama-bench's own default is off, so it is
+    always told."""
+    if dialect == "bench":
+        return ["-fa", "auto" if plan.flash_attn == "auto" else plan.flash_attn]
+    return ["-fa", plan.flash_attn] if plan.flash_attn != "auto" else []
+
+
+def plan_flags(plan: Plan, flags: Mapping[str, bool] | None = None) -> list[str]:
+    """The placement part of a llama-server / llama-cli command."""
+    return placement_flags(plan, "server", flags)
+
+
+def fit_argv(binary: str, model: str, plan: Plan, *, placement: bool = True) -> list[str]:
+    """llama-fit-params for exactly this plan's flags (`-fitp on`: the projected MiB per device);
+    placement=False leaves out -ot, -ts and --rpc (a CPU build puts everything on the host anyway)."""
+    flags = placement_flags(plan, "fit")
+    if not placement:
+        flags = _without(flags, {"-ot", "-ts", "--rpc"})
+    return [binary, "-m", model, *flags, "-fitp", "on"]
+
+
+def fit_flags(plan: Plan, *, placement: bool = True) -> list[str]:
+    """The flags part of fit_argv (what identifies one projection)."""
+    return fit_argv("", "", plan, placement=placement)[3:-2]
+
+
+def _without(flags: list[str], drop: set[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(flags):
+        if flags[i] in drop:
+            i += 2
+            continue
+        out.append(flags[i])
+        i += 1
+    return out
+
+
+def bench_argv(
+    bench: str, model: str, plan: Plan | None, *, pp: int, tg: int, reps: int, depth: int = 0,
+    gpus: bool = False, fit_target_mib: int = FIT_TARGET_MIB,
+) -> list[str]:  # fmt: skip
+    """The llama-bench command for a plan (None, or one that leaves placement to llama.cpp: llama.cpp's own
+    default, with its fit on where there are GPUs). The prompt is at least one ubatch long, so a larger ubatch is
+    really exercised; `depth` tokens of context are filled before each test (-d)."""
+    baseline = plan is None or plan.llama_default
+    prompt = pp if baseline or plan is None else max(pp, plan.ubatch)
+    argv = [bench, "-m", model, "-p", str(prompt), "-n", str(tg), "-r", str(reps), "-o", "jsonl"]
+    if depth:
+        argv += ["-d", str(depth)]
+    if baseline:
+        return argv + (["-fitt", str(fit_target_mib)] if gpus else [])
+    assert plan is not None
+    return argv + placement_flags(replace(plan, ngl=plan.ngl if plan.gpu_devices else 0), "bench")
 
 
 def sampling_flags(s: Sampling | None) -> list[str]:

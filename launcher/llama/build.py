@@ -375,20 +375,6 @@ def find_build(backend: str, quirks: tuple[str, ...] = ()) -> Build | None:
     return builds[0] if builds and backend == "cpu" else None
 
 
-def binary_flags(bin_dir: Path) -> dict[str, bool] | None:
-    """The flags these binaries accept: from runq's build manifest, or read from `--help` of your own build;
-    None when there are no binaries yet (a dry run): the pinned commit's flags."""
-    manifest = bin_dir.parent / "manifest.json"
-    if manifest.is_file():
-        try:
-            return dict(json.loads(manifest.read_text())["capabilities"]["flags"])
-        except (ValueError, KeyError, OSError):
-            pass
-    if not (bin_dir / "llama-server").is_file():
-        return None
-    return probe_binaries(bin_dir).flags
-
-
 def _fetch_source(
     req: BuildRequest, kinds: list[str], tc: Toolchain, backend: str, log_path: Path, say: Callable[[str], None]
 ) -> Source:

@@ -11,7 +11,6 @@ why, with llama.cpp's own error line.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from collections.abc import Callable
@@ -20,7 +19,8 @@ from pathlib import Path
 
 from launcher.catalog.sources import ModelSource
 from launcher.errors import RunqError
-from launcher.llama.argv import plan_flags
+from launcher.llama.argv import fit_argv, fit_flags
+from launcher.llama.binaries import Binaries
 from launcher.machine.spec import Machine
 from launcher.plan.choose import Candidate, Choice
 from launcher.plan.place import plan
@@ -45,34 +45,18 @@ class Oracle:
     cpu_only: bool = False  # a CPU build: every tensor is Host, so -ot/-ts mean nothing (and CUDA names fail)
 
     @classmethod
-    def find(cls, bin_dir: Path | None) -> Oracle | None:
-        if bin_dir is None or not (bin_dir / BINARY).is_file():
+    def find(cls, binaries: Binaries | None) -> Oracle | None:
+        if binaries is None or not binaries.has(BINARY):
             return None
-        return cls(bin_dir / BINARY, build_label(bin_dir), _manifest(bin_dir).get("backend") == "cpu")
+        return cls(binaries.bin_dir / BINARY, build_label(binaries), binaries.backend == "cpu")
 
 
-def _manifest(bin_dir: Path) -> dict[str, object]:
-    try:
-        data = json.loads((bin_dir.parent / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def cached_bin_dir() -> Path | None:
-    """runq's cached build of the pinned commit (CUDA preferred), without building anything."""
-    from launcher.llama.build import find_build
-
-    found = find_build("cuda") or find_build("cpu")
-    return found.bin_dir if found else None
-
-
-def build_label(bin_dir: Path) -> str:
+def build_label(binaries: Binaries) -> str:
     """The build's short commit: from runq's manifest, else from `--version`."""
-    if commit := _manifest(bin_dir).get("commit"):
-        return str(commit)[:7]
+    if binaries.commit:
+        return binaries.commit[:7]
     try:
-        argv = [str(bin_dir / BINARY), "--version"]
+        argv = [str(binaries.bin_dir / BINARY), "--version"]
         r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -80,25 +64,9 @@ def build_label(bin_dir: Path) -> str:
     return (m.group(1) or m.group(2))[:7] if m else "unknown"
 
 
-def fit_flags(p: Plan, *, placement: bool = True) -> list[str]:
-    """The plan's flags as llama-fit-params takes them (it has no llama-server options); placement=False drops
-    -ot, -ts and --rpc (a CPU build puts everything on the host anyway, and need not reach the workers)."""
-    flags = plan_flags(p)
-    drop = {"-cram"} | (set() if placement else {"-ot", "-ts", "--rpc"})
-    out: list[str] = []
-    i = 0
-    while i < len(flags):
-        if flags[i] in drop:
-            i += 2
-            continue
-        out.append(flags[i])
-        i += 1
-    return out
-
-
 def project(oracle: Oracle, model: Path, p: Plan) -> Projection:
     """llama.cpp's rows for exactly this plan's flags."""
-    argv = [str(oracle.binary), "-m", str(model), *fit_flags(p, placement=not oracle.cpu_only), "-fitp", "on"]
+    argv = fit_argv(str(oracle.binary), str(model), p, placement=not oracle.cpu_only)
     try:
         r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -131,8 +99,9 @@ def _error_line(stderr: str) -> str:
 
 def refine(
     oracle: Oracle, model: Path, machine: Machine, source: ModelSource, req: Request, first: Plan
-) -> tuple[Plan, int]:
-    """Re-plan on llama.cpp's sizes until the flags stop changing (at most MAX_ROUNDS projections of the plan)."""
+) -> tuple[Plan, int, tuple[Projection, ...]]:
+    """Re-plan on llama.cpp's sizes until the flags stop changing (at most MAX_ROUNDS projections of the plan);
+    returns the plan, the rounds and llama.cpp's answers (the request's `projections` for that plan)."""
     projections: dict[tuple[object, ...], Projection] = {}
     current = first
     rounds = 0
@@ -150,7 +119,7 @@ def refine(
         current = nxt
         if done:
             break
-    return current, rounds
+    return current, rounds, tuple(projections.values())
 
 
 def _ubatches(req: Request, p: Plan, source: ModelSource) -> set[int]:
@@ -173,25 +142,27 @@ def project_sizes(
     choice: Choice,
     machine: Machine,
     req: Request,
-    bin_dir: Path | None,
+    binaries: Binaries | None,
     model_file: Callable[[ModelSource], Path | None],
     *,
     pinned: bool = False,
-) -> tuple[Choice, str]:
-    """The choice with its chosen plan placed again on llama.cpp's sizes, and a line saying what happened."""
-    oracle = Oracle.find(bin_dir)
+) -> tuple[Choice, str, tuple[Projection, ...]]:
+    """The choice with its chosen plan placed again on llama.cpp's sizes, a line saying what happened, and
+    llama.cpp's answers for the chosen plan (none when the estimate stands)."""
+    oracle = Oracle.find(binaries)
     if oracle is None:
-        return choice, "runq estimate (no llama.cpp build here to ask: `runq build`)"
+        return choice, "runq estimate (no llama.cpp build here to ask: `runq build`)", ()
     src = choice.chosen.source
     smaller = [c for c in choice.candidates if c.plan.fits and c.source.size_bytes < src.size_bytes and not pinned]
     order = [choice.chosen, *sorted(smaller, key=lambda c: -c.source.size_bytes)]
     tried: list[Candidate] = []
     rounds = 0
+    answers: tuple[Projection, ...] = ()
     try:
         for cand in order[:3]:  # llama.cpp may say the chosen quant does not fit after all: try the next ones
             path = _model_path(model_file, cand.source)
             try:
-                refined, rounds = refine(oracle, path, machine, cand.source, req, cand.plan)
+                refined, rounds, answers = refine(oracle, path, machine, cand.source, req, cand.plan)
             except ProjectionFailed as e:
                 arch = cand.source.hparams.arch
                 raise _NoProjection(f"llama.cpp could not project {cand.source.name}, {arch}: {e.message}") from None
@@ -200,7 +171,7 @@ def project_sizes(
                 break
     except _NoProjection as e:
         if not tried:
-            return choice, f"runq estimate ({e})"
+            return choice, f"runq estimate ({e})", ()
     chosen = tried[-1]
     new = {c.source.name: c for c in tried}
     cands = tuple(new.get(c.source.name, c) for c in choice.candidates)
@@ -208,7 +179,7 @@ def project_sizes(
     reasons = choice.reasons
     if chosen.source.name != src.name:
         reasons = (*reasons, f"{chosen.source.name}: {src.name} does not fit on llama.cpp's own sizes")
-    return replace(choice, chosen=chosen, candidates=cands, reasons=reasons), note
+    return replace(choice, chosen=chosen, candidates=cands, reasons=reasons), note, answers
 
 
 def _model_path(model_file: Callable[[ModelSource], Path | None], src: ModelSource) -> Path:

@@ -11,9 +11,11 @@ A log may hold more than one load (a fit pass before the real one): the last one
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from launcher.plan.types import CPU, Plan
+from launcher.plan.types import CPU, DevicePlan
 from launcher.units import MiB, fmt_bytes
 
 _BUF_RE = re.compile(
@@ -79,7 +81,17 @@ class Verification:
 AGREEMENT = 0.10  # a row within 10% agrees; a larger difference is explained in the row
 
 
-def column_lines(plan: Plan, report: Report) -> list[str]:
+class Placement(Protocol):
+    """What the check reads of a plan: a Plan, or a service's saved one (service/manage.py)."""
+
+    @property
+    def devices(self) -> Sequence[DevicePlan]: ...
+
+    @property
+    def gpu_devices(self) -> Sequence[DevicePlan]: ...
+
+
+def column_lines(plan: Placement, report: Report) -> list[str]:
     """Predicted and reported bytes per device and column (weights, KV cache, compute), with the error in %."""
     width = max(8, *(len(d.name) + 1 for d in plan.devices))  # worker devices have long names
     out = [f"{'device':<{width}}{'column':<10}{'predicted':>12}{'llama.cpp':>12}{'error':>9}   predicted from"]
@@ -109,7 +121,7 @@ def _why(label: str, predicted: float, measured: float) -> str:
 
 
 def verify(
-    plan: Plan, report: Report, *, has_gpu: bool, expected_overrides: dict[str, str] | None = None
+    plan: Placement, report: Report, *, has_gpu: bool, expected_overrides: dict[str, str] | None = None
 ) -> Verification:
     """Compare llama.cpp's buffers (and, when the log has them, its override lines) with the plan."""
     lines = column_lines(plan, report)

@@ -238,23 +238,31 @@ def calibrate(
     if gpu_models:
         left = max(BUDGET_S + generated_s - (time.monotonic() - start), 10.0)
         obs += _gpu_observations(bin_dir, gpu_models, machine, left, h2d)
-    fp = fingerprint(machine, build_key)
-    rec: dict[str, Any] = {
-        "fingerprint": fp,
+    rec = {
         "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "took_s": round(time.monotonic() - start, 1),
         "generating_s": round(generated_s, 1),
         "threads": threads,
         "models": {m.name: {"bytes_per_token": m.bytes_per_token, "n_layer": m.n_layer} for m in models},
-        "observations": [_obs_json(o) for o in obs],
         "h2d": h2d,
         "incomplete": error,
         "load_before": round(load, 2),
     }
+    model, path = record(machine, build_key, obs, rec)
+    return model, {**rec, "fingerprint": fingerprint(machine, build_key)}, path
+
+
+def record(machine: Machine, build_key: str, obs: list[Observation], meta: dict[str, Any]) -> tuple[SpeedModel, Path]:
+    """Store a calibration of this machine and build (its observations and what was measured how) and return the
+    constants fitted to it."""
+    fp = fingerprint(machine, build_key)
+    rec = {"fingerprint": fp, "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta,
+           "observations": [_obs_json(o) for o in obs]}  # fmt: skip
     path = _write(fp, rec)
     model = speed_model(rec)
-    assert model is not None  # obs is not empty and every observation is CPU-only with bytes > 0
-    return model, rec, path
+    if model is None:
+        raise ValueError("a calibration needs CPU observations with bytes read")
+    return model, path
 
 
 def decode_passes(

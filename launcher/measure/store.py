@@ -1,8 +1,11 @@
-"""Tuned plans on disk: one JSON file per model + quant + machine fingerprint + llama.cpp build.
+"""Tuned plans on disk: one JSON file per model + quant + machine fingerprint + llama.cpp build, read as a typed
+TuneRecord.
 
 Edge module (reads and writes `<config>/tuned/`). A record keeps the goal, what was chosen (its knobs and
 figures), llama.cpp's default as measured, and every candidate, so `runq plan` can show the last measured
-speed next to the prediction and `runq run` / `runq service install` can use the chosen knobs.
+speed next to the prediction and every front end's plan (through the pipeline) uses the chosen knobs.
+Records are runq's own files: unknown keys are ignored (a newer runq may add some), a record that does not
+validate is treated as absent (tune again), never a traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +18,68 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from launcher.machine.spec import Machine
 from launcher.measure.calibrate import fingerprint
-from launcher.measure.tune import Measured
+from launcher.measure.tune import Knobs, Measured
 from launcher.paths import tuned_dir
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class KnobsRecord(_Record):
+    threads: int
+    ubatch: int
+    flash_attn: str = "auto"
+    load_mode: str = "mmap"
+    expert_delta: int = 0
+    baseline: bool = False
+
+    def knobs(self) -> Knobs:
+        return Knobs(self.threads, self.ubatch, self.flash_attn, self.load_mode, self.expert_delta, self.baseline)
+
+    @classmethod
+    def of(cls, k: Knobs) -> KnobsRecord:
+        return cls.model_validate(k.as_json())
+
+
+class MeasuredRecord(_Record):
+    label: str
+    argv: list[str] = []
+    pp_tps: float | None = None
+    tg_tps: float | None = None
+    peak_bytes: dict[str, int] = {}
+    error: str | None = None
+    knobs: KnobsRecord | None = None
+
+    @classmethod
+    def of(cls, m: Measured) -> MeasuredRecord:
+        return cls.model_validate({**m.as_json(), "knobs": m.knobs.as_json()})
+
+
+class TuneRecord(_Record):
+    model: str
+    quant: str
+    fingerprint: dict[str, Any]
+    goal: str
+    tuned_at: str
+    chosen: MeasuredRecord
+    baseline: MeasuredRecord | None = None
+    candidates: list[MeasuredRecord] = []
+
+    @property
+    def knobs(self) -> Knobs:
+        assert self.chosen.knobs is not None  # save() always writes them
+        return self.chosen.knobs.knobs()
+
+    @property
+    def note(self) -> str:
+        c = self.chosen
+        shown = [f"{name} {v:.1f} t/s" for name, v in (("decode", c.tg_tps), ("prompt", c.pp_tps)) if v]
+        return f"tuned {self.tuned_at[:10]}: measured {', '.join(shown)} ({c.label}, for {self.goal})"
 
 
 def model_key(target: Any) -> str:
@@ -33,53 +94,46 @@ def _path(machine: Machine, build_key: str, key: str, quant: str) -> Path:
     return tuned_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.json"
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def save(machine: Machine, build_key: str, key: str, quant: str, goal: str, chosen: Measured,
          measured: Sequence[Measured]) -> Path:  # fmt: skip
     base = next((m for m in measured if m.knobs.baseline), None)
-    rec = {
-        "model": key,
-        "quant": quant,
-        "fingerprint": fingerprint(machine, build_key),
-        "goal": goal,
-        "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "chosen": {**chosen.as_json(), "knobs": chosen.knobs.as_json()},
-        "baseline": base.as_json() if base else None,
-        "candidates": [m.as_json() for m in measured],
-    }
+    rec = TuneRecord(
+        model=key, quant=quant, fingerprint=fingerprint(machine, build_key), goal=goal,
+        tuned_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), chosen=MeasuredRecord.of(chosen),
+        baseline=MeasuredRecord.of(base) if base else None, candidates=[MeasuredRecord.of(m) for m in measured],
+    )  # fmt: skip
     path = _path(machine, build_key, key, quant)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(path)
+    _write_atomic(path, rec.model_dump_json(indent=1))
     index = path.parent / "latest.json"  # model key -> quant tuned last (for runs that do not pin a quant)
     try:
         latest = json.loads(index.read_text())
     except (OSError, ValueError):
         latest = {}
     latest[f"{build_key}|{key}"] = quant
-    index.write_text(json.dumps(latest, indent=1))
+    _write_atomic(index, json.dumps(latest, indent=1))
     return path
 
 
-def load(machine: Machine, build_key: str, key: str, quant: str | None) -> dict[str, Any] | None:
+def load(machine: Machine, build_key: str, key: str, quant: str | None) -> TuneRecord | None:
     """The saved result for this model (and quant; without one, the quant tuned last), or None."""
     if quant is None:
         try:
             quant = json.loads((tuned_dir() / "latest.json").read_text()).get(f"{build_key}|{key}")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             return None
-        if quant is None:
+        if not isinstance(quant, str):
             return None
     try:
-        rec = json.loads(_path(machine, build_key, key, quant).read_text())
-    except (OSError, ValueError):
+        rec = TuneRecord.model_validate_json(_path(machine, build_key, key, quant).read_text())
+    except (OSError, ValueError, ValidationError):
         return None
-    if not isinstance(rec, dict) or rec.get("fingerprint") != fingerprint(machine, build_key):
+    if rec.fingerprint != fingerprint(machine, build_key) or rec.chosen.knobs is None:
         return None
     return rec
-
-
-def note(rec: dict[str, Any]) -> str:
-    c = rec["chosen"]
-    figures = ", ".join(f"{name} {c[k]:.1f} t/s" for name, k in (("decode", "tg_tps"), ("prompt", "pp_tps")) if c[k])
-    return f"tuned {rec['tuned_at'][:10]}: measured {figures} ({c['label']}, for {rec['goal']})"

@@ -1,5 +1,5 @@
-"""`runq tune`'s decisions: which candidates to measure, how each becomes a llama-bench command, and which
-measured candidate wins for a goal. Pure: no I/O; the measuring is injected (launcher/cli_tune.py runs it).
+"""`runq tune`'s decisions: which candidates to measure, what each asks of the planner, and which measured
+candidate wins for a goal. Pure: no I/O; the measuring is injected (launcher/cli/measure.py runs it).
 
 The search starts from llama.cpp's own default (no placement flags: its fit decides) as the baseline
 and runq's plan, then walks one knob at a time — expert layers per GPU (±1-2), ubatch 512/1024/2048,
@@ -23,7 +23,6 @@ BASELINE = "llama.cpp default"
 UBATCHES = (512, 1024, 2048)
 # "balanced" scores one typical turn: a 512-token prompt and a 128-token answer (1 / its seconds).
 BALANCED_PROMPT, BALANCED_ANSWER = 512, 128
-FIT_TARGET_MIB = 1024  # llama.cpp's own -fitt default (llama-server); llama-bench's fit is off unless asked
 
 
 @dataclass(frozen=True)
@@ -190,78 +189,11 @@ def planned(start: Knobs, space: Space) -> Iterator[Knobs]:
 
 
 def request_for(req: Request, knobs: Knobs, biggest_expert_layer: int) -> Request:
-    """The plan request of a candidate: its ubatch and threads; n more expert layers per GPU by lowering each
-    GPU's margin by n of the largest expert layers (fewer: raising it)."""
+    """The plan request of a candidate: its ubatch, threads, flash attention and load mode; n more expert layers
+    per GPU by lowering each GPU's margin by n of the largest expert layers (fewer: raising it); the baseline
+    leaves placement to llama.cpp's own fit."""
+    if knobs.baseline:
+        return replace(req, llama_default=True)
     margin = req.margin_extra_bytes - knobs.expert_delta * biggest_expert_layer
-    return replace(req, ubatch=knobs.ubatch, threads=knobs.threads, margin_extra_bytes=margin)
-
-
-# --- llama-bench commands ------------------------------------------------------------------------
-
-
-def prompt_tokens(knobs: Knobs, pp: int) -> int:
-    """A prompt at least one ubatch long, so a larger ubatch is actually exercised."""
-    return max(pp, knobs.ubatch if not knobs.baseline else 0)
-
-
-def bench_argv(
-    bench: str,
-    model: str,
-    plan: Plan | None,
-    knobs: Knobs,
-    *,
-    pp: int,
-    tg: int,
-    reps: int,
-    gpus: bool,
-    fit_target_mib: int = FIT_TARGET_MIB,
-) -> list[str]:
-    """The llama-bench command for a candidate. Pairs inside one -ot are joined with ';' (a ',' would start
-    another configuration in llama-bench); tensor splits with '/'."""
-    argv = [bench, "-m", model, "-p", str(prompt_tokens(knobs, pp)), "-n", str(tg), "-r", str(reps), "-o", "jsonl"]
-    if knobs.baseline:
-        return argv + (["-fitt", str(fit_target_mib)] if gpus else [])
-    assert plan is not None
-    argv += ["-ngl", str(plan.ngl if plan.gpu_devices else 0)]
-    if plan.overrides:
-        argv += ["-ot", ";".join(str(o) for o in plan.overrides)]
-    if plan.tensor_split:
-        argv += ["-ts", "/".join(str(n) for n in plan.tensor_split)]
-    if plan.cache_type_k != "f16":
-        argv += ["-ctk", plan.cache_type_k]
-    if plan.cache_type_v != "f16":
-        argv += ["-ctv", plan.cache_type_v]
-    argv += ["-ub", str(knobs.ubatch), "-b", str(max(knobs.ubatch, 2048)), "-t", str(knobs.threads)]
-    argv += ["-fa", knobs.flash_attn, "-lm", knobs.load_mode]
-    return argv
-
-
-# --- applying a tuned result to a llama-server / llama-cli command --------------------------------
-
-# Flags runq adds that llama.cpp's default leaves to itself: flag -> values that follow it.
-_PLACEMENT_FLAGS = {"-ngl": 1, "-ot": 1, "-ts": 1, "--fit": 1, "-ub": 1, "-b": 1, "-t": 1, "-lm": 1, "--no-mmap": 0}
-
-
-def apply_to_argv(argv: Sequence[str], knobs: Knobs) -> list[str]:
-    """A run command with the tuned knobs that the plan does not carry (flash attention, load mode); for the
-    baseline, without runq's placement, batch and thread flags, so llama.cpp's own fit and defaults decide."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if knobs.baseline and a in _PLACEMENT_FLAGS:
-            i += 1 + _PLACEMENT_FLAGS[a]
-            continue
-        if a in ("-lm", "--no-mmap") and not knobs.baseline:
-            i += 2 if a == "-lm" else 1
-            continue
-        out.append(a)
-        i += 1
-    if knobs.baseline:
-        return out
-    extra = ["-lm", knobs.load_mode] if knobs.load_mode != "mmap" else []
-    if knobs.flash_attn != "auto":
-        extra += ["-fa", knobs.flash_attn]
-    # Before the user's own flags (argv's tail): insert right after the model path.
-    cut = out.index("-m") + 2 if "-m" in out else len(out)
-    return [*out[:cut], *extra, *out[cut:]]
+    return replace(req, ubatch=knobs.ubatch, threads=knobs.threads, margin_extra_bytes=margin,
+                   flash_attn=knobs.flash_attn, load_mode=knobs.load_mode)  # type: ignore[arg-type]  # fmt: skip

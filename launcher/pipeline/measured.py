@@ -1,106 +1,80 @@
-"""What was measured on this machine, applied to plans: its calibrated decode constants (launcher/calibration.py)
-and a saved `runq tune` result for the model (launcher/tuned_store.py).
+"""What was measured on this machine, applied to a plan request: its calibrated decode constants
+(measure/calibrate.py) and a saved `runq tune` result for the model (measure/store.py).
 
-An edge (reads the stores, may calibrate). `run`, `plan`, `service install` and `tune` call these hooks; a
+An edge (reads the stores, may calibrate). Only pipeline/plan.py calls these, for every front end alike; a
 described machine (`--gpu`, `--ram`, `--machine`) is not this machine, so it gets neither.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from launcher.machine.spec import Machine
+
+if TYPE_CHECKING:
+    from launcher.llama.binaries import Binaries
+    from launcher.measure.store import TuneRecord
+    from launcher.pipeline.target import ModelTarget
+    from launcher.plan.types import Request
+
+# Pins after which a tuned placement does not apply: the user placed (part of) the model themselves.
+PLACEMENT_PINS = frozenset({"ot", "ngl", "ubatch", "threads"})
 
 
 def _quiet(_text: str) -> None:
     pass
 
 
-def current_build(machine: Machine, llama_bin: str | None = None) -> tuple[Path, str] | None:
-    """(bin dir, build key) of the llama.cpp runq would run here: --llama-bin, or the newest cached build of the
-    pinned commit for this machine's backend."""
-    if llama_bin:
-        path = Path(llama_bin).resolve()
-        return path, f"custom:{path}"
-    from launcher.llama import build as bld
-
-    found = bld.find_build("cuda" if machine.gpus else "cpu")
-    return (found.bin_dir, found.key) if found else None
-
-
 def with_speed(
-    machine: Machine, llama_bin: str | None = None, *, calibrate_now: bool = False, say: Callable[[str], None] = _quiet
+    machine: Machine, binaries: Binaries | None, *, calibrate_now: bool = False, say: Callable[[str], None] = _quiet
 ) -> Machine:
-    """The machine with its measured decode constants, when it is this machine (probed). With `calibrate_now`
-    (a real run or tune) and no calibration for this machine and build yet, calibrate first (once;
-    RUNQ_AUTO_CALIBRATE=0 turns that off)."""
-    if machine.source != "probed":
+    """The machine with its measured decode constants, when it is this machine (probed) and has them. With
+    `calibrate_now` (a real run or tune) and no calibration for this machine and build yet, calibrate first
+    (once; RUNQ_AUTO_CALIBRATE=0 turns that off)."""
+    if machine.source != "probed" or binaries is None or machine.speed is not None:
         return machine
     from launcher.measure import calibrate as calibration
 
-    found = current_build(machine, llama_bin)
-    if found is None:
-        return machine
-    bin_dir, key = found
-    model = calibration.load(machine, key)
+    model = calibration.load(machine, binaries.key)
     auto = os.environ.get("RUNQ_AUTO_CALIBRATE", "1") != "0"  # the test suite turns it off (tests/conftest.py)
-    if model is None and calibrate_now and auto and (bin_dir / "llama-bench").is_file():
+    if model is None and calibrate_now and auto and binaries.has("llama-bench"):
         say("Calibrating this machine once (at most a minute): decode speed measured with llama-bench…")
-        model, _, path = calibration.calibrate(machine, bin_dir, key, cuda=bool(machine.gpus), say=say)
+        model, _, path = calibration.calibrate(machine, binaries.bin_dir, binaries.key, cuda=bool(machine.gpus),
+                                               say=say)  # fmt: skip
         say(f"  saved in {path}; `runq calibrate` measures again")
     return replace(machine, speed=model) if model else machine
 
 
-@dataclass(frozen=True)
-class Tuned:
-    knobs: Any  # tune.Knobs
-    quant: str
-    note: str
-
-    def argv(self, argv: list[str]) -> list[str]:
-        from launcher.measure import tune
-
-        return tune.apply_to_argv(argv, self.knobs)
-
-
-def tuned_request(machine: Machine, target: Any, req: Any, pins: dict[str, Any] | None = None,
-                  llama_bin: str | None = None) -> tuple[Any, str | None, Tuned | None]:  # fmt: skip
-    """(request, pinned quant, tuned) with a saved tune result for this model, machine and build applied;
-    unchanged when there is none, the machine is described, or the user pinned placement flags."""
-    from launcher.measure import store as tuned_store
-
-    if machine.source != "probed" or (pins and set(pins) & {"ot", "ngl", "ubatch", "threads"}) or req.user_overrides:
-        return req, target.pinned, None
-    found = current_build(machine, llama_bin)
-    if found is None:
-        return req, target.pinned, None
-    rec = tuned_store.load(machine, found[1], tuned_store.model_key(target), target.pinned)
-    if rec is None:
-        return req, target.pinned, None
-    from launcher.measure.tune import Knobs
-
-    k = Knobs.from_json(rec["chosen"]["knobs"])
-    if not k.baseline:
-        biggest = 0
-        if k.expert_delta:
-            src = next((s for s in target.sources if s.name == rec["quant"]), None)
-            if src is not None:
-                biggest = max((src.tensors.expert_bytes(il) for il in src.tensors.expert_layers), default=0)
-        req = replace(req, ubatch=req.ubatch or k.ubatch, threads=req.threads or k.threads,
-                      margin_extra_bytes=req.margin_extra_bytes - k.expert_delta * biggest)  # fmt: skip
-    return req, rec["quant"], Tuned(k, rec["quant"], tuned_store.note(rec))
-
-
-def measured_note(machine: Machine, target: Any, quant: str) -> str | None:
-    """'last measured N t/s (tuned DATE, LABEL)' for `runq plan`, when this model was tuned here."""
-    from launcher.measure import store as tuned_store
-
-    if machine.source != "probed":
+def tune_record(
+    machine: Machine, binaries: Binaries | None, target: ModelTarget, quant: str | None
+) -> TuneRecord | None:
+    """The saved `runq tune` result for this model here (this quant; None: the quant tuned last), if any."""
+    if machine.source != "probed" or binaries is None:
         return None
-    found = current_build(machine)
-    rec = tuned_store.load(machine, found[1], tuned_store.model_key(target), quant) if found else None
-    return tuned_store.note(rec) if rec else None
+    from launcher.measure import store
+
+    return store.load(machine, binaries.key, store.model_key(target), quant)
+
+
+def apply_tuned(req: Request, rec: TuneRecord, target: ModelTarget, pins: Mapping[str, Any]) -> Request:
+    """The request with the tuned knobs as its own fields (the planner and the argv builder read them there);
+    unchanged where the user pinned placement. More expert layers per GPU is a lower margin, by the model's
+    largest expert layer each."""
+    if set(pins) & PLACEMENT_PINS or req.user_overrides:
+        return req
+    k = rec.knobs
+    if k.baseline:
+        return replace(req, llama_default=True, tuned=rec.note)
+    biggest = 0
+    if k.expert_delta:
+        src = next((s for s in target.sources if s.name == rec.quant), None)
+        if src is not None:
+            biggest = max((src.tensors.expert_bytes(il) for il in src.tensors.expert_layers), default=0)
+    return replace(
+        req, ubatch=req.ubatch or k.ubatch, threads=req.threads or k.threads, tuned=rec.note,
+        margin_extra_bytes=req.margin_extra_bytes - k.expert_delta * biggest,
+        flash_attn=k.flash_attn, load_mode=k.load_mode,  # type: ignore[arg-type]
+    )  # fmt: skip

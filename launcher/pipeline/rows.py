@@ -1,62 +1,109 @@
 """The catalog as rows for `runq models` and the TUI: sizes, the best quant for a machine, what is on disk.
 
-Edge module (reads cached Hub headers and the Hugging Face cache; never asks the network).
-Each row is planned by the same core calls as `runq plan`: exact sizes where the Hub's
-headers are cached, estimates otherwise. Models that fit come first, largest download first.
+An edge (reads cached Hub headers and the Hugging Face cache; never asks the network). Each row is the pipeline's
+own plan of that model (pipeline/plan.py), so its quant, badge and tokens/s are what `runq plan` says for the same
+machine: exact sizes where the Hub's headers are cached, estimates otherwise. Models that fit come first,
+largest download first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.catalog import profiles as catalog
 from launcher.catalog.estimate import param_counts
 from launcher.catalog.profiles import Profile
-from launcher.catalog.sources import profile_sources
 from launcher.errors import DoesNotFitError, RunqError
-from launcher.hub import headers as hub
 from launcher.hub.local import LocalQuant
 from launcher.machine.spec import Machine
-from launcher.plan.choose import choose
-from launcher.plan.types import CPU, Request
+from launcher.pipeline.plan import Ask, Planned, plan
+from launcher.view.plan import fit_badge
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model planned for a machine by the pipeline, or why it could not be."""
+
+    key: str  # profile name or file path
+    planned: Planned | None
+    problem: str | None = None  # nothing fits (with what would), or the file is damaged
+    exact: bool = False  # the sizes came from GGUF headers
+
+    @property
+    def best(self) -> str | None:
+        return self.planned.quant if self.planned else None
+
+    @property
+    def best_bytes(self) -> int | None:
+        return self.planned.chosen.source.size_bytes if self.planned else None
+
+    @property
+    def fit(self) -> str:
+        return fit_badge(self.planned.chosen) if self.planned else "does not fit"
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.planned.plan.predicted_tg_tps if self.planned else None
+
+
+def plan_row(key: str, machine: Machine, *, ctx: int | None = None) -> Row:
+    """`key` planned as `runq plan KEY` would (offline: cached headers only), at the model's default context."""
+    from launcher.plan.inputs import PlanInputs
+
+    try:
+        planned = _plan_offline(Ask(key, inputs=PlanInputs(ctx=ctx), network=False), machine)
+    except DoesNotFitError as e:
+        exact = any(c.source.exact for c in e.detail or [])
+        return Row(key, None, e.message + (f" ({e.hint})" if e.hint else ""), exact)
+    return Row(key, planned, exact=planned.chosen.source.exact)
+
+
+def _plan_offline(ask: Ask, machine: Machine) -> Planned:
+    """The pipeline on cached headers; a catalog model whose cached headers cannot be read: on published sizes."""
+    try:
+        return plan(ask, machine)
+    except DoesNotFitError:
+        raise
+    except RunqError:
+        if ask.model.endswith(".gguf"):
+            raise
+        return plan(replace(ask, estimate=True), machine)
 
 
 @dataclass(frozen=True)
 class CatalogRow:
     profile: Profile
-    best: str | None  # the quant `runq plan` would choose on this machine (None: nothing fits)
-    best_bytes: int | None
-    fit: str  # "GPU", "GPU + RAM", "RAM", "does not fit"
-    tokens_per_s: float | None
-    exact: bool  # sizes from cached GGUF headers (else estimated)
+    row: Row
     on_disk: str  # "yes", "partial", "no"
 
     @property
     def fits(self) -> bool:
-        return self.best is not None
+        return self.row.planned is not None
+
+    @property
+    def best(self) -> str | None:
+        return self.row.best
+
+    @property
+    def best_bytes(self) -> int | None:
+        return self.row.best_bytes
+
+    @property
+    def fit(self) -> str:
+        return self.row.fit
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.row.tokens_per_s
+
+    @property
+    def exact(self) -> bool:
+        return self.row.exact
 
 
-def fit_badge(placement: dict[str, str], has_gpu: bool, expert_on_cpu: bool) -> str:
-    if not has_gpu:
-        return "RAM"
-    return "GPU + RAM" if expert_on_cpu else "GPU"
-
-
-def _row(p: Profile, machine: Machine, local: list[LocalQuant]) -> CatalogRow:
-    try:
-        found = hub.exact_sources(p, network=False)
-        sources = profile_sources(p, found.sources, found.available)
-    except RunqError:
-        sources = profile_sources(p)
+def on_disk(p: Profile, local: list[LocalQuant]) -> str:
     have = [q for q in local if q.repo == p.repo]
-    on_disk = "yes" if any(q.complete for q in have) else "partial" if have else "no"
-    try:
-        c = choose(p.display_name, machine, sources, Request(ctx=p.default_ctx)).chosen
-    except DoesNotFitError:
-        return CatalogRow(p, None, None, "does not fit", None, any(s.exact for s in sources), on_disk)
-    on_cpu = any(d == CPU and c.source.tensors[n].is_expert for n, d in c.plan.placement.items())
-    badge = fit_badge(c.plan.placement, bool(c.plan.gpu_devices), on_cpu)
-    return CatalogRow(p, c.source.name, c.source.size_bytes, badge, c.plan.predicted_tg_tps, c.source.exact, on_disk)
+    return "yes" if any(q.complete for q in have) else "partial" if have else "no"
 
 
 def catalog_rows(machine: Machine, local: list[LocalQuant] | None = None) -> list[CatalogRow]:
@@ -65,7 +112,7 @@ def catalog_rows(machine: Machine, local: list[LocalQuant] | None = None) -> lis
         from launcher.hub.local import scan_hf_cache
 
         local = scan_hf_cache()[0]
-    rows = [_row(p, machine, local) for p in catalog.load_profiles()]
+    rows = [CatalogRow(p, plan_row(p.name, machine), on_disk(p, local)) for p in catalog.load_profiles()]
     fitting = sorted((r for r in rows if r.fits), key=lambda r: -(r.best_bytes or 0))
     rest = sorted((r for r in rows if not r.fits), key=lambda r: min(q.size_bytes for q in r.profile.quants))
     return fitting + rest

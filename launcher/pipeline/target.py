@@ -114,6 +114,15 @@ def _local(path_text: str) -> ModelTarget:
     )  # fmt: skip
 
 
+def with_quant(target: ModelTarget, quant: str) -> ModelTarget:
+    """The target with --quant pinned (a resolved target, planned again for one quant)."""
+    from dataclasses import replace
+
+    if target.profile is None or target.model_path is not None:
+        raise UsageError("--quant applies to a model name, not to a file", hint="give a model name, or another file")
+    return replace(target, pinned=pin_quant(target.profile, quant, [s.name for s in target.sources]))
+
+
 def pin_quant(profile: Profile, wanted: str, available: list[str]) -> str:
     """--quant names a profile quant (any spelling) or one the repo has."""
     for name in available:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from launcher.model.tensors import layer_ranges
 from launcher.plan import memory as mem
-from launcher.plan.types import CPU, DevicePlan
+from launcher.plan.types import CPU, DevicePlan, Request
 from launcher.plan.work import Work
 from launcher.units import fmt_bytes
 
@@ -55,7 +55,25 @@ def explain(w: Work, devices: Sequence[DevicePlan], load_mode: str) -> list[str]
         out.append("no GPU here: the layers run on this CPU, the experts that do not fit its RAM on the workers")
     if load_mode == "none":
         out.append("-lm none: tensors overridden to the CPU are loaded into RAM instead of memory-mapped")
+    out += _explain_tuned(req)
     return out
+
+
+def _explain_tuned(req: Request) -> list[str]:
+    """What a measurement on this machine chose (`runq tune`), so the plan says why it differs from its own."""
+    if not req.tuned:
+        return []
+    if req.llama_default:
+        return [f"{req.tuned}: llama.cpp's own fit measured fastest here, so the command leaves placement, batch "
+                "and threads to it (the memory above is runq's plan of the same model, for reference)"]  # fmt: skip
+    knobs = [
+        f"-ub {req.ubatch}" if req.ubatch else "",
+        f"-t {req.threads}" if req.threads else "",
+        f"-fa {req.flash_attn}" if req.flash_attn != "auto" else "",
+        f"-lm {req.load_mode}" if req.load_mode else "",
+    ]
+    shown = ", ".join(k for k in knobs if k)
+    return [f"{req.tuned}: {shown or 'runq’s own plan'} measured fastest here"]  # fmt: skip
 
 
 def _explain_workers(w: Work) -> list[str]:

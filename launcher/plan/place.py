@@ -14,7 +14,6 @@ The phases are in phases.py, their shared state in work.py; the plan carries its
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 from launcher.machine.spec import Machine
 from launcher.model.hparams import HParams
@@ -34,7 +33,7 @@ from launcher.plan.phases import (
 )
 from launcher.plan.predict import predict
 from launcher.plan.projection import SizeBook
-from launcher.plan.types import DEFAULT_UBATCH, LARGE_UBATCH, SMALL_UBATCH, Plan, Request
+from launcher.plan.types import DEFAULT_UBATCH, LARGE_UBATCH, SMALL_UBATCH, LoadMode, Plan, Request
 from launcher.plan.work import Work, forced_by_user, gpu_usable, layer_bytes, remote_usable
 from launcher.units import fmt_bytes
 
@@ -122,7 +121,7 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
     check_budgets(w, devices)
     default_dev = default_devices(w)
     overrides, has_moves = overrides_for(w, default_dev)
-    load_mode: Literal["mmap", "none"] = "none" if (w.gpus and (has_moves or w.forced)) else "mmap"
+    load_mode: LoadMode = req.load_mode or ("none" if (w.gpus and (has_moves or w.forced)) else "mmap")
     tps = predict(w)
     w.reasons += explain(w, devices, load_mode)
     return Plan(
@@ -134,6 +133,8 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
         threads=w.threads,
         ngl=ngl,
         load_mode=load_mode,
+        flash_attn=req.flash_attn,
+        llama_default=req.llama_default,
         devices=devices,
         placement=w.placement,
         moved={n: d for n, d in w.placement.items() if d != default_dev[n]},

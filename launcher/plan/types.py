@@ -15,6 +15,8 @@ DEFAULT_UBATCH = 512
 SMALL_UBATCH = 256  # weighed when VRAM is short: a smaller compute buffer against layers moved to the CPU
 LARGE_UBATCH = 2048  # 3.4x faster prompt processing with experts on CPU (llama-cpp.md, H200)
 CPU = "CPU"
+FlashAttn = Literal["auto", "on", "off"]
+LoadMode = Literal["mmap", "none"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,13 @@ class Request:
     user_overrides: tuple[Override, ...] = ()  # pinned -ot, applied before runq's
     server: bool = True  # llama-server keeps a host prompt cache; llama-cli does not
     threads: int | None = None
-    margin_extra_bytes: int = 0  # extra safety per GPU (the retry after an out-of-memory error)
-    projections: tuple[Projection, ...] = ()  # llama.cpp's own sizes (fitparams.py), used where they apply
+    margin_extra_bytes: int = 0  # extra safety per GPU (the retry after an out-of-memory error, tune's deltas)
+    projections: tuple[Projection, ...] = ()  # llama.cpp's own sizes (llama/fit.py), used where they apply
+    # Knobs a measurement chose (`runq tune`), or None/False: the planner's own choice.
+    flash_attn: FlashAttn = "auto"  # -fa: llama.cpp decides unless measured otherwise
+    load_mode: LoadMode | None = None  # -lm: mmap or none; None: none when tensors are overridden to the CPU
+    llama_default: bool = False  # llama.cpp's own fit places everything (it measured fastest here)
+    tuned: str | None = None  # what was measured, said in the plan's reasons ("tuned 2026-12-01: …")
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Plan:
     ubatch: int
     threads: int
     ngl: int
-    load_mode: Literal["mmap", "none"]
+    load_mode: LoadMode
     devices: tuple[DevicePlan, ...]
     placement: dict[str, str]  # tensor name -> device name
     moved: dict[str, str]  # tensors -ot takes off their layer's device (yours and runq's): what llama.cpp logs
@@ -85,7 +92,9 @@ class Plan:
     n_layer: int = 0
     rpc: tuple[str, ...] = ()  # workers' host:port for llama.cpp's --rpc, in the order their devices are numbered
     gpu_layers: dict[str, tuple[int, ...]] = field(default_factory=dict)  # local GPU -> its layer slots (-ts)
-    speed_source: str = "reference constants"  # or "calibrated on this machine, DATE" (launcher/speed.py)
+    speed_source: str = "reference constants"  # or "calibrated on this machine, DATE" (machine/speed.py)
+    flash_attn: FlashAttn = "auto"
+    llama_default: bool = False  # the command leaves placement, batch and threads to llama.cpp's own fit
 
     @property
     def gpu_devices(self) -> tuple[DevicePlan, ...]:

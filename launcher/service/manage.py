@@ -8,16 +8,19 @@ deletes its unit and saved plan, never a model or a build.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from launcher.errors import ServiceError, SystemctlFailed, UsageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from launcher.errors import ServiceError, SystemctlFailed, UsageError, format_validation_error
 from launcher.paths import config_dir
+from launcher.plan.projection import ESTIMATE
+from launcher.plan.types import DevicePlan
 from launcher.service.unit import MARKER, unit_name
 
 Mode = Literal["user", "system"]
@@ -58,8 +61,57 @@ class Locations:
         return self.state_root / "runq" / name / "llama-server.log"
 
 
-@dataclass
-class Record:
+class _Saved(BaseModel):
+    # runq's own files: a newer runq may add keys (ignored), a record that does not validate is named, not a traceback.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SavedDevice(_Saved):
+    name: str
+    capacity_bytes: int
+    margin_bytes: int
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    extra_bytes: int = 0
+    remote: bool = False
+    kv_source: str = ESTIMATE
+    compute_source: str = ESTIMATE
+
+    def device(self) -> DevicePlan:
+        return DevicePlan(**self.model_dump())
+
+
+class SavedPlan(_Saved):
+    """The part of a plan the service checks llama.cpp against after every start (llama/log.py's verify)."""
+
+    ctx: int
+    ubatch: int = 512
+    threads: int = 1
+    ngl: int = 0
+    load_mode: str = "mmap"
+    devices: list[SavedDevice] = []
+    overrides: list[str] = []
+    predicted_tg_tps: float = 0.0
+    speed_source: str = ""
+
+    @property
+    def view(self) -> Placed:
+        return Placed(tuple(d.device() for d in self.devices))
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Devices of a saved plan, as the placement check reads a Plan's."""
+
+    devices: tuple[DevicePlan, ...]
+
+    @property
+    def gpu_devices(self) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if d.name != "CPU" and not d.remote)
+
+
+class Record(_Saved):
     """The saved plan a service runs: what boot starts, without planning or downloading again."""
 
     name: str
@@ -71,24 +123,29 @@ class Record:
     argv: list[str]
     log_path: str
     gpus: list[tuple[int, int]]
-    plan: dict[str, Any]
+    plan: SavedPlan | None = None  # None for a worker (older runq wrote {})
     api_key_file: str | None = None
-    kind: str = "model"  # or "worker": a `runq worker` (ggml-rpc-server), no model, no plan
-    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    kind: Literal["model", "worker"] = "model"  # a worker is `runq worker` (ggml-rpc-server): no model, no plan
+    created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @field_validator("plan", mode="before")
+    @classmethod
+    def _no_plan(cls, v: object) -> object:
+        return None if v == {} else v
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        return self.model_dump_json(indent=2) + "\n"
 
     @classmethod
     def load(cls, path: Path) -> Record:
         try:
-            data = json.loads(path.read_text())
-            data["gpus"] = [tuple(g) for g in data.get("gpus", [])]
-            return cls(**data)
+            return cls.model_validate_json(path.read_text())
         except FileNotFoundError:
             raise UsageError(f"no runq service {path.stem!r}", hint="see `runq service list`") from None
-        except (ValueError, TypeError) as e:
-            raise ServiceError(f"{path}: not a runq service record ({e})") from None
+        except (OSError, ValueError) as e:
+            why = format_validation_error(e) if isinstance(e, ValidationError) else str(e)
+            raise ServiceError(f"{path}: not a runq service record ({why})",
+                               hint="install the service again: runq service install … --force") from None  # fmt: skip
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

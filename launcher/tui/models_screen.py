@@ -74,13 +74,13 @@ class ModelsScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="models")
     def action_refresh_hub(self) -> None:
         from launcher.catalog import profiles as catalog
-        from launcher.tui.data import load_target
+        from launcher.pipeline.target import resolve
 
         self.app.call_from_thread(self.query_one("#status", Static).update, "Reading GGUF headers from the Hub…")
         exact, not_read = 0, []
         for p in catalog.load_profiles():
             try:
-                sizes = load_target(p.name, network=True).sizes
+                sizes = resolve(p.name, network=True).sizes
             except RunqError as e:
                 self.app.call_from_thread(show_error, self.app, e.message, e.hint)
                 return
@@ -112,11 +112,11 @@ class ModelsScreen(Screen[None]):
 
     def open_model(self, key: str) -> None:
         """Load a model (reading a local file's header may fail: that is a dialog, not a crash)."""
-        from launcher.tui.data import load_target
+        from launcher.pipeline.target import resolve
         from launcher.tui.quants_screen import QuantsScreen
 
         try:
-            target = load_target(key)
+            target = resolve(key, network=False)
         except RunqError as e:
             show_error(self.app, e.message, e.hint)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -11,15 +12,13 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from launcher.llama.argv import build_argv, launch_for, shell_quote
+from launcher.llama.argv import shell_quote
 from launcher.plan.inputs import ServerOptions
 from launcher.units import fmt_bytes
 from launcher.view.plan import placement_lines, source_lines
 
 if TYPE_CHECKING:
-    from launcher.machine.spec import Machine
-    from launcher.pipeline.target import ModelTarget
-    from launcher.plan.choose import Candidate
+    from launcher.pipeline.plan import Planned
     from launcher.plan.types import DevicePlan
 
 BAR = 40
@@ -94,16 +93,18 @@ class PlanScreen(Screen[None]):
         Binding("question_mark", "app.help", "Help", show=False),
     ]
 
-    def __init__(self, target: ModelTarget, cand: Candidate, machine: Machine) -> None:
+    def __init__(self, planned: Planned) -> None:
         super().__init__()
-        self.target, self.cand, self.machine = target, cand, machine
+        self.planned = planned
+        self.target, self.cand, self.machine = planned.target, planned.chosen, planned.machine
 
     def command(self) -> list[str]:
-        path = str(self.target.model_path) if self.target.model_path else f"<{self.cand.source.name} after download>"
-        launch = launch_for(
-            "llama-server", path, self.target.profile, server=ServerOptions(), gguf_sampling=self.cand.source.sampling
-        )
-        return build_argv(self.cand.plan, launch)
+        """The command `runq plan` prints for the same inputs (the pipeline's)."""
+        from launcher.pipeline.plan import command, model_path
+
+        path = model_path(self.planned)
+        shown = path if Path(path).is_file() else f"<{self.planned.quant} after download>"
+        return command(self.planned, server=ServerOptions(), model=shown)
 
     def compose(self) -> ComposeResult:
         p = self.cand.plan

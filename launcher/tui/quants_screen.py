@@ -17,8 +17,9 @@ from launcher.units import GiB, fmt_bytes
 
 if TYPE_CHECKING:
     from launcher.machine.spec import Machine
+    from launcher.pipeline.plan import Planned
     from launcher.pipeline.target import ModelTarget
-    from launcher.plan.choose import Candidate, Choice
+    from launcher.plan.choose import Candidate
 
 
 class QuantsScreen(Screen[None]):
@@ -35,7 +36,7 @@ class QuantsScreen(Screen[None]):
     def __init__(self, target: ModelTarget, machine: Machine) -> None:
         super().__init__()
         self.target, self.machine = target, machine
-        self.choice: Choice | None = None
+        self.choice: Planned | None = None  # the pipeline's plan at the values the table shows
         self.candidates: list[Candidate] = []
         self.planned: tuple[int, str] | None = None  # (context, KV type) the table shows
         self.open_when_planned = False  # Enter came before the plan for the typed values
@@ -89,7 +90,7 @@ class QuantsScreen(Screen[None]):
         self.app.call_from_thread(self.show, (ctx, kv), *result)
 
     def show(
-        self, planned: tuple[int, str], choice: Choice | None, candidates: list[Candidate], problem: str | None
+        self, planned: tuple[int, str], choice: Planned | None, candidates: list[Candidate], problem: str | None
     ) -> None:
         if planned != self.wanted():
             return  # a plan for values typed over since: the plan for the current ones is on its way
@@ -97,7 +98,7 @@ class QuantsScreen(Screen[None]):
         self.planned, self.choice, self.candidates = planned, choice, candidates
         table = self.query_one(DataTable)
         table.clear()
-        chosen = choice.chosen.source.name if choice else None
+        chosen = choice.quant if choice else None
         for c in candidates:
             p = c.plan
             mark = "★" if c.source.name == chosen else ""
@@ -148,9 +149,31 @@ class QuantsScreen(Screen[None]):
             show_error(self.app, f"{cand.source.name} does not fit: " + "; ".join(cand.plan.problems),
                        "pick a quant marked yes, or lower the context")  # fmt: skip
             return
+        if self.choice is not None and cand.source.name == self.choice.quant:
+            self.open_plan(self.choice)
+        else:
+            self.query_one("#status", Static).update(f"Planning {cand.source.name}…")
+            self.plan_quant(*wanted, cand.source.name)
+
+    @work(thread=True, exclusive=True, group="plan")
+    def plan_quant(self, ctx: int, kv: str, quant: str) -> None:
+        """Another quant than the chosen one: the pipeline's plan of it, pinned, then its screen."""
+        from launcher.errors import RunqError
+        from launcher.tui.data import plan_target
+
+        try:
+            planned, _, problem = plan_target(self.machine, self.target, ctx, kv, project=True, quant=quant)
+        except RunqError as e:
+            planned, problem = None, e.message
+        if planned is None:
+            self.app.call_from_thread(self.query_one("#status", Static).update, f"[red]{problem}[/red]")
+            return
+        self.app.call_from_thread(self.open_plan, planned)
+
+    def open_plan(self, planned: Planned) -> None:
         from launcher.tui.plan_screen import PlanScreen
 
-        self.app.push_screen(PlanScreen(self.target, cand, self.machine))
+        self.app.push_screen(PlanScreen(planned))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_plan()

@@ -8,7 +8,7 @@ from typing import Any
 from launcher.catalog.sampling import SamplingValue, describe
 from launcher.llama.argv import shell_quote
 from launcher.machine.spec import Machine
-from launcher.model.tensors import layer_ranges, unknown_tensors
+from launcher.model.tensors import Role, layer_ranges, unknown_tensors
 from launcher.plan.choose import Candidate, Choice
 from launcher.plan.types import CPU, Plan
 from launcher.units import fmt_bytes, fmt_gib
@@ -21,6 +21,19 @@ def machine_line(m: Machine) -> str:
         devs = ", ".join(f"{'GPU' if d.kind == 'gpu' else 'RAM'} {fmt_bytes(d.free_bytes)}" for d in w.devices)
         line += f"; worker {w.endpoint}{' (described)' if w.described else ''}: {devs or 'no devices'}"
     return line
+
+
+def fit_badge(c: Candidate) -> str:
+    """Where a quant runs, in one word for lists (`runq models`, the TUI): every weight on the GPUs, the experts
+    (or more) in RAM too, RAM only, or not at all. The token embedding stays in RAM on every plan (llama.cpp keeps
+    the input layer on the CPU), so it does not count."""
+    p = c.plan
+    if not p.fits:
+        return "does not fit"
+    if not p.gpu_devices:
+        return "RAM"
+    heavy = [n for n, d in p.placement.items() if d == CPU and c.source.tensors[n].role is not Role.TOKEN_EMBD]
+    return "GPU + RAM" if heavy else "GPU"
 
 
 def candidates_table(cands: tuple[Candidate, ...] | list[Candidate], chosen: str | None) -> list[str]:
@@ -143,6 +156,8 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "threads": p.threads,
         "ngl": p.ngl,
         "load_mode": p.load_mode,
+        "flash_attn": p.flash_attn,
+        "llama_default": p.llama_default,
         "tensor_split": list(p.tensor_split) if p.tensor_split else None,
         "rpc": list(p.rpc),
         "gpu_layers": {k: list(v) for k, v in p.gpu_layers.items()},
@@ -185,6 +200,7 @@ def choice_json(choice: Choice, argv: list[str], sampling: Sequence[SamplingValu
         "model": choice.model,
         "quant": c.source.name,
         "exact": c.source.exact,
+        "fit": fit_badge(c),
         **plan,
         "argv": argv,
         "reasons": [*choice.reasons, *c.plan.reasons],

@@ -16,8 +16,10 @@ import pytest
 from launcher.catalog.profiles import require_profile
 from launcher.catalog.sources import ModelSource
 from launcher.hub.replica import SPARSE_SLACK_BYTES, disk_bytes, local_header_files, write_replica
+from launcher.llama.argv import fit_flags
+from launcher.llama.binaries import binaries_at
 from launcher.llama.build import Build
-from launcher.llama.fit import Oracle, ProjectionFailed, fit_flags, project, project_sizes, refine
+from launcher.llama.fit import Oracle, ProjectionFailed, project, project_sizes, refine
 from launcher.measure.synth import SynthSpec, write_model
 from launcher.model.shards import open_local
 from launcher.plan.choose import choose
@@ -91,7 +93,9 @@ def test_cpu_plan_on_a_replica_equals_llama_cpp(
     req = Request(ctx=ctx, ubatch=ubatch)
     first = plan(machine_with_ram(16 * GiB), m.tensors, m.hparams, req)
     src = ModelSource(arch, m.tensors, m.hparams, exact=True, size_bytes=m.file_bytes)
-    p, rounds = refine(Oracle.find(llama_build.bin_dir), replica, machine_with_ram(16 * GiB), src, req, first)  # type: ignore[arg-type]
+    p, rounds, _ = refine(
+        Oracle.find(binaries_at(llama_build.bin_dir)), replica, machine_with_ram(16 * GiB), src, req, first
+    )  # type: ignore[arg-type]
     assert rounds == 1  # a CPU plan's flags do not change
     _, context, compute = fit_rows(llama_build, replica, fit_flags(p))["CPU"]
     assert p.cpu.kv_bytes // MiB * MiB == context  # exactly what llama.cpp prints (whole MiB, rounded down)
@@ -108,7 +112,7 @@ def test_described_gpu_plan_takes_llama_cpp_context_and_re_plans(llama_build: Bu
     mach = machine(2.2, ram_gib=64)  # a small described GPU: only part of the experts fit
     req = Request(ctx=32768)
     choice = choose("ds", mach, [src], req)
-    refined, note = project_sizes(choice, mach, req, llama_build.bin_dir, lambda s: replica)
+    refined, note, _ = project_sizes(choice, mach, req, binaries_at(llama_build.bin_dir), lambda s: replica)
     assert note.startswith(f"llama.cpp projection, build {BUILD}")
     p = refined.chosen.plan
     gpu = p.gpu_devices[0]
@@ -133,13 +137,15 @@ def test_a_model_llama_cpp_cannot_read_falls_back_to_the_estimate_with_its_error
     src = ModelSource("bad", m.tensors, m.hparams, exact=True, size_bytes=m.file_bytes)
     req = Request(ctx=4096)
     choice = choose("bad", machine_with_ram(16 * GiB), [src], req)
-    same, note = project_sizes(choice, machine_with_ram(16 * GiB), req, llama_build.bin_dir, lambda s: bad)
+    same, note, _ = project_sizes(
+        choice, machine_with_ram(16 * GiB), req, binaries_at(llama_build.bin_dir), lambda s: bad
+    )
     assert same is choice
     assert note.startswith("runq estimate (llama.cpp could not project bad, qwen9moe: llama-fit-params failed")
     # llama.cpp's own line: the cause when its log got out before it aborted, else its exception's text.
     assert "unknown model architecture: 'qwen9moe'" in note or note.endswith("failed to load model)")
     with pytest.raises(ProjectionFailed, match="llama-fit-params failed"):
-        project(Oracle.find(llama_build.bin_dir), bad, choice.chosen.plan)  # type: ignore[arg-type]
+        project(Oracle.find(binaries_at(llama_build.bin_dir)), bad, choice.chosen.plan)  # type: ignore[arg-type]
 
 
 def test_plan_cli_says_which_numbers_are_llama_cpp_s(llama_build: Build, shapes: dict[str, Path]) -> None:
@@ -163,9 +169,9 @@ def test_build_label_from_version_when_not_runq_s_build(llama_build: Build, tmp_
     own = tmp_path / "bin"
     own.mkdir()
     (own / "llama-fit-params").symlink_to(llama_build.binary("llama-fit-params"))
-    oracle = Oracle.find(own)
+    oracle = Oracle.find(binaries_at(own))
     assert oracle is not None and oracle.build == BUILD  # read from `--version`, no manifest here
-    assert Oracle.find(tmp_path) is None  # no llama-fit-params: no oracle
+    assert Oracle.find(binaries_at(tmp_path)) is None  # no llama-fit-params: no oracle
 
 
 GPU_ROWS = Path(__file__).resolve().parents[2] / "bench" / "gpu_fit_rows.json"
@@ -204,14 +210,15 @@ def test_cuda_compute_model_is_never_below_a_recorded_gpu_row(tmp_path: Path) ->
 def test_tui_plans_ask_llama_cpp_too(
     llama_build: Build, shapes: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from launcher.tui.data import load_target, plan_target
+    from launcher.pipeline.target import resolve
+    from launcher.tui.data import plan_target
 
     monkeypatch.setenv("RUNQ_CACHE_DIR", str(llama_build.path.parent.parent))  # where runq's build is cached
-    target = load_target(str(shapes["deepseek2"]))
+    target = resolve(str(shapes["deepseek2"]), network=False)
     m = machine(2.2, ram_gib=64)
-    choice, _, problem = plan_target(m, target, 8192, project=True)
-    assert problem is None and choice is not None
-    p = choice.chosen.plan
+    planned, _, problem = plan_target(m, target, 8192, project=True)
+    assert problem is None and planned is not None
+    p = planned.plan
     assert {d.kv_source for d in p.devices} == {f"llama.cpp projection, build {BUILD}"}
     plain, _, _ = plan_target(m, target, 8192)  # the first screen plans every model: estimates only
     assert plain is not None and {d.kv_source for d in plain.chosen.plan.devices} == {ESTIMATE}

@@ -180,7 +180,8 @@ def test_install_status_list_remove(model: SynthModel, env: dict[str, str], tmp_
     r = runq(env, "service", "status", "tiny")
     assert r.returncode == 0, r.stderr
     assert "runq-tiny.service: active (running)" in r.stdout and "health: ok" in r.stdout
-    assert re.search(r"CPU\s+\S+ \S+ / \s*\S+ \S+", r.stdout)  # predicted / reported memory
+    # predicted and reported memory, the same table as `runq run` prints (device, column, predicted, llama.cpp)
+    assert re.search(r"CPU\s+weights\s+\S+ \S+\s+\S+ \S+\s+[+-]\d", r.stdout), r.stdout
     r = runq(env, "service", "list")
     assert re.search(rf"tiny\s+active\s+{re.escape(str(model.path))}", r.stdout)
     r = runq(env, "service", "logs", "tiny")

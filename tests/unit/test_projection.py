@@ -150,7 +150,7 @@ def test_small_ubatch_is_weighed_when_vram_is_short() -> None:
 
 
 def test_fit_flags_leave_out_server_options_and_for_a_cpu_build_placement() -> None:
-    from launcher.llama.fit import fit_flags
+    from launcher.llama.argv import fit_flags
 
     e = _ds()
     p = plan(machine(24, ram_gib=512), e.tensors, e.hparams, Request(ctx=32768, ubatch=512))

@@ -9,6 +9,7 @@ import pytest
 
 from launcher.cli.measure import parse_budget
 from launcher.errors import UsageError
+from launcher.llama.argv import bench_argv, plan_flags
 from launcher.machine import speed
 from launcher.machine.speed import CpuPoint, Observation, SpeedModel
 from launcher.measure import tune
@@ -153,7 +154,7 @@ def _half_the_experts_vram(model: Any) -> int:
     return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
 
 
-def test_bench_argv_and_applying_a_tuned_result(models: dict) -> None:
+def test_bench_and_server_commands_of_tuned_plans(models: dict) -> None:
     from launcher.machine.spec import CPU, GPU, Machine
     from launcher.model.shards import open_local
 
@@ -171,24 +172,28 @@ def test_bench_argv_and_applying_a_tuned_result(models: dict) -> None:
         req = tune.request_for(Request(ctx=4096), Knobs(2, 512, expert_delta=d), biggest)
         on_gpu[d] = len(plan(machine, t, hp, req).expert_layers["CUDA0"])
     assert on_gpu[-1] == on_gpu[0] - 1 and on_gpu[1] == on_gpu[0] + 1
-    k = Knobs(2, 1024, "on", "none")
-    argv = tune.bench_argv("llama-bench", "m.gguf", p, k, pp=512, tg=128, reps=2, gpus=True)
-    assert argv[argv.index("-ot") + 1] == ";".join(str(o) for o in p.overrides)
-    assert argv[argv.index("-p") + 1] == "1024"  # a prompt at least one ubatch long
+    # A candidate's knobs are request fields; llama/argv.py writes its llama-bench command from the plan alone.
+    k = Knobs(2, 512, "on", "none")
+    kp = plan(machine, t, hp, tune.request_for(Request(ctx=4096), k, biggest))
+    argv = bench_argv("llama-bench", "m.gguf", kp, pp=256, tg=128, reps=2, gpus=True)
+    assert kp.overrides and argv[argv.index("-ot") + 1] == ";".join(str(o) for o in kp.overrides)
+    assert argv[argv.index("-p") + 1] == "512"  # a prompt at least one ubatch long
     assert argv[argv.index("-fa") + 1] == "on" and argv[argv.index("-lm") + 1] == "none"
-    base = tune.bench_argv("llama-bench", "m.gguf", None, BASE, pp=512, tg=128, reps=2, gpus=True)
+    assert argv[argv.index("-t") + 1] == "2" and argv[argv.index("-ub") + 1] == "512"
+    base = bench_argv("llama-bench", "m.gguf", None, pp=512, tg=128, reps=2, gpus=True)
     assert "-ot" not in base and "-ngl" not in base and "-t" not in base and base[-2:] == ["-fitt", "1024"]
+    # The baseline as a plan (a tuned record of llama.cpp's default) writes the same command.
+    bp = plan(machine, t, hp, tune.request_for(Request(ctx=4096), BASE, biggest))
+    assert bp.llama_default and bench_argv("llama-bench", "m.gguf", bp, pp=512, tg=128, reps=2, gpus=True) == base
 
-    # Under --gpu-limit the baseline's fit leaves the same room as runq's plan had (cli_tune computes the margin).
-    limited = tune.bench_argv("llama-bench", "m.gguf", None, BASE, pp=512, tg=128, reps=2, gpus=True,
-                              fit_target_mib=130_000)  # fmt: skip
+    # Under --gpu-limit the baseline's fit leaves the same room as runq's plan had (cli/measure computes the margin).
+    limited = bench_argv("llama-bench", "m.gguf", None, pp=512, tg=128, reps=2, gpus=True, fit_target_mib=130_000)
     assert limited[-2:] == ["-fitt", "130000"]
 
-    run = ["llama-server", "-m", "m.gguf", "-c", "4096", "-ngl", "5", "--fit", "off", "-ot", "x=CPU", "-ub", "512",
-           "-b", "2048", "-t", "2", "-lm", "none", "--port", "8080"]  # fmt: skip
-    assert tune.apply_to_argv(run, BASE) == ["llama-server", "-m", "m.gguf", "-c", "4096", "--port", "8080"]
-    tuned = tune.apply_to_argv(run, Knobs(2, 512, "off", "mmap"))
-    assert tuned[3:5] == ["-fa", "off"] and "-lm" not in tuned and "-ot" in tuned
+    # The server command of the same plans: the baseline leaves placement, batch and threads to llama.cpp.
+    assert plan_flags(bp) == ["-c", "4096"]
+    tuned = plan_flags(plan(machine, t, hp, tune.request_for(Request(ctx=4096), Knobs(2, 512, "off", "mmap"), 0)))
+    assert tuned[tuned.index("-fa") + 1] == "off" and "-lm" not in tuned and "-ot" in tuned
 
 
 def test_parse_budget() -> None:
