@@ -270,7 +270,8 @@ def add_run_parsers(sub: Any, add_machine_flags: Any, add_plan_flags: Any) -> No
         help="plan and start llama-cli (chat) or llama-server (--server) for a model name or a .gguf file",
         description="Plan, then start llama.cpp with the plan. A model name needs --auto to download and build "
         "what is missing (asking once; --yes skips the question). Flags after `--` go to llama.cpp; those that "
-        "pin the plan (-c, -ngl, -ot, -ub, -ctk, -ctv, -t) are planned around.",
+        "pin the plan (-c, -ngl, -ot, -ub, -ctk, -ctv, -t) are planned around, those runq sets itself (--host, "
+        "--port, --api-key, -m, -b, --fit, -lm, …) are refused with the runq flag to use.",
     )
     r.add_argument("model", help="a model name (deepseek-v3.1) or a .gguf file (shard 1 of a set)")
     r.add_argument("--auto", action="store_true", help="download the chosen quant and build llama.cpp if missing")
