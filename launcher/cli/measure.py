@@ -51,6 +51,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             ],
             "gpus": [{"device": d, "bandwidth_bytes_s": round(bw)} for d, bw in model.gpu_bandwidth],
             "h2d": [{"device": d, "bytes_s": round(bw)} for d, bw in model.h2d_bytes_s],
+            "provisional": model.provisional or None,
+            "busy": rec["busy"],
+            "spread": rec["spread"],
             "path": str(path),
         }
         print(json.dumps(out, indent=2))
@@ -65,8 +68,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  {dev}: host-to-device copy about {bw / 1e9:.1f} GB/s")
     if not machine.gpus:
         print("  no GPU: CPU constants only")
-    if rec.get("incomplete"):
-        print(f"  note: {rec['incomplete']}")
+    if rec.get("kept_earlier"):
+        print(f"  kept {rec['kept_earlier']} measurement(s) of an earlier calibration taken idle where this one was"
+              " under load")  # fmt: skip
+    if model.provisional:
+        print(f"  provisional: {model.provisional}; the next `runq run` on an idle machine measures again")
     print(f"Saved in {path}; plans on this machine now say 'calibrated on this machine, {rec['calibrated_at'][:10]}'.")
     return EXIT_OK
 
@@ -75,12 +81,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def parse_budget(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", text.lower())
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", text.lower())
     if not m:
         raise UsageError(f"--budget {text!r}: expected a duration like 90s, 10m or 1h")
     value = float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
     if value <= 0:
-        raise UsageError(f"--budget {text!r} must be more than zero")
+        raise UsageError(f"--budget {text!r} must be more than zero", hint="e.g. --budget 10m")
     return value
 
 
@@ -113,6 +119,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from launcher.plan.types import Request
 
     budget = parse_budget(args.budget)
+    tune.check_inputs(args.repetitions, args.pp, args.tg)
     start_time = time.monotonic()
     machine = probe(cpu_details=False)
     limit = _gpu_limit(machine, getattr(args, "gpu_limit", None))  # checked before anything slow
@@ -122,7 +129,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         hint="run `runq build` first (or give --llama-bin DIR)")  # fmt: skip
     bin_dir, build_key = found
     target = resolve_target(args)
-    real = machine = with_speed(machine, args.llama_bin, calibrate_now=True, say=_say)
+    real = machine = with_speed(machine, args.llama_bin, calibrate_now=not args.no_calibrate, say=_say)
     fit_target = tune.FIT_TARGET_MIB
     if limit is not None:
         # The baseline gets the same room: llama.cpp's default margin plus the free memory above the limit.
@@ -134,7 +141,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     model_path = ensure_model(target, chosen.source.name, auto=False, yes=False, dry=False)
     tensors, hp = chosen.source.tensors, chosen.source.hparams
     # Expert layers per GPU are tried whenever there is a GPU: runq's margins may have kept a small one unused.
-    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(machine.gpus))
+    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(machine.gpus), args.goal)
     start_knobs = tune.start_knobs(chosen.plan)
     baseline = replace(start_knobs, baseline=True)
     biggest = max((tensors.expert_bytes(il) for il in tensors.expert_layers), default=0)
@@ -220,7 +227,7 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
         return tune.Measured(k, tuple(argv), error="the plan does not fit: " + "; ".join(p.problems))
     res = bench_run.run(argv, timeout_s=left, gpus=bool(ctx.machine.gpus))
     m = tune.Measured(k, tuple(argv), res.tps(prompt=True), res.tps(prompt=False), res.peak_bytes, res.error,
-                      res.seconds)  # fmt: skip
+                      res.seconds, res.samples(prompt=True), res.samples(prompt=False), res.busy_share)  # fmt: skip
     if not ctx.args.json:
         figures = f"pp {m.pp_tps or 0:.1f} t/s, tg {m.tg_tps or 0:.1f} t/s" if not m.error else f"failed: {m.error}"
         _say(f"      {figures}")
@@ -231,8 +238,8 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
 
 def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx: _Ctx) -> None:
     """Feed the decode measurements back into this machine's constants (launcher/speed.py)."""
-    from launcher.machine.speed import Observation
     from launcher.measure import calibrate as calibration
+    from launcher.measure import tune
     from launcher.plan.predict import bytes_per_token
 
     obs = []
@@ -247,8 +254,7 @@ def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx:
             placement = _plan_for(ctx, m.knobs).placement
         per = bytes_per_token(ctx.tensors, ctx.hp, placement)
         threads = m.knobs.threads if not m.knobs.baseline else machine.cores
-        gpu = tuple(sorted((d, n) for d, n in per.items() if d != "CPU"))
-        obs.append(Observation(threads, ctx.hp.n_layer, per.get("CPU", 0), m.tg_tps, gpu, f"tune:{key}"))
+        obs.append(tune.observation(m, threads, ctx.hp.n_layer, per, f"tune:{key}"))
     calibration.add_observations(machine, build_key, obs)
 
 
@@ -264,13 +270,31 @@ def _print_table(
         peak = ", ".join(f"{d} {fmt_bytes(n)}" for d, n in sorted(m.peak_bytes.items()) if n)
         pp = f"{m.pp_tps:.1f}" if m.pp_tps else "-"
         tg = f"{m.tg_tps:.1f}" if m.tg_tps else "-"
-        print(f"{mark}{m.label:<40}{pp:>9}{tg:>9}  {peak:<18}{m.error or ''}")
+        note = m.error or ("within noise" if best is not None and tune.within_noise(m, best, goal) else "")
+        print(f"{mark}{m.label:<40}{pp:>9}{tg:>9}  {peak:<18}{note}")
     if stopped:
         print(f"Stopped early: {stopped}; what was measured is kept.")
     if best is None:
         return
-    b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
-    vs = f" ({s / b:.2f}x llama.cpp's default)" if b and s else " (llama.cpp's default did not run)"
+    print(_verdict(measured, best, base, goal))
     use = ("`runq run` and `runq service install` use it on this machine" if saved
            else "not saved: measured under --gpu-limit, and runs use the whole GPU")  # fmt: skip
-    print(f"Chosen for {goal}: {best.label}{vs}; {use}.")
+    print(f"  {use}.")
+
+
+def _verdict(measured: list[Any], best: Any, base: Any, goal: Any) -> str:
+    """'Chosen for GOAL: LABEL (N x llama.cpp's default, beyond the ±S% its runs spread)', or why nothing faster
+    was: the fastest measured within noise of it."""
+    from launcher.measure import tune
+
+    b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
+    top = tune.fastest(measured, goal)
+    if top is not None and top is not best and tune.within_noise(top, best, goal):
+        st = tune.score(top, goal) or 0.0
+        return (f"Chosen for {goal}: {best.label}: the fastest, {top.label}, measured {st / (s or st):.2f}x,"
+                f" within the ±{100 * tune.noise(top, best, goal):.0f}% its runs spread: not a win")  # fmt: skip
+    if best is base or not b or not s:
+        return f"Chosen for {goal}: {best.label}" + ("" if b else " (llama.cpp's default did not run)")
+    what = {"decode": "decode", "prefill": "prompts", "balanced": "a 512+128-token turn"}[goal]
+    return (f"Chosen for {goal}: {best.label} ({what} {s / b:.2f}x llama.cpp's default, beyond the"
+            f" ±{100 * tune.noise(best, base, goal):.0f}% its runs spread)")  # fmt: skip

@@ -66,7 +66,8 @@ def plan_run(args: argparse.Namespace, *, server: bool) -> Planned:
     pins, passthrough = split_extra(getattr(args, "extra", []))
     inputs = plan_inputs(args, server=server).pinned(pins)
     llama_bin = getattr(args, "llama_bin", None)
-    machine = with_speed(resolve_machine(args), llama_bin, calibrate_now=not args.dry_run, say=say)
+    calibrate = not args.dry_run and not getattr(args, "no_calibrate", False)
+    machine = with_speed(resolve_machine(args), llama_bin, calibrate_now=calibrate, say=say)
     target = resolve_target(args)
     req = planning_request(inputs, default_ctx=target.default_ctx, buffers=buffers_of(machine))
     req, pinned, tuned = tuned_request(machine, target, req, pins, llama_bin)  # a saved `runq tune` result

@@ -36,8 +36,9 @@ def with_speed(
     machine: Machine, llama_bin: str | None = None, *, calibrate_now: bool = False, say: Callable[[str], None] = _quiet
 ) -> Machine:
     """The machine with its measured decode constants, when it is this machine (probed). With `calibrate_now`
-    (a real run or tune) and no calibration for this machine and build yet, calibrate first (once;
-    RUNQ_AUTO_CALIBRATE=0 turns that off)."""
+    (a real run or tune, without --no-calibrate) and no calibration for this machine and build yet, calibrate
+    first (once; RUNQ_AUTO_CALIBRATE=0 turns that off); a provisional one (incomplete, or taken under load) is
+    measured again when the machine is idle now."""
     if machine.source != "probed":
         return machine
     from launcher.measure import calibrate as calibration
@@ -48,10 +49,14 @@ def with_speed(
     bin_dir, key = found
     model = calibration.load(machine, key)
     auto = os.environ.get("RUNQ_AUTO_CALIBRATE", "1") != "0"  # the test suite turns it off (tests/conftest.py)
-    if model is None and calibrate_now and auto and (bin_dir / "llama-bench").is_file():
-        say("Calibrating this machine once (at most a minute): decode speed measured with llama-bench…")
-        model, _, path = calibration.calibrate(machine, bin_dir, key, cuda=bool(machine.gpus), say=say)
-        say(f"  saved in {path}; `runq calibrate` measures again")
+    again = model is not None and bool(model.provisional) and calibration.idle_now(machine)
+    if (model is None or again) and calibrate_now and auto and (bin_dir / "llama-bench").is_file():
+        say(calibration.announce(machine, model))
+        model, rec, path = calibration.calibrate(machine, bin_dir, key, cuda=bool(machine.gpus), say=say)
+        made = f", {rec['generating_s']:.0f} s of it generating its models" if rec["generating_s"] >= 1 else ""
+        say(f"  calibrated in {rec['took_s']:.0f} s{made}; saved in {path}; `runq calibrate` measures again")
+        if model.provisional:
+            say(f"  provisional: {model.provisional}; the next run on an idle machine measures again")
     return replace(machine, speed=model) if model else machine
 
 
