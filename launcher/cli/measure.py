@@ -283,18 +283,21 @@ def _print_table(
 
 
 def _verdict(measured: list[Any], best: Any, base: Any, goal: Any) -> str:
-    """'Chosen for GOAL: LABEL (N x llama.cpp's default, beyond the ±S% its runs spread)', or why nothing faster
-    was: the fastest measured within noise of it."""
+    """'Chosen for GOAL: LABEL (WHAT N x llama.cpp's default, beyond the ±S% its runs spread)', and where a
+    candidate scored higher within noise, that it is not a win."""
     from launcher.measure import tune
 
     b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
+    text = f"Chosen for {goal}: {best.label}"
+    if not b:
+        text += " (llama.cpp's default did not run)"
+    elif best is not base and s:
+        what = {"decode": "decode", "prefill": "prompts", "balanced": "a 512+128-token turn"}[goal]
+        text += (f" ({what} {s / b:.2f}x llama.cpp's default, beyond the ±{100 * tune.noise(best, base, goal):.0f}%"
+                 " its runs spread)")  # fmt: skip
     top = tune.fastest(measured, goal)
-    if top is not None and top is not best and tune.within_noise(top, best, goal):
+    if top is not None and s and tune.within_noise(top, best, goal):
         st = tune.score(top, goal) or 0.0
-        return (f"Chosen for {goal}: {best.label}: the fastest, {top.label}, measured {st / (s or st):.2f}x,"
-                f" within the ±{100 * tune.noise(top, best, goal):.0f}% its runs spread: not a win")  # fmt: skip
-    if best is base or not b or not s:
-        return f"Chosen for {goal}: {best.label}" + ("" if b else " (llama.cpp's default did not run)")
-    what = {"decode": "decode", "prefill": "prompts", "balanced": "a 512+128-token turn"}[goal]
-    return (f"Chosen for {goal}: {best.label} ({what} {s / b:.2f}x llama.cpp's default, beyond the"
-            f" ±{100 * tune.noise(best, base, goal):.0f}% its runs spread)")  # fmt: skip
+        text += (f"; the fastest, {top.label}, measured {st / s:.2f}x it, within the"
+                 f" ±{100 * tune.noise(top, best, goal):.0f}% its runs spread: not a win")  # fmt: skip
+    return text

@@ -99,7 +99,8 @@ class SpeedModel:
     calibrated_at: str = ""  # ISO date
     refitted_from: tuple[str, ...] = field(default=())  # models whose tune runs refined the constants
     provisional: str = ""  # why the calibration is to be measured again ("" when it is not)
-    noisy_tune_spread: float = 0.0  # tune runs taken under load moved the constants by at most this (relative)
+    tune_under_load: bool = False  # some of the tune runs fitted were taken under load
+    noisy_tune_spread: float = 0.0  # and moved the constants fitted from clean ones by at most this (relative)
 
     @property
     def label(self) -> str:
@@ -110,6 +111,8 @@ class SpeedModel:
             text += f", refitted from tune runs of {len(self.refitted_from)} model(s)"
             if self.noisy_tune_spread:
                 text += f" (under load: moved by at most ±{100 * self.noisy_tune_spread:.0f}%)"
+            elif self.tune_under_load:
+                text += " (taken under load)"
         return text
 
     def cpu_at(self, threads: int) -> CpuPoint:
@@ -166,10 +169,11 @@ class _Row:
     z: float  # layers
     y: float  # seconds per token
     w: float  # weight: relative error, and less for a spread-out measurement
+    spread: float = 0.0
 
 
 def _row(x: float, z: float, y: float, spread: float) -> _Row:
-    return _Row(x, z, y, 1.0 / (y * y * (_BASE_SPREAD**2 + spread**2)))
+    return _Row(x, z, y, 1.0 / (y * y * (_BASE_SPREAD**2 + spread**2)), spread)
 
 
 def _cost(rows: Sequence[_Row], a: float, c: float) -> float:
@@ -241,21 +245,32 @@ def fit_cpu(
     observations: Iterable[Observation], *, peak: float | None = None, layer_prior: float = 0.11e-3
 ) -> tuple[CpuPoint, ...]:
     """One CpuPoint per thread count from CPU-only decodes (those with no GPU bytes), within physical bounds:
-    the bandwidth under `peak` (the machine's, when known) and CPU_PEAK_PER_THREAD per thread."""
+    the bandwidth under `peak` (the machine's, when known) and CPU_PEAK_PER_THREAD per thread. Measurements spread
+    more than MAX_SPREAD are left out; where a thread count has nothing else, they cannot separate two constants:
+    its per-layer cost is the prior, and only its bandwidth is fitted."""
     by_threads: dict[int, list[_Row]] = {}
-    for o in _kept(observations):
+    for o in _merged(observations):
         if not o.gpu_bytes:
             by_threads.setdefault(o.threads, []).append(_row(o.cpu_bytes, o.n_layer, o.seconds, o.spread))
+    wild: set[int] = set()
+    for threads, rows in by_threads.items():
+        sane = [r for r in rows if r.spread <= MAX_SPREAD]
+        by_threads[threads] = sane or rows
+        if not sane:
+            wild.add(threads)
+
+    def separates(t: int) -> bool:
+        return t not in wild and len({(r.x, r.z) for r in by_threads[t]}) >= 2
+
     solved: dict[int, tuple[float, float]] = {}
     # Thread counts whose shapes separate bandwidth from per-layer cost first: the others borrow the per-layer
     # cost of the nearest of them.
-    order = sorted(by_threads, key=lambda t: len({(r.x, r.z) for r in by_threads[t]}) < 2)
-    for threads in order:
-        rows = by_threads[threads]
+    for threads in sorted(by_threads, key=lambda t: not separates(t)):
         near = min(solved, key=lambda t: abs(t - threads), default=None)
-        prior = solved[near][1] if near is not None else layer_prior
+        prior = _clamp(solved[near][1] if near is not None else layer_prior, MIN_LAYER_S, MAX_LAYER_S)
         top = min(peak or float("inf"), CPU_PEAK_PER_THREAD * threads)
-        ac = _solve(rows, (1.0 / top, 1.0 / MIN_BANDWIDTH), (MIN_LAYER_S, MAX_LAYER_S), prior)
+        c_box = (prior, prior) if threads in wild else (MIN_LAYER_S, MAX_LAYER_S)
+        ac = _solve(by_threads[threads], (1.0 / top, 1.0 / MIN_BANDWIDTH), c_box, prior)
         if ac is not None:
             solved[threads] = ac
     return tuple(CpuPoint(t, 1.0 / a, c) for t, (a, c) in sorted(solved.items()))
@@ -352,6 +367,7 @@ def fit(
         calibrated_at=calibrated_at,
         refitted_from=tuple(sorted({o.source[5:] for o in tune_used})),
         provisional=provisional,
+        tune_under_load=any(o.noisy for o in tune_used),
         noisy_tune_spread=max((o.spread for o in tune_used if o.noisy and clean), default=0.0),
     )
 

@@ -86,6 +86,9 @@ def test_a_measurement_under_load_moves_a_prediction_by_at_most_its_spread() -> 
     believed = speed.fit([*clean, *idle], calibrated_at="2026-12-02")
     assert believed is not None and _predict(believed, TUNED, 2) < truth / 1.08
     assert "under load" not in believed.label
+    # With nothing clean to hold them to (the calibration was under load as well), they are fitted, and said so.
+    both = speed.fit([*_calibration(busy=0.6), *busy], calibrated_at="2026-12-02")
+    assert both is not None and both.label.endswith("refitted from tune runs of 3 model(s) (taken under load)")
 
 
 def test_constants_stay_within_physical_bounds() -> None:
@@ -182,3 +185,16 @@ def test_the_automatic_calibration_says_how_long_it_takes_first() -> None:
     assert calibrate.announce(machine, earlier).startswith(
         "Calibrating this machine again (the last one is provisional: incomplete, x): at most 60 s"
     )
+
+
+def test_a_calibration_whose_every_repetition_disagrees_fits_bandwidth_alone() -> None:
+    """Measured here (2026-12-02, load 2-4 on 2 cores): every model's repetitions 78% to 828% apart, a 126 MB model
+    "faster" than a 47 MB one at 2 threads. Two constants cannot be told apart from that: the per-layer cost stays
+    the prior, and the bandwidth is fitted alone (it was 256 GB/s at the bound, with 543 µs per layer)."""
+    measured = [(1, 20, 47_168_824, 169.87, 0.88), (2, 20, 47_168_824, 24.55, 1.08), (1, 16, 126_121_856, 78.2, 0.78),
+                (2, 16, 126_121_856, 124.62, 0.96), (1, 4, 67_775_680, 166.33, 1.10), (2, 4, 67_775_680, 28.96, 7.58),
+                (1, 4, 184_902_880, 89.71, 0.79), (2, 4, 184_902_880, 16.62, 8.28)]  # fmt: skip
+    obs = [Observation(t, n, b, tps, spread=s, busy=0.58) for t, n, b, tps, s in measured]
+    m = speed.fit(obs, calibrated_at="2026-12-02", reference_layer_s=110e-6)
+    assert m is not None and [p.layer_s for p in m.cpu] == [pytest.approx(110e-6)] * 2
+    assert all(5e9 < p.bandwidth < 40e9 for p in m.cpu), m.cpu

@@ -315,7 +315,7 @@ def test_the_verdict_says_within_noise_and_never_calls_a_lucky_run_faster(capsys
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if lucky.label in line)
     assert row.rstrip().endswith("within noise") and "x llama.cpp's default" not in out
-    assert f"Chosen for decode: {tune.BASELINE}: the fastest, {lucky.label}, measured 1.12x, within the ±" in out
+    assert f"Chosen for decode: {tune.BASELINE}; the fastest, {lucky.label}, measured 1.12x it, within the ±" in out
     faster = _s(Knobs(1, 512), [140.0, 139.0, 141.0])
     _print_table([base, faster], faster, base, "decode", None)
     out = capsys.readouterr().out
