@@ -52,6 +52,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             ],
             "gpus": [{"device": d, "bandwidth_bytes_s": round(bw)} for d, bw in model.gpu_bandwidth],
             "h2d": [{"device": d, "bytes_s": round(bw)} for d, bw in model.h2d_bytes_s],
+            "provisional": model.provisional or None,
+            "busy": rec["busy"],
+            "spread": rec["spread"],
             "path": str(path),
         }
         print(json.dumps(out, indent=2))
@@ -66,8 +69,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  {dev}: host-to-device copy about {bw / 1e9:.1f} GB/s")
     if not machine.gpus:
         print("  no GPU: CPU constants only")
-    if rec.get("incomplete"):
-        print(f"  note: {rec['incomplete']}")
+    if rec.get("kept_earlier"):
+        print(f"  kept {rec['kept_earlier']} measurement(s) of an earlier calibration taken idle where this one was"
+              " under load")  # fmt: skip
+    if model.provisional:
+        print(f"  provisional: {model.provisional}; the next `runq run` on an idle machine measures again")
     print(f"Saved in {path}; plans on this machine now say 'calibrated on this machine, {rec['calibrated_at'][:10]}'.")
     return EXIT_OK
 
@@ -76,12 +82,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def parse_budget(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", text.lower())
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", text.lower())
     if not m:
         raise UsageError(f"--budget {text!r}: expected a duration like 90s, 10m or 1h")
     value = float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
     if value <= 0:
-        raise UsageError(f"--budget {text!r} must be more than zero")
+        raise UsageError(f"--budget {text!r} must be more than zero", hint="e.g. --budget 10m")
     return value
 
 
@@ -106,39 +112,21 @@ class _Ctx:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from launcher.cli.common import ensure_model, plan_for
-    from launcher.machine.probe import probe
+    from launcher.cli.common import ensure_model
     from launcher.measure import store as tuned_store
     from launcher.measure import tune
-    from launcher.pipeline.measured import with_speed
 
     budget = parse_budget(args.budget)
+    tune.check_inputs(args.repetitions, args.pp, args.tg)
     start_time = time.monotonic()
-    machine = probe(cpu_details=False)
-    limit = _gpu_limit(machine, getattr(args, "gpu_limit", None))  # checked before anything slow
-    found = binaries_here(args.llama_bin)
-    if found is None or not found.has("llama-bench"):
-        raise RunqError("tune runs llama-bench, and there is no llama.cpp build for this machine yet",
-                        hint="run `runq build` first (or give --llama-bin DIR)")  # fmt: skip
-    fit_target = FIT_TARGET_MIB
-    limited = machine
-    if limit is not None:
-        # The baseline gets the same room: llama.cpp's default margin plus the free memory above the limit.
-        fit_target += max(max(0, g.free_bytes - limit) for g in machine.gpus) // 2**20
-        limited = limit_gpus(machine, limit)
-    # runq's untuned plan, exactly as `runq plan` makes it (the same checks of every input, llama.cpp's sizes), is
-    # the start: planned before anything slow, so a bad input is refused at once.
-    planned, _ = plan_for(args, server=True, machine=limited, tuned=False)
-    real = with_speed(machine, found, calibrate_now=True, say=_say)
-    if real.speed is not None and planned.machine.speed is None:  # calibrated just now: the start's prediction too
-        planned, _ = plan_for(args, server=True, machine=limit_gpus(real, limit) if limit else real, tuned=False)
+    planned, real, found, fit_target, limit = _tune_start(args)
     machine = planned.machine
     chosen = planned.chosen
     target = planned.target
     model_path = ensure_model(target, chosen.source.name, auto=False, yes=False, dry=False)
     tensors, hp = chosen.source.tensors, chosen.source.hparams
     # Expert layers per GPU are tried whenever there is a GPU: runq's margins may have kept a small one unused.
-    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(machine.gpus))
+    space = tune.space_for(machine.cores, machine.cpu.logical_cores or machine.cores, bool(machine.gpus), args.goal)
     start_knobs = tune.start_knobs(chosen.plan)
     baseline = replace(start_knobs, baseline=True)
     biggest = max((tensors.expert_bytes(il) for il in tensors.expert_layers), default=0)
@@ -167,6 +155,31 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if best is None:
         raise RunqError("no candidate ran: nothing was measured", hint="see the errors above; try a larger --budget")
     return EXIT_OK
+
+
+def _tune_start(args: argparse.Namespace) -> tuple[Any, Machine, Any, int, int | None]:
+    """(runq's untuned plan, this machine with its measured constants, the build, the baseline's -fitt, the GPU
+    limit). The plan is made exactly as `runq plan` makes it (the same checks of every input, llama.cpp's sizes)
+    and before anything slow, so a bad input is refused at once; a first calibration comes after."""
+    from launcher.cli.common import plan_for
+    from launcher.machine.probe import probe
+    from launcher.pipeline.measured import with_speed
+
+    machine = probe(cpu_details=False)
+    limit = _gpu_limit(machine, getattr(args, "gpu_limit", None))  # checked before anything slow
+    found = binaries_here(args.llama_bin)
+    if found is None or not found.has("llama-bench"):
+        raise RunqError("tune runs llama-bench, and there is no llama.cpp build for this machine yet",
+                        hint="run `runq build` first (or give --llama-bin DIR)")  # fmt: skip
+    fit_target = FIT_TARGET_MIB
+    if limit is not None:
+        # The baseline gets the same room: llama.cpp's default margin plus the free memory above the limit.
+        fit_target += max(max(0, g.free_bytes - limit) for g in machine.gpus) // 2**20
+    planned, _ = plan_for(args, server=True, machine=limit_gpus(machine, limit) if limit else machine, tuned=False)
+    real = with_speed(machine, found, calibrate_now=not args.no_calibrate, say=_say)
+    if real.speed is not None and planned.machine.speed is None:  # calibrated just now: the start's prediction too
+        planned, _ = plan_for(args, server=True, machine=limit_gpus(real, limit) if limit else real, tuned=False)
+    return planned, real, found, fit_target, limit
 
 
 def _gpu_limit(machine: Machine, text: str | None) -> int | None:
@@ -223,7 +236,7 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
         return tune.Measured(k, tuple(argv), error="the plan does not fit: " + "; ".join(p.problems))
     res = bench_run.run(argv, timeout_s=left, gpus=bool(ctx.machine.gpus))
     m = tune.Measured(k, tuple(argv), res.tps(prompt=True), res.tps(prompt=False), res.peak_bytes, res.error,
-                      res.seconds)  # fmt: skip
+                      res.seconds, res.samples(prompt=True), res.samples(prompt=False), res.busy_share)  # fmt: skip
     if not ctx.args.json:
         figures = f"pp {m.pp_tps or 0:.1f} t/s, tg {m.tg_tps or 0:.1f} t/s" if not m.error else f"failed: {m.error}"
         _say(f"      {figures}")
@@ -234,8 +247,8 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
 
 def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx: _Ctx) -> None:
     """Feed the decode measurements back into this machine's constants (launcher/speed.py)."""
-    from launcher.machine.speed import Observation
     from launcher.measure import calibrate as calibration
+    from launcher.measure import tune
     from launcher.plan.predict import bytes_per_token
 
     obs = []
@@ -250,8 +263,7 @@ def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx:
             placement = _plan_for(ctx, m.knobs).placement
         per = bytes_per_token(ctx.tensors, ctx.hp, placement)
         threads = m.knobs.threads if not m.knobs.baseline else machine.cores
-        gpu = tuple(sorted((d, n) for d, n in per.items() if d != "CPU"))
-        obs.append(Observation(threads, ctx.hp.n_layer, per.get("CPU", 0), m.tg_tps, gpu, f"tune:{key}"))
+        obs.append(tune.observation(m, threads, ctx.hp.n_layer, per, f"tune:{key}"))
     calibration.add_observations(machine, build_key, obs)
 
 
@@ -267,13 +279,34 @@ def _print_table(
         peak = ", ".join(f"{d} {fmt_bytes(n)}" for d, n in sorted(m.peak_bytes.items()) if n)
         pp = f"{m.pp_tps:.1f}" if m.pp_tps else "-"
         tg = f"{m.tg_tps:.1f}" if m.tg_tps else "-"
-        print(f"{mark}{m.label:<40}{pp:>9}{tg:>9}  {peak:<18}{m.error or ''}")
+        note = m.error or ("within noise" if best is not None and tune.within_noise(m, best, goal) else "")
+        print(f"{mark}{m.label:<40}{pp:>9}{tg:>9}  {peak:<18}{note}")
     if stopped:
         print(f"Stopped early: {stopped}; what was measured is kept.")
     if best is None:
         return
-    b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
-    vs = f" ({s / b:.2f}x llama.cpp's default)" if b and s else " (llama.cpp's default did not run)"
+    print(_verdict(measured, best, base, goal))
     use = ("`runq run` and `runq service install` use it on this machine" if saved
            else "not saved: measured under --gpu-limit, and runs use the whole GPU")  # fmt: skip
-    print(f"Chosen for {goal}: {best.label}{vs}; {use}.")
+    print(f"  {use}.")
+
+
+def _verdict(measured: list[Any], best: Any, base: Any, goal: Any) -> str:
+    """'Chosen for GOAL: LABEL (WHAT N x llama.cpp's default, beyond the ±S% its runs spread)', and where a
+    candidate scored higher within noise, that it is not a win."""
+    from launcher.measure import tune
+
+    b, s = (tune.score(base, goal) if base else None), tune.score(best, goal)
+    text = f"Chosen for {goal}: {best.label}"
+    if not b:
+        text += " (llama.cpp's default did not run)"
+    elif best is not base and s:
+        what = {"decode": "decode", "prefill": "prompts", "balanced": "a 512+128-token turn"}[goal]
+        text += (f" ({what} {s / b:.2f}x llama.cpp's default, beyond the ±{100 * tune.noise(best, base, goal):.0f}%"
+                 " its runs spread)")  # fmt: skip
+    top = tune.fastest(measured, goal)
+    if top is not None and s and tune.within_noise(top, best, goal):
+        st = tune.score(top, goal) or 0.0
+        text += (f"; the fastest, {top.label}, measured {st / s:.2f}x it, within the"
+                 f" ±{100 * tune.noise(top, best, goal):.0f}% its runs spread: not a win")  # fmt: skip
+    return text

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from launcher import __version__
@@ -32,6 +32,32 @@ class Parser(argparse.ArgumentParser):
         print(f"Hint: see `{self.prog} --help`", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """A value that starts like a negative number (`--budget -1m`, `--gpu -5GiB`) is the option's value, so
+        its own check can say what is wrong with it, instead of argparse's "expected one argument"."""
+        if args is not None:
+            args = _negative_values(list(args), self._option_string_actions)
+        return super().parse_known_args(args, namespace)
+
+
+def _negative_values(argv: list[str], options: dict[str, argparse.Action]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        action = options.get(a)
+        if action is not None and action.nargs != 0 and a.startswith("--") and i + 1 < len(argv):
+            value = argv[i + 1]
+            if len(value) > 1 and value[0] == "-" and (value[1].isdigit() or value[1] == "."):
+                out.append(f"{a}={value}")
+                i += 2
+                continue
+        out.append(a)
+        i += 1
+    return out
+
 
 EPILOG = """\
 quick start: runq demo                      (a tiny model, end to end, no download)
@@ -45,6 +71,9 @@ machine flags (plan for hardware you describe instead of this machine):
 other hosts (llama.cpp RPC; start `runq worker` on each):
   --rpc HOST:PORT[,HOST:PORT…] (asked for their devices)  --worker ram=256GiB[,gpu=24GiB][,net=10Gbit]
 """
+
+
+NO_CALIBRATE_HELP = "do not calibrate this machine first (about a minute, once): plan with the reference constants"
 
 
 def _add_machine_flags(p: argparse.ArgumentParser) -> None:
@@ -197,10 +226,11 @@ def worker_flags(p: argparse.ArgumentParser) -> None:
 def add_tune_parsers(sub: Any) -> None:
     c = sub.add_parser(
         "calibrate",
-        help="measure this machine's decode speed constants with llama-bench (under a minute), used by every plan",
+        help="measure this machine's decode speed constants with llama-bench (a minute), used by every plan",
         description="Decode four generated models with llama-bench at 1..physical-core threads (and two on each GPU) "
         "and fit the effective RAM bandwidth and per-layer cost that speed predictions use. Runs once by itself "
-        "before the first real run or tune on a machine; run it again after changing hardware or drivers.",
+        "before the first real run or tune on a machine (--no-calibrate skips it), and again on an idle machine "
+        "after one taken under load; run it again after changing hardware or drivers.",
     )
     c.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
     c.add_argument("--json", action="store_true", help="print JSON")
@@ -234,6 +264,7 @@ def add_tune_parsers(sub: Any) -> None:
         "(e.g. 8GiB: room for something else, or tuning as on a smaller card; the result is not saved)",
     )
     t.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
+    t.add_argument("--no-calibrate", action="store_true", help=NO_CALIBRATE_HELP)
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(func=_lazy("launcher.cli.measure", "cmd_tune"))
 
@@ -270,7 +301,8 @@ def add_run_parsers(sub: Any, add_machine_flags: Any, add_plan_flags: Any) -> No
         help="plan and start llama-cli (chat) or llama-server (--server) for a model name or a .gguf file",
         description="Plan, then start llama.cpp with the plan. A model name needs --auto to download and build "
         "what is missing (asking once; --yes skips the question). Flags after `--` go to llama.cpp; those that "
-        "pin the plan (-c, -ngl, -ot, -ub, -ctk, -ctv, -t) are planned around.",
+        "pin the plan (-c, -ngl, -ot, -ub, -ctk, -ctv, -t) are planned around, those runq sets itself (--host, "
+        "--port, --api-key, -m, -b, --fit, -lm, …) are refused with the runq flag to use.",
     )
     r.add_argument("model", help="a model name (deepseek-v3.1) or a .gguf file (shard 1 of a set)")
     r.add_argument("--auto", action="store_true", help="download the chosen quant and build llama.cpp if missing")
@@ -286,6 +318,7 @@ def add_run_parsers(sub: Any, add_machine_flags: Any, add_plan_flags: Any) -> No
     r.add_argument("--llama-bin", metavar="DIR", help="use the llama.cpp binaries in DIR instead of runq's build")
     r.add_argument("--source", default="auto", help="where a missing build comes from: auto, git, pypi")
     r.add_argument("--verify-tensors", action="store_true", help="check every overridden tensor in llama.cpp's log")
+    r.add_argument("--no-calibrate", action="store_true", help=NO_CALIBRATE_HELP)
     add_plan_flags(r)
     add_machine_flags(r)
     r.set_defaults(func=_lazy("launcher.cli.run", "cmd_run"))

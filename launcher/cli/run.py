@@ -45,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     opts = server_options(args) if args.server else None
     key = read_api_key(opts) if opts else None
-    p, passthrough = plan_for(args, server=args.server, calibrate=not args.dry_run)
+    calibrate = not args.dry_run and not getattr(args, "no_calibrate", False)
+    p, passthrough = plan_for(args, server=args.server, calibrate=calibrate)
     plan = p.plan
     print(f"{p.target.name} {p.quant}: {plan.ctx:,} tokens of context, "
           f"{plan.predicted_tg_tps:.1f} tokens/s predicted ({p.target.sizes}; {plan.speed_source})")  # fmt: skip

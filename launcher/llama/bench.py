@@ -3,7 +3,9 @@
 Edge module (starts a process). The child is runq's for its whole life: on a timeout, an error or
 Ctrl-C it is killed (by its pid) before this returns or re-raises. Peak host memory is the child's
 own maximum resident set (os.wait4); peak GPU memory is NVML's used memory sampled every 0.2 s
-while it runs (only when there are GPUs; not exercised on the CPU-only test machine).
+while it runs (only when there are GPUs; not exercised on the CPU-only test machine). How busy the machine was
+meanwhile is measured too: the CPU time every process used (/proc/stat) less the child's own (its rusage), as a
+share of the machine's, so a measurement taken under load can be told from one taken idle.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class BenchResult:
     seconds: float
     error: str | None = None
     log_tail: tuple[str, ...] = field(default=())
+    busy_share: float = 0.0  # the share of the CPUs other processes used while it ran (0 where unknown)
 
     def tps(self, *, prompt: bool) -> float | None:
         """Average tokens/s of the prompt (n_prompt > 0) or generation (n_gen > 0) test."""
@@ -37,6 +40,13 @@ class BenchResult:
             if (t.get("n_prompt", 0) > 0) == prompt and (t.get("n_gen", 0) > 0) != prompt:
                 return float(t["avg_ts"])
         return None
+
+    def samples(self, *, prompt: bool) -> tuple[float, ...]:
+        """The tokens/s of each repetition of the prompt or generation test (llama-bench's samples_ts)."""
+        for t in self.tests:
+            if (t.get("n_prompt", 0) > 0) == prompt and (t.get("n_gen", 0) > 0) != prompt:
+                return tuple(float(x) for x in t.get("samples_ts") or [t["avg_ts"]])
+        return ()
 
     def tps_by(self, key: str) -> dict[Any, float]:
         """Generation tokens/s keyed by a field (e.g. "n_threads" or "model_filename")."""
@@ -48,6 +58,27 @@ def best_tps(test: dict[str, Any]) -> float:
     shared machine the slower repetitions measure the neighbours, the fastest one the machine."""
     samples = [float(x) for x in test.get("samples_ts") or []]
     return max(samples) if samples else float(test["avg_ts"])
+
+
+def cpu_ticks() -> tuple[float, float] | None:
+    """(busy, all) CPU seconds of the whole machine since boot, from /proc/stat; None where there is none."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [float(x) for x in first.split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return (total - idle) / hz, total / hz
+
+
+def busy_share(before: tuple[float, float] | None, after: tuple[float, float] | None, own_cpu_s: float) -> float:
+    """The share of the machine's CPU time that processes other than our child used between two cpu_ticks()."""
+    if before is None or after is None or after[1] <= before[1]:
+        return 0.0
+    others = (after[0] - before[0]) - own_cpu_s
+    return min(max(others / (after[1] - before[1]), 0.0), 1.0)
 
 
 def _gpu_sampler(stop: threading.Event, peaks: dict[str, int]) -> None:
@@ -76,12 +107,15 @@ def run(argv: list[str], *, timeout_s: float, gpus: bool = False) -> BenchResult
     stop = threading.Event()
     sampler = threading.Thread(target=_gpu_sampler, args=(stop, peaks), daemon=True) if gpus else None
     start = time.monotonic()
+    ticks = cpu_ticks()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         # Dies with runq (SIGKILL or a crash); SIGTERM/SIGHUP to runq are interrupts, so _wait kills it too.
         proc = procs.spawn(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         if sampler:
             sampler.start()
         status, rusage, timed_out = _wait(proc, timeout_s)
+        own_cpu_s = rusage.ru_utime + rusage.ru_stime if rusage else 0.0
+        busy = busy_share(ticks, cpu_ticks(), own_cpu_s)
         stop.set()
         if sampler:
             sampler.join(timeout=2)
@@ -102,7 +136,7 @@ def run(argv: list[str], *, timeout_s: float, gpus: bool = False) -> BenchResult
         error = f"stopped after {timeout_s:.0f} s (the time budget)"
     elif status != 0:
         error = _failure(status, log)
-    return BenchResult(tuple(tests), peaks, seconds, error, tuple(log[-15:]))
+    return BenchResult(tuple(tests), peaks, seconds, error, tuple(log[-15:]), busy)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[int, Any, bool]:

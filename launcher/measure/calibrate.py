@@ -132,19 +132,49 @@ def observations(rec: dict[str, Any]) -> list[Observation]:
                 tg_tps=float(o["tg_tps"]),
                 gpu_bytes=tuple((str(d), int(n)) for d, n in o.get("gpu_bytes", [])),
                 source=str(o.get("source", "calibrate")),
+                spread=float(o.get("spread", 0.0)),
+                busy=float(o.get("busy", 0.0)),
             )
         )
     return out
 
 
-def speed_model(rec: dict[str, Any]) -> SpeedModel | None:
+def provisional(rec: dict[str, Any]) -> str:
+    """Why a calibration is to be measured again: it stopped short, or it was taken under load ("": neither)."""
+    if rec.get("incomplete"):
+        return f"incomplete, {rec['incomplete']}"
+    noisy = [o for o in observations(rec) if o.source == "calibrate" and o.noisy]
+    if not noisy:
+        return ""
+    busy = max(o.busy for o in noisy)
+    apart = max(o.spread for o in noisy)
+    return (f"taken under load, other processes used {100 * busy:.0f}% of the CPUs and its repetitions were up to"
+            f" {100 * apart:.0f}% apart")  # fmt: skip
+
+
+def speed_model(rec: dict[str, Any], machine: Machine | None = None) -> SpeedModel | None:
+    """The constants fitted from a record, within this machine's peaks (a described RAM bandwidth, each GPU's)."""
     h2d = tuple((str(d), float(v)) for d, v in rec.get("h2d", []))
-    return speed.fit(observations(rec), calibrated_at=str(rec.get("calibrated_at", "")), h2d=h2d)
+    gpu_peaks = {f"CUDA{g.index}": bw for g in (machine.gpus if machine else ()) if (bw := g.memory_bandwidth)}
+    return speed.fit(
+        observations(rec),
+        calibrated_at=str(rec.get("calibrated_at", "")),
+        h2d=h2d,
+        cpu_peak=machine.ram_bandwidth_bytes_s if machine else None,
+        gpu_peaks=gpu_peaks,
+        provisional=provisional(rec),
+    )
 
 
 def load(machine: Machine, build_key: str) -> SpeedModel | None:
     rec = load_record(fingerprint(machine, build_key))
-    return speed_model(rec) if rec else None
+    return speed_model(rec, machine) if rec else None
+
+
+def idle_now(machine: Machine) -> bool:
+    """The 1-minute load average is low enough for a calibration to measure the machine, not its neighbours."""
+    logical = machine.cpu.logical_cores or machine.cores
+    return not hasattr(os, "getloadavg") or os.getloadavg()[0] <= BUSY_LOAD_PER_CORE * logical
 
 
 def add_observations(machine: Machine, build_key: str, new: list[Observation]) -> SpeedModel | None:
@@ -157,7 +187,7 @@ def add_observations(machine: Machine, build_key: str, new: list[Observation]) -
     kept = [o for o in rec.get("observations", []) if o.get("source") not in sources]
     rec["observations"] = kept + [_obs_json(o) for o in new]
     _write(fp, rec)
-    return speed_model(rec)
+    return speed_model(rec, machine)
 
 
 def _obs_json(o: Observation) -> dict[str, Any]:
@@ -178,6 +208,10 @@ class CalModel:
     expert_bytes: int
 
 
+def _model_path(name: str, spec: SynthSpec) -> Path:
+    return calibration_dir() / "models" / f"{name}-{_hash(asdict(spec))[:8]}.gguf"
+
+
 def calibration_models(say: Callable[[str], None], specs: dict[str, SynthSpec] | None = None) -> list[CalModel]:
     """The generated calibration models (written once, kept under the cache)."""
     from launcher.measure.synth import write_model
@@ -186,7 +220,7 @@ def calibration_models(say: Callable[[str], None], specs: dict[str, SynthSpec] |
 
     out = []
     for name, spec in (CALIBRATION_SPECS if specs is None else specs).items():
-        path = calibration_dir() / "models" / f"{name}-{_hash(asdict(spec))[:8]}.gguf"
+        path = _model_path(name, spec)
         if not path.is_file():
             say(f"generating calibration model {name} (once)…")
             tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -198,6 +232,17 @@ def calibration_models(say: Callable[[str], None], specs: dict[str, SynthSpec] |
         expert = sum(x.nbytes for x in t.tensors if x.is_expert)
         out.append(CalModel(name, path, hp.n_layer, per.get("CPU", 0), expert))
     return out
+
+
+def announce(machine: Machine, earlier: SpeedModel | None) -> str:
+    """What an automatic calibration is about to do and how long it takes, before it starts."""
+    missing = [n for n, spec in CALIBRATION_SPECS.items() if not _model_path(n, spec).is_file()]
+    what = (f"at most {BUDGET_S:.0f} s decoding {len(CALIBRATION_SPECS)} generated models with llama-bench"
+            + (f" on the CPU and each of {len(machine.gpus)} GPU(s)" if machine.gpus else ""))  # fmt: skip
+    if missing:  # written once, then kept: 1.1 GB of Q8_0, 34 s on an idle 2-core EPYC, 121 s on a busy one
+        what += f", after generating {len(missing)} of them (about 1.1 GB, once: 30 s to 2 min)"
+    why = f"again (the last one is provisional: {earlier.provisional})" if earlier else "once"
+    return f"Calibrating this machine {why}: {what}. --no-calibrate skips it."
 
 
 def thread_counts(physical: int) -> list[int]:
@@ -226,7 +271,8 @@ def calibrate(
     if load > BUSY_LOAD_PER_CORE * logical:
         say(f"warning: this machine is busy (load {load:.1f} on {logical} cores): the figures measure it as it is"
             " now; run `runq calibrate` again when it is idle")  # fmt: skip
-    say(f"decoding {len(models)} models at {', '.join(map(str, threads))} threads with llama-bench…")
+    say(f"decoding {len(models)} models at {', '.join(map(str, threads))} threads with llama-bench"
+        f" (at most {BUDGET_S:.0f} s)…")  # fmt: skip
     deadline = start + generated_s + BUDGET_S * (0.6 if gpu_models else 1.0)  # the rest: the GPUs
     obs, error, log_tail = _cpu_passes(bin_dir, models, threads, deadline)
     if not obs:
@@ -238,8 +284,12 @@ def calibrate(
     if gpu_models:
         left = max(BUDGET_S + generated_s - (time.monotonic() - start), 10.0)
         obs += _gpu_observations(bin_dir, gpu_models, machine, left, h2d)
-    rec = {
-        "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    fp = fingerprint(machine, build_key)
+    previous = load_record(fp)
+    obs, kept = prefer_idle(obs, observations(previous) if previous else [])
+    if error and len([o for o in obs if not o.gpu_bytes]) >= len(models) * len(threads):
+        error = None  # what this one could not measure, an earlier idle one had
+    meta = {
         "took_s": round(time.monotonic() - start, 1),
         "generating_s": round(generated_s, 1),
         "threads": threads,
@@ -247,33 +297,61 @@ def calibrate(
         "h2d": h2d,
         "incomplete": error,
         "load_before": round(load, 2),
+        "kept_earlier": kept,
     }
-    model, path = record(machine, build_key, obs, rec)
-    return model, {**rec, "fingerprint": fingerprint(machine, build_key)}, path
+    return record(machine, build_key, obs, meta)
 
 
-def record(machine: Machine, build_key: str, obs: list[Observation], meta: dict[str, Any]) -> tuple[SpeedModel, Path]:
-    """Store a calibration of this machine and build (its observations and what was measured how) and return the
-    constants fitted to it."""
-    fp = fingerprint(machine, build_key)
-    rec = {"fingerprint": fp, "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta,
-           "observations": [_obs_json(o) for o in obs]}  # fmt: skip
-    path = _write(fp, rec)
-    model = speed_model(rec)
+def record(
+    machine: Machine, build_key: str, obs: list[Observation], meta: dict[str, Any]
+) -> tuple[SpeedModel, dict[str, Any], Path]:
+    """Store a calibration of this machine and build — its observations, and how they were measured (`meta`) —
+    and return the constants fitted to it, the record and where it is."""
+    rec: dict[str, Any] = {
+        "fingerprint": fingerprint(machine, build_key),
+        "calibrated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **meta,
+        "observations": [_obs_json(o) for o in obs],
+        "busy": round(max((o.busy for o in obs), default=0.0), 3),
+        "spread": round(max((o.spread for o in obs), default=0.0), 3),
+    }
+    path = _write(rec["fingerprint"], rec)
+    model = speed_model(rec, machine)
     if model is None:
         raise ValueError("a calibration needs CPU observations with bytes read")
-    return model, path
+    return model, rec, path
 
 
-def decode_passes(
+def prefer_idle(new: list[Observation], old: list[Observation]) -> tuple[list[Observation], int]:
+    """This calibration's measurements, except where it was under load (or measured nothing) and an earlier
+    calibration of the same machine and build measured the same model and threads idle: that one is kept, so a
+    busy recalibration never replaces what an idle one measured. Also how many were kept from before."""
+    earlier = {o.shape: o for o in old if o.source == "calibrate" and not o.noisy}
+    out = [earlier.get(o.shape, o) if o.noisy else o for o in new]
+    seen = {o.shape for o in new}
+    out += [o for shape, o in earlier.items() if shape not in seen]
+    return out, sum(1 for o in out if o in earlier.values())
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One model at one thread count, over every pass."""
+
+    tps: float  # the median of every repetition of every pass
+    spread: float  # how far those repetitions were apart (speed.relative_spread)
+    busy: float  # the most of the CPUs other processes used during a pass that measured it
+
+
+def decode_runs(
     bin_dir: Path, paths: list[Path], threads: list[int], deadline: float, passes: int = MAX_PASSES
-) -> tuple[dict[tuple[str, int], float], str | None, tuple[str, ...]]:
-    """Decode tokens/s per (model path, threads): passes over every model and thread count (model order
+) -> tuple[dict[tuple[str, int], Decoded], str | None, tuple[str, ...]]:
+    """Decode speed per (model path, threads): passes over every model and thread count (model order
     alternating) while the time lasts; the median of every repetition of every pass, so neither a disturbed
-    pass nor a lucky repetition decides. Also what bench/predict.py measures with."""
+    pass nor a lucky repetition decides, and how far they were apart and how busy the machine was."""
     from launcher.llama import bench as bench_run
 
     samples: dict[tuple[str, int], list[float]] = {}
+    busy: dict[tuple[str, int], float] = {}
     error: str | None = None
     tail: tuple[str, ...] = ()
     took = 0.0
@@ -291,20 +369,30 @@ def decode_passes(
             if t.get("n_gen"):
                 k = (t.get("model_filename", ""), int(t["n_threads"]))
                 samples.setdefault(k, []).extend(float(x) for x in t.get("samples_ts") or [t["avg_ts"]])
+                busy[k] = max(busy.get(k, 0.0), res.busy_share)
         if res.error:
             error = None if samples and n else res.error  # a later pass cut short by the budget is no problem
             break
-    return {k: statistics.median(v) for k, v in samples.items()}, error, tail
+    out = {k: Decoded(statistics.median(v), speed.relative_spread(v), busy[k]) for k, v in samples.items()}
+    return out, error, tail
+
+
+def decode_passes(
+    bin_dir: Path, paths: list[Path], threads: list[int], deadline: float, passes: int = MAX_PASSES
+) -> tuple[dict[tuple[str, int], float], str | None, tuple[str, ...]]:
+    """decode_runs' medians alone (what bench/predict.py measures with)."""
+    runs, error, tail = decode_runs(bin_dir, paths, threads, deadline, passes)
+    return {k: d.tps for k, d in runs.items()}, error, tail
 
 
 def _cpu_passes(
     bin_dir: Path, models: list[CalModel], threads: list[int], deadline: float
 ) -> tuple[list[Observation], str | None, tuple[str, ...]]:
     passes = int(os.environ.get("RUNQ_CALIBRATE_PASSES") or MAX_PASSES)  # the tests make it 1 (2 shared cores)
-    best, error, tail = decode_passes(bin_dir, [m.path for m in models], threads, deadline, passes)
+    runs, error, tail = decode_runs(bin_dir, [m.path for m in models], threads, deadline, passes)
     by_path = {str(m.path): m for m in models}
-    obs = [Observation(th, by_path[p].n_layer, by_path[p].bytes_per_token, tps)
-           for (p, th), tps in sorted(best.items()) if p in by_path]  # fmt: skip
+    obs = [Observation(th, by_path[p].n_layer, by_path[p].bytes_per_token, d.tps, spread=d.spread, busy=d.busy)
+           for (p, th), d in sorted(runs.items()) if p in by_path]  # fmt: skip
     return obs, error, tail
 
 
@@ -330,7 +418,9 @@ def _gpu_observations(
             cm = by_path.get(t.get("model_filename", ""))
             if cm and t.get("n_gen"):
                 gb = ((dev, cm.bytes_per_token),)
-                out.append(Observation(int(t["n_threads"]), cm.n_layer, 0, bench_run.best_tps(t), gb))
+                apart = speed.relative_spread([float(x) for x in t.get("samples_ts") or []])
+                out.append(Observation(int(t["n_threads"]), cm.n_layer, 0, bench_run.best_tps(t), gb,
+                                       spread=apart, busy=res.busy_share))  # fmt: skip
         big = max(models, key=lambda m: m.expert_bytes)
         argv = [str(bench_run.binary(bin_dir)), "-m", str(big.path), "-dev", dev, "-ngl", "99"]
         argv += ["-ot", r"\.ffn_.*_exps\.=CPU", "-p", "512", "-n", "0", "-ub", "512", "-r", "1", "-o", "jsonl"]

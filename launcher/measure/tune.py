@@ -6,7 +6,10 @@ and runq's plan, then walks one knob at a time — expert layers per GPU (±1-2)
 threads (physical, logical, physical-1), flash attention on/off, load mode — keeping the best value of
 each before trying the next; then the winner and the baseline run once more, back to back (each keeps
 the mean of its runs). The winner is the best score for the goal among what was measured, the baseline
-included, so it is never slower than llama.cpp's default as measured.
+included, so it is never slower than llama.cpp's default as measured; and a knob's value (or the winner over
+the baseline) is taken only when its margin is larger than its repetitions spread (at least MIN_MARGIN):
+what was there before stays when the difference is within noise. ubatch does not change decode, so for the
+decode goal without a GPU (where it cannot move a layer either) it is not searched.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from launcher.errors import UsageError
+from launcher.machine.speed import Observation, relative_spread
 from launcher.plan.types import Plan, Request
 
 Goal = Literal["decode", "prefill", "balanced"]
@@ -23,6 +28,8 @@ BASELINE = "llama.cpp default"
 UBATCHES = (512, 1024, 2048)
 # "balanced" scores one typical turn: a 512-token prompt and a 128-token answer (1 / its seconds).
 BALANCED_PROMPT, BALANCED_ANSWER = 512, 128
+MIN_MARGIN = 0.03  # a win smaller than this is within an idle machine's run-to-run noise, whatever -r measured
+MAX_REPETITIONS, MAX_TOKENS = 100, 65_536
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,9 @@ class Measured:
     peak_bytes: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    pp_samples: tuple[float, ...] = ()  # tokens/s of each repetition (llama-bench's samples_ts), every run
+    tg_samples: tuple[float, ...] = ()
+    busy: float = 0.0  # the most of the CPUs other processes used while it ran
 
     @property
     def label(self) -> str:
@@ -71,6 +81,9 @@ class Measured:
             "argv": list(self.argv),
             "pp_tps": None if self.pp_tps is None else round(self.pp_tps, 2),
             "tg_tps": None if self.tg_tps is None else round(self.tg_tps, 2),
+            "pp_spread": round(relative_spread(self.pp_samples), 3),
+            "tg_spread": round(relative_spread(self.tg_samples), 3),
+            "busy": round(self.busy, 3),
             "peak_bytes": dict(self.peak_bytes),
             "error": self.error,
         }
@@ -95,9 +108,22 @@ class Space:
         return 2 + sum(len(values) for _, values in self.dimensions())
 
 
-def space_for(physical: int, logical: int, has_gpus: bool) -> Space:
+def space_for(physical: int, logical: int, has_gpus: bool, goal: Goal = "balanced") -> Space:
+    """The knobs worth measuring here: ubatch not for decode on the CPU alone (decode reads one token at a time,
+    so its ubatch changes nothing there; with a GPU it may move an expert layer, so it is tried)."""
     threads = tuple(sorted({t for t in (physical, logical, physical - 1) if t >= 1}))
-    return Space(threads=threads, expert_deltas=(-2, -1, 1, 2) if has_gpus else ())
+    ubatches = () if goal == "decode" and not has_gpus else UBATCHES
+    return Space(threads=threads, expert_deltas=(-2, -1, 1, 2) if has_gpus else (), ubatches=ubatches)
+
+
+def check_inputs(repetitions: int, pp: int, tg: int) -> None:
+    """The numbers a tune run needs to measure anything (a UsageError names the flag otherwise)."""
+    for flag, value, hi, what, default in (("-r", repetitions, MAX_REPETITIONS, "runs per test", 2),
+                                           ("--pp", pp, MAX_TOKENS, "prompt tokens per test", 512),
+                                           ("--tg", tg, MAX_TOKENS, "generated tokens per test", 128)):  # fmt: skip
+        if not 1 <= value <= hi:
+            raise UsageError(f"{flag} {value}: must be between 1 and {hi:,} ({what})",
+                             hint=f"leave {flag} out for the default, {flag} {default}")  # fmt: skip
 
 
 def start_knobs(plan: Plan) -> Knobs:
@@ -117,8 +143,31 @@ def score(m: Measured, goal: Goal) -> float | None:
     return 1.0 / (BALANCED_PROMPT / m.pp_tps + BALANCED_ANSWER / m.tg_tps)
 
 
-def choose(measured: Sequence[Measured], goal: Goal) -> Measured | None:
-    """The best for the goal; the baseline wins ties, so nothing slower than it as measured is chosen."""
+def spread(m: Measured, goal: Goal) -> float:
+    """How far a candidate's repetitions were apart, for the figure the goal scores (relative)."""
+    pp, tg = relative_spread(m.pp_samples), relative_spread(m.tg_samples)
+    if goal == "decode":
+        return tg
+    if goal == "prefill" or not m.pp_tps or not m.tg_tps:
+        return pp
+    prompt_s, answer_s = BALANCED_PROMPT / m.pp_tps, BALANCED_ANSWER / m.tg_tps  # weighted by the turn's time
+    return (prompt_s * pp + answer_s * tg) / (prompt_s + answer_s)
+
+
+def noise(a: Measured, b: Measured, goal: Goal) -> float:
+    """The margin one of two candidates must win by to be faster, not luckier: what either measured spread."""
+    return max(spread(a, goal), spread(b, goal), MIN_MARGIN)
+
+
+def beats(a: Measured, b: Measured, goal: Goal) -> bool:
+    sa, sb = score(a, goal), score(b, goal)
+    if sa is None:
+        return False
+    return sb is None or sa > sb * (1 + noise(a, b, goal))
+
+
+def fastest(measured: Sequence[Measured], goal: Goal) -> Measured | None:
+    """The best score for the goal, noise or not; the baseline wins ties."""
     best: Measured | None = None
     best_score = -1.0
     for m in measured:
@@ -128,6 +177,27 @@ def choose(measured: Sequence[Measured], goal: Goal) -> Measured | None:
         if s > best_score or (s == best_score and m.knobs.baseline):
             best, best_score = m, s
     return best
+
+
+def choose(measured: Sequence[Measured], goal: Goal) -> Measured | None:
+    """The winner for the goal: llama.cpp's default (or, without it, the first measured) until a candidate beats
+    it by more than the noise, that one until another beats it, in the order measured (the search's order: the
+    start, then each knob's values). So nothing slower than the baseline as measured is chosen, nothing that
+    only measured luckier, and a value within noise of what was there before does not replace it."""
+    scored = [m for m in measured if score(m, goal) is not None]
+    if not scored:
+        return None
+    king = next((m for m in scored if m.knobs.baseline), scored[0])
+    for m in scored:
+        if m is not king and beats(m, king, goal):
+            king = m
+    return king
+
+
+def within_noise(m: Measured, chosen: Measured, goal: Goal) -> bool:
+    """Scored higher than the chosen one, by less than the noise: shown as such, not as a win."""
+    sm, sc = score(m, goal), score(chosen, goal)
+    return m is not chosen and sm is not None and sc is not None and sm > sc and not beats(m, chosen, goal)
 
 
 class Stop(Exception):
@@ -152,12 +222,12 @@ def search(
             for value in values:
                 visit(replace(best, **{name: value}))
             ours = [m for m in done.values() if not m.knobs.baseline]
-            winner = choose(ours, goal)
+            winner = choose(ours, goal)  # a new value only when it wins beyond noise
             if winner is not None:
                 best = winner.knobs
-        # Confirm on a noisy machine: the winner and the baseline once more, back to back; each keeps the
-        # mean of its two runs, so a lucky first run of either does not decide alone.
-        final = choose(list(done.values()), goal)
+        # Confirm on a noisy machine: the fastest and the baseline once more, back to back; each keeps the
+        # mean of its two runs (and every repetition for its spread), so a lucky first run does not decide.
+        final = fastest(list(done.values()), goal)
         if final is not None and not final.knobs.baseline:
             for k in (baseline, final.knobs):
                 done[k] = merge(done[k], measure(k))
@@ -177,7 +247,18 @@ def merge(first: Measured, again: Measured) -> Measured:
     peaks = {d: max(first.peak_bytes.get(d, 0), again.peak_bytes.get(d, 0)) for d in {*first.peak_bytes,
                                                                                        *again.peak_bytes}}  # fmt: skip
     return replace(first, pp_tps=mean(first.pp_tps, again.pp_tps), tg_tps=mean(first.tg_tps, again.tg_tps),
-                   peak_bytes=peaks, seconds=first.seconds + again.seconds)  # fmt: skip
+                   peak_bytes=peaks, seconds=first.seconds + again.seconds,
+                   pp_samples=first.pp_samples + again.pp_samples, tg_samples=first.tg_samples + again.tg_samples,
+                   busy=max(first.busy, again.busy))  # fmt: skip
+
+
+def observation(m: Measured, threads: int, n_layer: int, per_device: Mapping[str, int], source: str) -> Observation:
+    """A candidate's decode as a measurement of this machine's constants (launcher/machine/speed.py), with how
+    far its repetitions were apart and how busy the machine was, so a noisy one cannot poison the fit."""
+    assert m.tg_tps
+    gpu = tuple(sorted((d, n) for d, n in per_device.items() if d != "CPU"))
+    return Observation(threads, n_layer, per_device.get("CPU", 0), m.tg_tps, gpu, source,
+                       spread=relative_spread(m.tg_samples), busy=m.busy)  # fmt: skip
 
 
 def planned(start: Knobs, space: Space) -> Iterator[Knobs]:

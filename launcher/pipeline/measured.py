@@ -32,19 +32,24 @@ def with_speed(
     machine: Machine, binaries: Binaries | None, *, calibrate_now: bool = False, say: Callable[[str], None] = _quiet
 ) -> Machine:
     """The machine with its measured decode constants, when it is this machine (probed) and has them. With
-    `calibrate_now` (a real run or tune) and no calibration for this machine and build yet, calibrate first
-    (once; RUNQ_AUTO_CALIBRATE=0 turns that off)."""
+    `calibrate_now` (a real run or tune, without --no-calibrate) and no calibration for this machine and build yet,
+    calibrate first (once; RUNQ_AUTO_CALIBRATE=0 turns that off); a provisional one (incomplete, or taken under
+    load) is measured again when the machine is idle now."""
     if machine.source != "probed" or binaries is None or machine.speed is not None:
         return machine
     from launcher.measure import calibrate as calibration
 
     model = calibration.load(machine, binaries.key)
     auto = os.environ.get("RUNQ_AUTO_CALIBRATE", "1") != "0"  # the test suite turns it off (tests/conftest.py)
-    if model is None and calibrate_now and auto and binaries.has("llama-bench"):
-        say("Calibrating this machine once (at most a minute): decode speed measured with llama-bench…")
-        model, _, path = calibration.calibrate(machine, binaries.bin_dir, binaries.key, cuda=bool(machine.gpus),
-                                               say=say)  # fmt: skip
-        say(f"  saved in {path}; `runq calibrate` measures again")
+    again = model is not None and bool(model.provisional) and calibration.idle_now(machine)
+    if (model is None or again) and calibrate_now and auto and binaries.has("llama-bench"):
+        say(calibration.announce(machine, model))
+        model, rec, path = calibration.calibrate(machine, binaries.bin_dir, binaries.key, cuda=bool(machine.gpus),
+                                                 say=say)  # fmt: skip
+        made = f", {rec['generating_s']:.0f} s of it generating its models" if rec["generating_s"] >= 1 else ""
+        say(f"  calibrated in {rec['took_s']:.0f} s{made}; saved in {path}; `runq calibrate` measures again")
+        if model.provisional:
+            say(f"  provisional: {model.provisional}; the next run on an idle machine measures again")
     return replace(machine, speed=model) if model else machine
 
 

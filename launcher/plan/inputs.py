@@ -28,7 +28,8 @@ MAX_NGL = 10_000
 MAX_THREADS = 4096
 MAX_TIMEOUT_S = 7 * 24 * 3600
 
-# llama.cpp flags after `--` that pin part of the plan: (flags, PlanInputs field); the rest is passed through.
+# llama.cpp flags after `--` that pin part of the plan: (flags, PlanInputs field); checked like runq's own flags and
+# planned around (the command carries the checked value once).
 PIN_FLAGS = {
     ("-c", "--ctx-size"): "ctx",
     ("-ngl", "--gpu-layers", "--n-gpu-layers"): "ngl",
@@ -38,6 +39,31 @@ PIN_FLAGS = {
     ("-t", "--threads"): "threads",
     ("-ot", "--override-tensor"): "ot",
 }
+# llama.cpp flags after `--` that runq sets itself, from its own checked flags or from the plan: refused, with the
+# flag to use instead. llama.cpp takes the last of a repeated flag, so `-- --host 0.0.0.0` would otherwise win over
+# the --host whose API-key rule runq checked. The rest (sampling, -lv, -fa, …) is passed through: the user's wins.
+OWNED_FLAGS = {
+    ("--host",): "use runq's own --host (off this machine it needs --api-key-file FILE, or --insecure)",
+    ("--port",): "use runq's own --port N (runq waits for the server on it)",
+    ("--api-key", "--api-key-file"): "use runq's own --api-key-file FILE (or --api-key KEY)",
+    ("-m", "--model", "-mu", "--model-url", "-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-dr", "--docker-repo"):
+        "the model is runq's MODEL argument (a name or a .gguf file; --quant picks the quant)",
+    ("-b", "--batch-size"): "runq sets -b from the ubatch: pin --ubatch N",
+    ("-fit", "--fit", "-fitt", "--fit-target", "-fitc", "--fit-ctx"):
+        "runq places every tensor itself (--fit off); `runq tune` measures llama.cpp's own fit against runq's plan",
+    ("-lm", "--load-mode", "--mmap", "--no-mmap", "--mlock"):
+        "runq chooses the load mode with the plan; `runq tune` measures mmap against none",
+    ("-cram", "--cache-ram"): "runq sizes llama-server's prompt cache from the RAM the plan leaves free",
+    ("-ts", "--tensor-split"): "runq splits the layers between GPUs itself; pin tensors with --ot PATTERN=CUDAi",
+    ("--rpc",): "use runq's own --rpc HOST:PORT (the plan places layers on the workers)",
+    ("--jinja", "--no-jinja", "--chat-template", "--chat-template-file"):
+        "runq passes the model profile's chat template (a profile in ~/.config/runq/profiles/ can name another)",
+}  # fmt: skip
+
+
+def llama_flag(arg: str) -> str:
+    """A flag as llama.cpp reads it: in a `--long-name`, '_' is '-' (so `--api_key` is `--api-key`)."""
+    return arg.replace("_", "-") if arg.startswith("--") else arg
 
 
 @dataclass(frozen=True)
@@ -70,10 +96,15 @@ def split_extra(extra: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
     rest: list[str] = []
     i = 0
     while i < len(extra):
-        flag = extra[i]
+        flag = llama_flag(extra[i])
+        hint = next((h for names, h in OWNED_FLAGS.items() if flag in names), None)
+        if hint is not None:
+            raise UsageError(
+                f"{extra[i]} after --: runq sets it itself (llama.cpp would take the last of the two)", hint=hint
+            )
         field_name = next((f for names, f in PIN_FLAGS.items() if flag in names), None)
         if field_name is None:
-            rest.append(flag)
+            rest.append(extra[i])
             i += 1
             continue
         if i + 1 >= len(extra):

@@ -31,7 +31,7 @@ from launcher.plan.phases import (
     shrink_cache_ram,
     split_layers,
 )
-from launcher.plan.predict import predict
+from launcher.plan.predict import bytes_per_token, predict
 from launcher.plan.projection import SizeBook
 from launcher.plan.types import DEFAULT_UBATCH, LARGE_UBATCH, SMALL_UBATCH, LoadMode, Plan, Request
 from launcher.plan.work import Work, forced_by_user, gpu_usable, layer_bytes, remote_usable
@@ -39,9 +39,25 @@ from launcher.units import fmt_bytes
 
 
 def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
-    """Place every tensor; the speed is predicted with this machine's measured constants when it has them."""
+    """Place every tensor; the speed is predicted with this machine's measured constants when it has them, and
+    then the threads (unless pinned) are the count those constants predict decodes fastest, not simply the
+    cores: on a machine where more threads measured slower, fewer are used, and the plan says why."""
     p = _plan(machine, tensors, hp, req)
-    return replace(p, speed_source=machine.speed.label) if machine.speed else p
+    speed = machine.speed
+    if speed is None:
+        return p
+    p = replace(p, speed_source=speed.label)
+    if req.threads is not None:
+        return p
+    per = bytes_per_token(loaded_tensors(tensors, hp.n_layer, hp.n_layer_nextn), hp, p.placement)
+    on_gpu = any(n for dev, n in per.items() if dev != "CPU")
+    best = speed.fastest_threads(machine.cores, hp.n_layer, per.get("CPU", 0), on_gpu=on_gpu)
+    if best == p.threads:
+        return p
+    q = _plan(machine, tensors, hp, replace(req, threads=best))
+    why = (f"threads {best} of {machine.cores} cores: this machine's calibration predicts {q.predicted_tg_tps:.1f}"
+           f" tokens/s at {best}, {p.predicted_tg_tps:.1f} at {p.threads}")  # fmt: skip
+    return replace(q, speed_source=speed.label, reasons=(*q.reasons, why))
 
 
 def _plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:

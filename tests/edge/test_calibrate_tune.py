@@ -23,6 +23,7 @@ import pytest
 
 from launcher.cli.main import main
 from launcher.llama.build import Build
+from launcher.machine import speed
 from launcher.measure import calibrate as calibration
 from launcher.measure import tune
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
@@ -81,15 +82,23 @@ def test_calibrate_measures_each_thread_count_and_plans_say_so(
 
     monkeypatch.setenv("RUNQ_CACHE_DIR", str(cache))
     cores = probe(cpu_details=False).cores
-    assert [p["threads"] for p in calibrated["cpu"]] == calibration.thread_counts(cores)
+    measured = [p["threads"] for p in calibrated["cpu"]]
+    if (calibrated["provisional"] or "").startswith("incomplete"):  # a busy machine: the budget ran out, and it says so
+        assert measured and set(measured) <= set(calibration.thread_counts(cores))
+    else:
+        assert measured == calibration.thread_counts(cores)
     assert all(1e8 < p["bandwidth_bytes_s"] < 1e13 for p in calibrated["cpu"])
     # At most a minute of measuring (the first calibration on a machine also generates its models).
     assert calibrated["took_s"] - calibrated["generating_s"] <= 61 and calibrated["gpus"] == []  # no GPU here
     assert calibrated["fingerprint"]["build"] and calibrated["fingerprint"]["cpu"]
+    # Measured under load (other processes' share of the CPUs, or repetitions far apart): provisional, and said.
+    loaded = calibrated["busy"] > speed.BUSY_SHARE or calibrated["spread"] > speed.NOISY_SPREAD
+    assert 0 <= calibrated["busy"] <= 1 and bool(calibrated["provisional"]) >= loaded, calibrated
 
     code, out, _ = runq("plan", str(tiny.path))
     assert code == 0
     assert f"speed: calibrated on this machine, {calibrated['calibrated_at'][:10]}" in out
+    assert ("(provisional: " in out) == bool(calibrated["provisional"])
     code, out, _ = runq("plan", str(tiny.path), "--gpu", "none")  # a described machine: reference constants
     assert code == 0 and "speed: reference constants" in out
 
@@ -110,8 +119,9 @@ def test_tune_measures_llama_cpp_default_and_never_picks_slower(
     data = json.loads(out)
     assert set(data) == {"baseline", "chosen", "candidates"} and data["baseline"] == tune.BASELINE
     for c in data["candidates"]:
-        assert set(c) == {"label", "argv", "pp_tps", "tg_tps", "peak_bytes", "error"}
-        assert c["argv"][0].endswith("llama-bench")
+        assert set(c) == {"label", "argv", "pp_tps", "tg_tps", "pp_spread", "tg_spread", "busy", "peak_bytes",
+                          "error"}  # fmt: skip
+        assert c["argv"][0].endswith("llama-bench") and 0 <= c["busy"] <= 1 and c["tg_spread"] >= 0
     by_label = {c["label"]: c for c in data["candidates"]}
     base = by_label[tune.BASELINE]
     assert base["error"] is None and base["tg_tps"] > 0 and base["peak_bytes"]["CPU"] > 0
@@ -119,8 +129,9 @@ def test_tune_measures_llama_cpp_default_and_never_picks_slower(
     chosen = by_label[data["chosen"]]
     assert chosen["tg_tps"] >= base["tg_tps"]
     ours = [c for c in data["candidates"] if c["label"] != tune.BASELINE]
-    assert {"-ub" in c["argv"] for c in ours} == {True} and len(ours) >= 5
-    assert any(c["argv"][c["argv"].index("-ub") + 1] == "2048" for c in ours)  # ubatch 2048 was tried
+    assert {"-ub" in c["argv"] for c in ours} == {True} and len(ours) >= 4
+    # ubatch does not change decode, and without a GPU it cannot move a layer: not searched for decode here.
+    assert {c["argv"][c["argv"].index("-ub") + 1] for c in ours} == {"512"}
 
     # run and plan use the result; the machine's constants were refitted from the measurements.
     code, out, _ = runq("run", str(tiny.path), "--dry-run", "--server")
@@ -162,7 +173,10 @@ def test_first_tune_calibrates_and_ctrl_c_keeps_what_was_measured(
     out, rest = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
     assert "Stopped early: interrupted (Ctrl-C)" in out and tune.BASELINE in out
-    assert "Calibrating this machine once" in "".join(lines) and list((fresh / "calibration").glob("*.json"))
+    said = "".join(lines)
+    assert "Calibrating this machine once: at most 60 s decoding 4 generated models" in said, said
+    assert "--no-calibrate skips it" in said and re.search(r"calibrated in \d+ s", said), said
+    assert list((fresh / "calibration").glob("*.json"))
     kids = [p for p in psutil.process_iter(["name", "ppid"]) if p.info["name"] == "llama-bench"]
     assert not [p for p in kids if p.info["ppid"] == proc.pid]
     assert list((runq_home / "config" / "tuned").glob("*.json")), "what was measured is saved"
@@ -192,3 +206,49 @@ def test_tune_needs_a_build_and_a_duration(tiny: SynthModel, tmp_path: Path) -> 
     assert code == 2 and "more than zero" in err
     code, _, err = runq("tune", str(tiny.path), "--gpu-limit", "8GiB", "--llama-bin", str(tmp_path))
     assert code == 2 and "no GPU runq can see" in err
+
+
+def test_no_calibrate_skips_the_first_calibration_and_bench_reports_its_repetitions(
+    llama_build: Build, tiny: SynthModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-calibrate: a first tune (or run) on a machine never calibrated does not calibrate; what llama-bench
+    measured comes with each repetition's spread and how busy the machine was."""
+    fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(fresh))
+    monkeypatch.setenv("RUNQ_AUTO_CALIBRATE", "1")
+    code, out, err = runq("tune", str(tiny.path), "--no-calibrate", "--budget", "20s", "--json", "--pp", "64",
+                          "--tg", "16", "-r", "3")  # fmt: skip
+    assert code == 0, err
+    assert "Calibrating" not in err and not list((fresh / "calibration").glob("*.json"))
+    base = json.loads(out)["candidates"][0]
+    assert base["label"] == tune.BASELINE and base["error"] is None and base["tg_spread"] >= 0
+    from launcher.llama import bench
+
+    res = bench.run([str(bench.binary(llama_build.path / "bin")), "-m", str(tiny.path), "-p", "0", "-n", "8",
+                     "-r", "3", "-t", "1", "-o", "jsonl"], timeout_s=120)  # fmt: skip
+    assert res.error is None and len(res.samples(prompt=False)) == 3 and 0 <= res.busy_share <= 1
+
+
+def test_a_provisional_calibration_is_flagged_in_the_plan(
+    llama_build: Build, tiny: SynthModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A calibration taken under load (as stored) is flagged in `runq plan`'s speed line, and its constants stay
+    physical (no zero per-layer cost)."""
+    from launcher.machine.probe import probe
+    from launcher.machine.speed import Observation
+
+    fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(fresh))
+    machine = probe(cpu_details=False)
+    fp = calibration.fingerprint(machine, llama_build.key)
+    obs = [Observation(1, 4, 184_902_880, 17.92, busy=0.93, spread=0.4)]  # what this machine measured, loaded
+    rec = {"fingerprint": fp, "calibrated_at": "2026-12-02T19:04:25Z", "incomplete": None,
+           "observations": [calibration._obs_json(o) for o in obs]}  # fmt: skip
+    calibration._write(fp, rec)
+    code, out, err = runq("plan", str(tiny.path))
+    assert code == 0, err
+    line = next(x for x in out.splitlines() if x.startswith("  speed: "))
+    flagged = "(provisional: taken under load, other processes used 93% of the CPUs and its repetitions were up to"
+    assert line.startswith(f"  speed: calibrated on this machine, 2026-12-02 {flagged} 40% apart"), line
+    model = calibration.load(machine, llama_build.key)
+    assert model is not None and model.cpu[0].layer_s >= speed.MIN_LAYER_S

@@ -170,6 +170,75 @@ def test_request_checks_are_the_same_from_every_front_end() -> None:
     assert ServerOptions(host="127.0.0.2").check().port == 8080
 
 
+# Every flag runq sets itself, given again after `--` (llama.cpp takes the last of two): refused, naming runq's own
+# flag; `_` in a long flag is `-` to llama.cpp, so it is to runq too.
+OWNED_AFTER_DASHES: list[tuple[list[str], str]] = [
+    (["--host", "0.0.0.0"], "use runq's own --host"),  # would serve every address with no key
+    (["--host", "127.0.0.1"], "use runq's own --host"),  # harmless here, but one --host: the checked one
+    (["--port", "9999"], "use runq's own --port N (runq waits"),  # runq would wait on the other port
+    (["--api-key", "k"], "use runq's own --api-key-file"),
+    (["--api_key", "k"], "use runq's own --api-key-file"),
+    (["--api-key-file", "/k"], "use runq's own --api-key-file"),
+    (["-m", "other.gguf"], "the model is runq's MODEL argument"),
+    (["--model", "other.gguf"], "the model is runq's MODEL argument"),
+    (["-hf", "org/repo"], "the model is runq's MODEL argument"),
+    (["-mu", "http://x/m.gguf"], "the model is runq's MODEL argument"),
+    (["-b", "4096"], "pin --ubatch N"),
+    (["--batch_size", "4096"], "pin --ubatch N"),
+    (["--fit", "on"], "runq places every tensor itself"),
+    (["-fit", "on"], "runq places every tensor itself"),
+    (["-fitt", "512"], "runq places every tensor itself"),
+    (["-lm", "mmap"], "runq chooses the load mode"),
+    (["--no-mmap"], "runq chooses the load mode"),
+    (["-cram", "0"], "prompt cache"),
+    (["-ts", "1,1"], "runq splits the layers between GPUs"),
+    (["--rpc", "127.0.0.1:50052"], "use runq's own --rpc"),
+    (["--jinja"], "chat template"),
+    (["--chat-template-file", "t.jinja"], "chat template"),
+]
+# The plan pins after `--`, every spelling: checked like runq's own flag (a bad value is refused by name).
+PINS_AFTER_DASHES: list[tuple[list[str], str]] = [
+    (["--ctx-size", "0"], "-c (after --) 0: too small"),
+    (["--ctx_size", "0"], "-c (after --) 0: too small"),
+    (["--n-gpu-layers", "-3"], "-ngl (after --) -3"),
+    (["--gpu-layers", "-3"], "-ngl (after --) -3"),
+    (["--ubatch-size", "0"], "-ub (after --) 0"),
+    (["--cache-type-v", "q9"], "-ctv (after --) 'q9' is not a KV cache type"),
+    (["--threads", "0"], "-t (after --) 0"),
+    (["--override-tensor", "x=CUDA3"], "no buffer 'CUDA3'"),
+]
+
+
+@pytest.mark.parametrize(("flags", "fragment"), OWNED_AFTER_DASHES + PINS_AFTER_DASHES,
+                         ids=[" ".join(f) for f, _ in OWNED_AFTER_DASHES + PINS_AFTER_DASHES])  # fmt: skip
+def test_flags_runq_sets_are_refused_or_checked_after_the_double_dash(
+    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel], flags: list[str], fragment: str
+) -> None:
+    path = str(models["deepseek2-q8"].path)
+    code = main(["run", path, "--dry-run", "--server", *MACHINE, "--", "--no-warmup", *flags])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert err.startswith("Error: ") and fragment in err and "Traceback" not in err + out
+    assert "\nHint: " in err, err
+    assert "would run" not in out
+
+
+def test_pins_after_the_double_dash_are_carried_once(
+    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]
+) -> None:
+    """A good pin after `--` is planned around and the command carries it once (the checked value), under
+    whichever spelling it was given; a flag runq does not set is passed through unchanged."""
+    path = str(models["deepseek2-q8"].path)
+    code = main(["run", path, "--dry-run", "--server", *MACHINE, "--", "--ctx_size", "8192", "--threads", "1",
+                 "--no-warmup"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    cmd = next(line for line in out.splitlines() if "would run:" in line).split()
+    assert cmd.count("-c") == 1 and cmd[cmd.index("-c") + 1] == "8192" and "--ctx_size" not in cmd
+    assert cmd.count("-t") == 1 and cmd[cmd.index("-t") + 1] == "1" and "--threads" not in cmd
+    assert cmd.count("--host") == 1 and cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[-1] == "--no-warmup"
+
+
 def test_bind_failures_are_told_apart() -> None:
     import socket
 

@@ -42,14 +42,26 @@ def test_fit_recovers_bandwidth_and_layer_cost_per_thread_count() -> None:
     assert more is not None and more.refitted_from == ("/m.gguf",) and "refitted" in more.label
 
 
-def test_fit_falls_back_to_bandwidth_only_when_shapes_cannot_separate_the_layer_cost() -> None:
-    model = speed.fit([_obs(2, 8, 100_000_000, 10e9, 0.0)], calibrated_at="x")
-    assert model is not None and model.cpu[0].layer_s == 0.0
+def test_fit_takes_a_prior_layer_cost_when_shapes_cannot_separate_it() -> None:
+    """One shape cannot tell bandwidth from per-layer cost: the cost is the prior (never zero), the rest is
+    bandwidth. A thread count with one shape borrows the cost of the nearest one that has several."""
+    model = speed.fit([_obs(2, 8, 100_000_000, 10e9, 50e-6)], calibrated_at="x", reference_layer_s=50e-6)
+    assert model is not None and model.cpu[0].layer_s == pytest.approx(50e-6)
     assert model.cpu[0].bandwidth == pytest.approx(10e9, rel=1e-6)
+    zero = speed.fit([_obs(2, 8, 100_000_000, 10e9, 0.0)], calibrated_at="x", reference_layer_s=0.0)
+    assert zero is not None and zero.cpu[0].layer_s == speed.MIN_LAYER_S  # a layer costs something
     assert speed.fit([], calibrated_at="x") is None
+    two = [
+        _obs(1, 6, 80_000_000, 9e9, 40e-6),
+        _obs(1, 16, 30_000_000, 9e9, 40e-6),
+        _obs(2, 8, 100_000_000, 15e9, 40e-6),
+    ]
+    borrowed = speed.fit(two, calibrated_at="x")
+    assert borrowed is not None and borrowed.cpu[1].layer_s == pytest.approx(40e-6, rel=1e-6)
+    assert borrowed.cpu[1].bandwidth == pytest.approx(15e9, rel=1e-6)
     # A model small enough to decode from the CPU's caches says nothing about RAM bandwidth: not fitted.
     tiny = _obs(2, 4, 4_000_000, 80e9, 0.0, "tune:/tiny.gguf")
-    with_tiny = speed.fit([_obs(2, 8, 100_000_000, 10e9, 0.0), tiny], calibrated_at="x")
+    with_tiny = speed.fit([_obs(2, 8, 100_000_000, 10e9, 50e-6), tiny], calibrated_at="x", reference_layer_s=50e-6)
     assert with_tiny is not None and with_tiny.refitted_from == ()
     assert with_tiny.cpu[0].bandwidth == pytest.approx(10e9, rel=1e-6)
 
@@ -231,3 +243,96 @@ def test_gpu_limit_caps_each_gpu_and_plans_fewer_expert_layers(models: dict) -> 
     # Everything fits 140 GB; under the limit about half the expert layers go to the CPU.
     assert not full.overrides and capped.overrides and capped.fits
     assert 0 < len(capped.expert_layers["CUDA0"]) < len(full.expert_layers["CUDA0"])
+
+
+def _s(k: Knobs, tg: list[float], pp: list[float] | None = None) -> Measured:
+    """A candidate with the tokens/s of each repetition, as llama-bench reports them (samples_ts)."""
+    pp = pp or [x * 4 for x in tg]
+    return Measured(k, ("llama-bench",), sum(pp) / len(pp), sum(tg) / len(tg), {"CPU": 1}, None, 1.0,
+                    tuple(pp), tuple(tg))  # fmt: skip
+
+
+def test_a_winner_must_beat_the_baseline_by_more_than_its_runs_spread() -> None:
+    """Issue 20: tune reported winners that only measured luckier. A margin within the spread of either one's
+    repetitions (or under MIN_MARGIN) keeps llama.cpp's default, and the table says "within noise"."""
+    base = _s(BASE, [100.0, 90.0, 110.0])  # ±20%
+    lucky = _s(START, [115.0, 95.0, 125.0])  # 11% faster on average, within the spread
+    assert tune.choose([base, lucky], "decode") is base and tune.within_noise(lucky, base, "decode")
+    assert tune.fastest([base, lucky], "decode") is lucky
+    faster = _s(Knobs(1, 512), [140.0, 139.0, 141.0])  # 40% faster: beyond either spread
+    assert tune.choose([base, lucky, faster], "decode") is faster and not tune.within_noise(faster, base, "decode")
+    # Without repetitions to measure a spread, a win still needs MIN_MARGIN.
+    one, two = _s(BASE, [100.0]), _s(START, [102.0])
+    assert tune.noise(one, two, "decode") == tune.MIN_MARGIN and tune.choose([one, two], "decode") is one
+    # balanced: the spread of each figure weighted by its share of the turn's time.
+    m = _s(START, [50.0, 50.0], [1000.0, 1500.0])
+    prompt_s, answer_s = 512 / 1250, 128 / 50
+    assert tune.spread(m, "balanced") == pytest.approx(prompt_s * 0.4 / (prompt_s + answer_s))
+    assert tune.spread(m, "prefill") == pytest.approx(0.4) and tune.spread(m, "decode") == 0.0
+
+
+def test_the_search_keeps_the_start_when_a_knob_wins_only_within_noise() -> None:
+    space = Space(threads=(1, 2), ubatches=(), flash_attn=("on",), load_modes=())
+
+    def measure(k: Knobs) -> Measured:
+        if k.baseline:
+            return _s(k, [50.0, 49.0])
+        if k.threads == 1:
+            return _s(k, [104.0, 96.0, 112.0])  # looks 4% faster, repetitions 16% apart
+        return _s(k, [100.0, 99.0, 101.0])
+
+    measured, _ = tune.search(START, BASE, space, "decode", measure)
+    best = tune.choose(measured, "decode")
+    assert best is not None and best.knobs == START  # threads 1 did not win beyond noise: the start stays
+
+
+def test_ubatch_is_not_searched_for_decode_where_it_cannot_change_it() -> None:
+    assert tune.space_for(2, 2, False, "decode").ubatches == ()  # CPU only: decode reads one token at a time
+    assert tune.space_for(2, 2, False, "balanced").ubatches == tune.UBATCHES
+    assert tune.space_for(2, 2, True, "decode").ubatches == tune.UBATCHES  # with a GPU it may move a layer
+
+
+@pytest.mark.parametrize(("reps", "pp", "tg", "flag"), [(0, 512, 128, "-r 0"), (-1, 512, 128, "-r -1"),
+                                                         (2, 0, 128, "--pp 0"), (2, 512, 0, "--tg 0"),
+                                                         (101, 512, 128, "-r 101")])  # fmt: skip
+def test_tune_refuses_inputs_that_measure_nothing(reps: int, pp: int, tg: int, flag: str) -> None:
+    with pytest.raises(UsageError, match=f"^{flag}: must be between 1 and") as e:
+        tune.check_inputs(reps, pp, tg)
+    assert e.value.hint and "leave" in e.value.hint
+    tune.check_inputs(1, 1, 1)
+
+
+def test_a_noisy_tune_measurement_becomes_a_noisy_observation() -> None:
+    m = replace(_s(START, [20.0, 40.0, 60.0]), busy=0.5)
+    o = tune.observation(m, 2, 24, {"CPU": 300_000_000, "CUDA0": 100_000_000}, "tune:/m.gguf")
+    assert o.spread == pytest.approx(1.0) and o.busy == 0.5 and o.noisy
+    assert (o.cpu_bytes, o.gpu_bytes, o.tg_tps) == (300_000_000, (("CUDA0", 100_000_000),), 40.0)
+    merged = tune.merge(m, _s(START, [45.0]))
+    assert merged.tg_samples == (20.0, 40.0, 60.0, 45.0) and merged.busy == 0.5
+
+
+def test_the_verdict_says_within_noise_and_never_calls_a_lucky_run_faster(capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.cli.measure import _print_table
+
+    base, lucky = _s(BASE, [100.0, 90.0, 110.0]), _s(Knobs(2, 1024), [115.0, 95.0, 125.0])
+    best = tune.choose([base, lucky], "decode")
+    _print_table([base, lucky], best, base, "decode", None)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if lucky.label in line)
+    assert row.rstrip().endswith("within noise") and "x llama.cpp's default" not in out
+    assert f"Chosen for decode: {tune.BASELINE}; the fastest, {lucky.label}, measured 1.12x it, within the ±" in out
+    faster = _s(Knobs(1, 512), [140.0, 139.0, 141.0])
+    _print_table([base, faster], faster, base, "decode", None)
+    out = capsys.readouterr().out
+    assert f"Chosen for decode: {faster.label} (decode 1.40x llama.cpp's default, beyond the ±20%" in out
+
+
+def test_budget_and_tune_numbers_are_refused_by_the_cli(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    from launcher.cli.main import main
+
+    for argv, fragment in ((["--budget", "-1m"], "--budget '-1m' must be more than zero"),
+                           (["-r", "0"], "-r 0: must be between 1 and 100"), (["--pp", "0"], "--pp 0: must be"),
+                           (["--tg", "0"], "--tg 0: must be")):  # fmt: skip
+        assert main(["tune", str(tmp_path / "m.gguf"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"Error: {fragment}") and "\nHint: " in err, err
