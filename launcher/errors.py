@@ -76,6 +76,10 @@ class Unavailable(Offline):
     """The Hub answered, but with a server error (5xx) or 429 after retries: the caller falls back to the cache."""
 
 
+class NotSparse(RunqError):
+    """The filesystem allocated the holes: a header-only replica would take the model's full size on disk."""
+
+
 class DownloadError(RunqError):
     """A download that could not finish (network, disk, a checksum that does not match)."""
 
@@ -94,6 +98,16 @@ class ServerFailed(ExternalToolError):
     def __init__(self, message: str, hint: str | None = None, kind: str | None = None) -> None:
         super().__init__(message, hint)
         self.kind = kind
+
+
+class ProjectionFailed(ExternalToolError):
+    """llama-fit-params could not project this model (unknown architecture, newer GGUF, crash, timeout)."""
+
+
+class WorkerUnreachable(RunqError):
+    """A `runq worker` named with --rpc does not answer."""
+
+    exit_code = 1
 
 
 class ServiceError(RunqError):

@@ -63,3 +63,8 @@ def hf_cache_dir() -> Path:
 def hf_repo_dir(repo: str) -> Path:
     """One repo's folder in the Hugging Face cache: models--OWNER--NAME (blobs/, snapshots/, refs/)."""
     return hf_cache_dir() / ("models--" + repo.replace("/", "--"))
+
+
+def runq_hub_dir(repo: str) -> Path:
+    """runq's own cache for one Hub repo (listings, GGUF headers, header-only replicas): safe to delete."""
+    return cache_dir() / "hub" / repo.replace("/", "--")

@@ -140,7 +140,8 @@ def _lines(proc: subprocess.Popen[bytes], master: int, timeout: float | None) ->
 def cmd_wait_workers(args: argparse.Namespace) -> int:
     """ExecStartPre of a service whose plan uses workers: wait (bounded) until each answers with at least the
     memory the plan puts on it. A worker with less is named, with what to do: re-plan with its real memory."""
-    from launcher.llama.rpc import WorkerUnreachable, probe
+    from launcher.errors import WorkerUnreachable
+    from launcher.llama.rpc import probe
 
     need: dict[str, list[tuple[int, int]]] = {}
     for item in args.need:

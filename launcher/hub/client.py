@@ -16,7 +16,7 @@ from pathlib import Path
 
 from launcher.errors import HubError, Offline, Unavailable
 from launcher.hub.layout import RemoteFile
-from launcher.paths import cache_dir
+from launcher.paths import runq_hub_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 READ_RETRIES = 3  # a header read is tried 4 times (0.5, 1, 2 s apart) before its quant falls back to estimates
@@ -96,7 +96,7 @@ class Listing:
 
 
 def _listing_path(repo: str, revision: str) -> Path:
-    return cache_dir() / "hub" / repo.replace("/", "--") / f"listing-{revision.replace('/', '--')}.json"
+    return runq_hub_dir(repo) / f"listing-{revision.replace('/', '--')}.json"
 
 
 def list_repo(repo: str, revision: str = "main", *, network: bool = True) -> Listing:

@@ -28,7 +28,7 @@ from launcher.hub.client import (
 )
 from launcher.hub.layout import RemoteFile, RemoteQuant
 from launcher.model.gguf import BytesSource, GGUFHeader, read_header
-from launcher.paths import cache_dir, hf_repo_dir
+from launcher.paths import hf_repo_dir, runq_hub_dir
 
 FIRST_SHARD_READ = 8 * 1024 * 1024  # covers the vocabulary of almost every model in one request (gguf.md)
 OTHER_SHARD_READ = 256 * 1024  # later shards: only split.* keys and their tensor infos
@@ -102,7 +102,7 @@ class HubSource:
 
 def header_cache_path(repo: str, path: str, sha: str | None, size: int) -> Path:
     ident = (sha or f"size{size}")[:16]
-    return cache_dir() / "hub" / repo.replace("/", "--") / "headers" / f"{path.replace('/', '--')}.{ident}.hdr"
+    return runq_hub_dir(repo) / "headers" / f"{path.replace('/', '--')}.{ident}.hdr"
 
 
 def read_remote_header(

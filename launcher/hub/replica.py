@@ -17,16 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.errors import RunqError
+from launcher.errors import NotSparse
 from launcher.model.gguf import read_file_header
-from launcher.paths import cache_dir
+from launcher.paths import runq_hub_dir
 
 # A replica may take its header bytes plus this much (filesystems allocate a block or two at the end).
 SPARSE_SLACK_BYTES = 1 << 20
-
-
-class NotSparse(RunqError):
-    """The filesystem allocated the holes: a replica would take the model's full size on disk."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,7 @@ def replica_key(files: Sequence[HeaderFile]) -> str:
 
 
 def hub_replica_dir(repo: str, files: Sequence[HeaderFile]) -> Path:
-    return cache_dir() / "hub" / repo.replace("/", "--") / "replicas" / replica_key(files)
+    return runq_hub_dir(repo) / "replicas" / replica_key(files)
 
 
 def local_header_files(first: Path) -> list[HeaderFile]:

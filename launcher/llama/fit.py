@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher.catalog.sources import ModelSource
-from launcher.errors import RunqError
+from launcher.errors import ProjectionFailed, RunqError
 from launcher.llama.argv import fit_argv, fit_flags
 from launcher.llama.binaries import Binaries
 from launcher.machine.spec import Machine
@@ -30,10 +30,6 @@ from launcher.plan.types import DEFAULT_UBATCH, LARGE_UBATCH, SMALL_UBATCH, Plan
 TIMEOUT_S = 30
 MAX_ROUNDS = 3
 BINARY = "llama-fit-params"
-
-
-class ProjectionFailed(RunqError):
-    """llama-fit-params could not project this model (unknown architecture, newer GGUF, crash, timeout)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import ExternalToolError, RunqError, UsageError
+from launcher.errors import ExternalToolError, RunqError, UsageError, WorkerUnreachable
 from launcher.machine.spec import Machine, RemoteDevice, Worker, parse_endpoint, parse_worker_flag
 from launcher.units import MiB
 
@@ -27,10 +27,6 @@ KIND_NOTE = (
     "llama.cpp does not say whether a worker's device is a GPU or its CPU: planned at RAM speed "
     "(say --worker gpu=… to plan a GPU's speed)"
 )
-
-
-class WorkerUnreachable(RunqError):
-    exit_code = 1
 
 
 def parse_list_devices(text: str) -> list[tuple[int, int, int]]:

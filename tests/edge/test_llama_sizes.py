@@ -15,11 +15,12 @@ import pytest
 
 from launcher.catalog.profiles import require_profile
 from launcher.catalog.sources import ModelSource
+from launcher.errors import ProjectionFailed
 from launcher.hub.replica import SPARSE_SLACK_BYTES, disk_bytes, local_header_files, write_replica
 from launcher.llama.argv import fit_flags
 from launcher.llama.binaries import binaries_at
 from launcher.llama.build import Build
-from launcher.llama.fit import Oracle, ProjectionFailed, project, project_sizes, refine
+from launcher.llama.fit import Oracle, project, project_sizes, refine
 from launcher.measure.synth import SynthSpec, write_model
 from launcher.model.shards import open_local
 from launcher.plan.choose import choose

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -106,16 +109,21 @@ def check_unit(unit: Path, mode: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def env(llama_build: Build, tmp_path: Path) -> dict[str, str]:
-    return {
+def env(llama_build: Build, tmp_path: Path) -> Iterator[dict[str, str]]:
+    fake = tmp_path / "fake-systemd"
+    yield {
         **os.environ,
         "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent),
         "RUNQ_SYSTEMCTL": str(FAKE_SYSTEMCTL),
         "RUNQ_JOURNALCTL": "/bin/echo",
         "RUNQ_UNIT_DIR": str(tmp_path / "units"),
         "RUNQ_STATE_DIR": str(tmp_path / "state"),
-        "FAKE_SYSTEMD_DIR": str(tmp_path / "fake-systemd"),
+        "FAKE_SYSTEMD_DIR": str(fake),
     }
+    # The stand-in systemctl starts units as daemons (as systemd would): stop what a failed test left running.
+    for pid_file in fake.glob("*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
