@@ -5,6 +5,7 @@ Pure: builds argv lists, runs nothing. The only writer of llama.cpp flags in run
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ class Launch:
     # llama.cpp prints its memory breakdown (what runq verifies) from -lv 4; -lv 5 adds per-tensor placement.
     log_verbosity: int | None = 4
     flags: Mapping[str, bool] | None = None  # what the binary accepts (capabilities); None: the pinned build
+    alias: str | None = None  # the model id OpenAI clients see (llama-server's default is the file's path)
 
 
 def _num(x: float) -> str:
@@ -182,6 +184,10 @@ def build_argv(plan: Plan, launch: Launch) -> list[str]:
         argv += ["--chat-template-file", launch.template_path]
     if launch.server:
         argv += ["--host", launch.host, "--port", str(launch.port)]
+        # Every llama-server since 2023 has --alias; a manifest written before runq looked for it lacks the name.
+        wants_alias = launch.alias and not {"-a", "--alias"} & set(launch.extra)
+        if wants_alias and (launch.flags is None or launch.flags.get("alias", True)):
+            argv += ["--alias", str(launch.alias)]
         if launch.log_verbosity is not None and not {"-lv", "--verbosity", "--log-verbosity"} & set(launch.extra):
             argv += ["-lv", str(launch.log_verbosity)]
     argv += list(launch.extra)
@@ -217,7 +223,20 @@ def launch_for(
         port=server.port if server else 8080,
         extra=tuple(more),
         flags=flags,
+        alias=model_alias(profile, model_path),
     )
+
+
+_SHARD_SUFFIX_RE = re.compile(r"-\d{5}-of-\d{5}$")
+
+
+def model_alias(profile: Profile | None, model_path: str) -> str:
+    """The model's name for API clients: the catalog name (`deepseek-v3.1`), else the file's name without
+    `.gguf` and its shard number (`Tiny-MoE-Q8_0`)."""
+    if profile is not None:
+        return profile.name
+    stem = model_path.rsplit("/", 1)[-1].removesuffix(".gguf")
+    return _SHARD_SUFFIX_RE.sub("", stem)
 
 
 def shell_quote(argv: Sequence[str]) -> str:

@@ -34,6 +34,7 @@ KNOWN_FLAGS = {
     "rpc": ("--rpc",),
     "flash_attn": ("-fa", "--flash-attn"),
     "api_key_file": ("--api-key-file",),
+    "alias": ("-a", "--alias"),
 }
 
 _FLAG_RE = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")

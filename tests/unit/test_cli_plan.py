@@ -38,6 +38,7 @@ def test_plan_text_explains_everything(capsys: pytest.CaptureFixture[str]) -> No
     assert argv[argv.index("--chat-template-file") + 1].endswith("deepseek-v3.1.jinja")
     assert Path(argv[argv.index("--chat-template-file") + 1]).is_file()
     assert "--jinja" in argv and "--fit" in argv
+    assert argv[argv.index("--alias") + 1] == "deepseek-v3.1"  # the OpenAI model id: the model's name, not a path
 
 
 def test_plan_json_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,6 +75,7 @@ def test_plan_local_file_is_exact(capsys: pytest.CaptureFixture[str], models: di
     assert data["exact"] is True and data["quant"] == path.name
     assert data["argv"][data["argv"].index("-m") + 1] == str(path.resolve())
     assert data["ctx"] == 4096  # the model's trained context is below the default
+    assert data["argv"][data["argv"].index("--alias") + 1] == "deepseek2-3shards"  # the file's name, no shard number
 
 
 def test_plan_pins(capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]) -> None:
@@ -100,6 +102,7 @@ def test_plan_pins(capsys: pytest.CaptureFixture[str], models: dict[str, SynthMo
                        "--ngl", "2", "--cli", "--json")  # fmt: skip
     data = json.loads(out)
     assert data["ngl"] == 2 and data["argv"][0] == "llama-cli" and data["cache_ram_bytes"] is None
+    assert "--alias" not in data["argv"]  # a chat has no API clients
 
 
 @pytest.mark.parametrize(
