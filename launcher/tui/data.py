@@ -58,10 +58,14 @@ def machine_text(m: Machine) -> str:
     return f"{kind}: {gpus}; {fmt_bytes(m.ram_available_bytes)} RAM available; {m.cores} cores"
 
 
+NOT_FITTING = ("does not fit", "damaged", "")
+
+
 def fits_first(rows: list[ModelRow]) -> list[ModelRow]:
-    """What fits this machine first (largest download first: the most model for it), then the rest."""
-    fitting = sorted((r for r in rows if r.best), key=lambda r: -(r.download_bytes or 0))
-    return fitting + [r for r in rows if not r.best]
+    """What fits this machine first, catalog models and quants on disk alike (largest download first: the most
+    model for it), then the rest in their order."""
+    fitting = sorted((r for r in rows if r.fit not in NOT_FITTING), key=lambda r: -(r.download_bytes or 0))
+    return fitting + [r for r in rows if r.fit in NOT_FITTING]
 
 
 def model_rows(machine: Machine) -> list[ModelRow]:
@@ -81,7 +85,6 @@ def model_rows(machine: Machine) -> list[ModelRow]:
                 on_disk=on_disk(p, local),
             )
         )
-    rows = fits_first(rows)
     for q in local:
         row = ModelRow(
             key=str(q.first), title=f"{q.repo} {q.name}", kind="local", best=q.name,
@@ -94,4 +97,4 @@ def model_rows(machine: Machine) -> list[ModelRow]:
             except RunqError as e:
                 row = replace(row, fit="damaged", problem=e.message)
         rows.append(row)
-    return rows
+    return fits_first(rows)

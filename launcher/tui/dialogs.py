@@ -11,9 +11,9 @@ from textual.widgets import Button, Static
 HELP = """\
 [b]runq[/b]: pick a model, see how it fits this machine, run it.
 
-[b]Models[/b]  ↑/↓ choose · Enter open · r read the Hub's headers
+[b]Models[/b]  ↑/↓ Home/End choose · Enter open · r read the Hub's headers
          q quit
-[b]Quants[/b]  ↑/↓ choose · Enter open the plan · Esc back
+[b]Quants[/b]  ↑/↓ Home/End choose · Enter open the plan · Esc back
          c context (type it, Enter plans it and opens the plan)
          k KV cache type (Enter opens the list, ↑/↓, Enter picks)
 [b]Plan[/b]    y copy the command · l dry-run launch · Esc back

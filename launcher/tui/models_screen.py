@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from launcher.errors import RunqError
 from launcher.tui.dialogs import show_error
+from launcher.tui.table import RowTable
 from launcher.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ class ModelsScreen(Screen[None]):
         from launcher.tui.data import machine_text
 
         yield Static(machine_text(self.machine), id="machine")
-        yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="status")
+        yield RowTable(id="models", cursor_type="row", zebra_stripes=True)
+        # Planning every catalog model takes seconds: say so while the list is still blank.
+        yield Static("Planning every model for this machine…", id="status")
         yield Footer()
 
     def on_mount(self) -> None:

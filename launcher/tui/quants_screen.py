@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
 
 from launcher.plan.memory import KV_TYPE_BYTES
+from launcher.tui.table import RowTable
 from launcher.units import GiB, fmt_bytes
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class QuantsScreen(Screen[None]):
             yield Input(str(self.target.default_ctx), id="ctx", type="integer", max_length=7)
             yield Label("KV cache")
             yield Select([(t, t) for t in KV_TYPE_BYTES], value="f16", id="kv", allow_blank=False)
-        yield DataTable(id="quants", cursor_type="row", zebra_stripes=True)
+        yield RowTable(id="quants", cursor_type="row", zebra_stripes=True)
         yield Static("", id="status")
         yield Footer()
 
