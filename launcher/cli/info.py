@@ -117,9 +117,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_tui(args: argparse.Namespace) -> int | list[str]:
     """The picker; what it hands over (a `runq run …` or `runq service install …`) the CLI runs next."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # Textual would write escape codes into a pipe or file and wait for keys that never come.
+        raise UsageError(
+            "`runq tui` needs a terminal: its input or output is not one",
+            hint="run it in a terminal; for scripts: `runq models`, `runq plan MODEL`, `runq run MODEL --auto`",
+        )
     from launcher.tui.app import machine_flags, run_tui
 
-    argv = run_tui(resolve_machine(args), machine_flags(args))
+    argv = run_tui(resolve_machine(args), machine_flags(args), port=args.port)
     if argv:
         print(f"$ runq {' '.join(argv)}", file=sys.stderr)
         return argv

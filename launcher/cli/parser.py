@@ -15,11 +15,13 @@ from launcher import __version__
 from launcher.errors import EXIT_USAGE
 
 
-def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
-    """A command function imported when it runs, not when the parser is built."""
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int | list[str]]:
+    """A command function imported when it runs, not when the parser is built. Its result is an exit code, or
+    (`runq tui`) the command line to run next, which main() runs: it must come through as it is."""
 
-    def run(args: argparse.Namespace) -> int:
-        return int(getattr(importlib.import_module(module), name)(args))
+    def run(args: argparse.Namespace) -> int | list[str]:
+        result = getattr(importlib.import_module(module), name)(args)
+        return result if isinstance(result, list) else int(result)
 
     return run
 
@@ -196,6 +198,7 @@ def _add_models(sub: Any) -> None:
 
 def _add_tui(sub: Any) -> None:
     tui = sub.add_parser("tui", help="pick a model in a terminal UI (also: `runq` alone, in a terminal)")
+    tui.add_argument("--port", type=int, metavar="PORT", help="the port `s` (server) and `i` (service) use")
     _add_machine_flags(tui)
     tui.set_defaults(func=_lazy("launcher.cli.info", "cmd_tui"))
 

@@ -21,12 +21,13 @@ class RunqApp(App[list[str]]):
         Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
     ]
 
-    def __init__(self, machine: Machine, machine_flags: tuple[str, ...] = ()) -> None:
+    def __init__(self, machine: Machine, machine_flags: tuple[str, ...] = (), port: int | None = None) -> None:
         super().__init__()
         self.machine = machine
         # The flags that described the machine (--gpu/--ram/--cores/--machine): the commands the TUI hands over
         # to (run, service install) must plan for the same machine, or they would contradict what it showed.
         self.machine_flags = machine_flags
+        self.port = port  # `runq tui --port`: where the server (`s`) and the service (`i`) listen
 
     def on_mount(self) -> None:
         from launcher.tui.models_screen import ModelsScreen
@@ -55,5 +56,5 @@ def machine_flags(args: object) -> tuple[str, ...]:
     return tuple(out)
 
 
-def run_tui(machine: Machine, flags: tuple[str, ...] = ()) -> list[str] | None:
-    return RunqApp(machine, flags).run()
+def run_tui(machine: Machine, flags: tuple[str, ...] = (), *, port: int | None = None) -> list[str] | None:
+    return RunqApp(machine, flags, port).run()

@@ -171,8 +171,12 @@ class PlanScreen(Screen[None]):
     def action_chat(self) -> None:
         self.app.exit(["run", *self._run_args(), "--auto"])
 
+    def _port(self) -> list[str]:
+        port: int | None = getattr(self.app, "port", None)
+        return ["--port", str(port)] if port is not None else []
+
     def action_server(self) -> None:
-        self.app.exit(["run", *self._run_args(), "--auto", "--server"])
+        self.app.exit(["run", *self._run_args(), "--auto", "--server", *self._port()])
 
     def action_service(self) -> None:
-        self.app.exit(["service", "install", *self._run_args()])
+        self.app.exit(["service", "install", *self._run_args(), *self._port()])

@@ -110,3 +110,21 @@ def test_inspect_errors(capsys: pytest.CaptureFixture[str], models: dict[str, Sy
 def test_python_dash_m(models: dict[str, SynthModel]) -> None:
     r = subprocess.run([sys.executable, "-m", "launcher", "--version"], capture_output=True, text=True, check=True)
     assert r.stdout.startswith("runq ")
+
+
+@pytest.mark.parametrize("terminal", ["neither", "input only"])
+def test_tui_without_a_terminal_says_so_and_exits_2(terminal: str) -> None:
+    """Without a terminal on both ends Textual would write escape codes into the pipe and wait for keys forever."""
+    import os
+
+    master, slave = os.openpty()
+    try:
+        stdin = slave if terminal == "input only" else subprocess.DEVNULL
+        r = subprocess.run([sys.executable, "-m", "launcher", "tui", "--gpu", "24GiB", "--ram", "64GiB"],
+                           stdin=stdin, capture_output=True, text=True, timeout=60)  # fmt: skip
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2, r.stdout[-500:] + r.stderr
+    assert r.stderr.startswith("Error: `runq tui` needs a terminal") and "Hint: " in r.stderr
+    assert "\x1b" not in r.stdout + r.stderr
