@@ -124,7 +124,8 @@ def serve(run: Launching, opts: ServerOptions, key: str | None, *, verify_tensor
     try:
         report = llama_log.parse(server.log_text())
         check = llama_log.verify(plan, report, has_gpu=bool(p.machine.gpus) and p.machine.source == "probed",
-                                 expected_overrides=plan.moved if verify_tensors else None)  # fmt: skip
+                                 expected_overrides=plan.moved if verify_tensors else None,
+                                 tensors=p.choice.chosen.source.tensors)  # fmt: skip
         print(f"llama-server is ready at {listening_url(opts)} (loaded in {took:.1f} s); memory per device:")
         for line in check.lines:
             print(f"  {line}")

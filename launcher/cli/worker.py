@@ -60,19 +60,37 @@ def _serve(argv: list[str], host: str, port: int) -> int:
         raise ExternalToolError(f"{argv[0]}: cannot run: {e.strerror}") from None
     finally:
         os.close(slave)
+    clients = [0]  # connections accepted: one plan or run makes dozens, each printed by the server
     try:
         _announce(proc, master, host, port)
         print("Serving. Ctrl-C stops it.", flush=True)
         for line in _lines(proc, master, timeout=None):
-            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+            if (shown := _relayed(line, clients)) is not None:
+                print(f"{time.strftime('%H:%M:%S')} {shown}", flush=True)
         raise RunqError(f"ggml-rpc-server exited with status {proc.wait()}")
     except KeyboardInterrupt as e:
-        print("\nStopping the worker…", file=sys.stderr)
+        print(f"\nStopping the worker ({clients[0]} client connection(s) served)…", file=sys.stderr)
         stop_child(proc, grace=10)
         return EXIT_OK if isinstance(e, Terminated) and e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     finally:
         stop_child(proc, grace=10)
         os.close(master)
+
+
+_CONNECTION_RE = re.compile(r"^(Accepted client connection|Client connection closed)")
+
+
+def _relayed(line: str, clients: list[int]) -> str | None:
+    """The server's line as runq shows it: the first client connection says the worker is in use, the others
+    are only counted (about 60 for one plan and one run); every other line is passed on."""
+    m = _CONNECTION_RE.match(line)
+    if m is None:
+        return line
+    if m.group(1).startswith("Accepted"):
+        clients[0] += 1
+        if clients[0] == 1:
+            return "A client connected: the main host is using this worker (further connections are not shown)"
+    return None
 
 
 def _announce(proc: subprocess.Popen[bytes], master: int, host: str, port: int) -> None:

@@ -10,12 +10,15 @@ A log may hold more than one load (a fit pass before the real one): the last one
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from launcher.plan.types import CPU, DevicePlan
+from launcher.model.tensors import TensorSet
+from launcher.plan.memory import RPC_COMPUTE_SOURCE
+from launcher.plan.types import CPU, DevicePlan, Plan
 from launcher.units import MiB, fmt_bytes
 
 _BUF_RE = re.compile(
@@ -91,40 +94,86 @@ class Placement(Protocol):
     def gpu_devices(self) -> Sequence[DevicePlan]: ...
 
 
-def column_lines(plan: Placement, report: Report) -> list[str]:
-    """Predicted and reported bytes per device and column (weights, KV cache, compute), with the error in %."""
-    width = max(8, *(len(d.name) + 1 for d in plan.devices))  # worker devices have long names
-    out = [f"{'device':<{width}}{'column':<10}{'predicted':>12}{'llama.cpp':>12}{'error':>9}   predicted from"]
+def mapped_bytes(plan: Plan, tensors: TensorSet) -> int:
+    """What llama.cpp reports as the CPU's model buffer when it maps the file (mmap): per file, the range from the
+    start of the CPU's first tensor to the end of its last (llama_model_loader::get_mapping_range), so the tensors
+    of other devices that lie in between (a worker's experts, interleaved by layer) count too."""
+    spans: dict[int, tuple[int, int]] = {}
+    for t in tensors.tensors:
+        if plan.placement.get(t.name) != CPU:
+            continue
+        first, last = spans.get(t.shard, (t.offset, t.offset + t.nbytes))
+        spans[t.shard] = (min(first, t.offset), max(last, t.offset + t.nbytes))
+    return sum(last - first for first, last in spans.values())
+
+
+@dataclass(frozen=True)
+class _Row:
+    device: str
+    label: str
+    predicted: float
+    measured: float
+    source: str
+    reserve: bool = False  # a budget runq keeps free, not a prediction: using less of it is no error
+
+
+def _rows(plan: Placement, report: Report, mapped: int | None) -> list[_Row]:
+    rows = []
     for d in plan.devices:
         got = report.buffers.get(d.name, {})
-        for label, kind, predicted, source in (
-            ("weights", "weights", d.weights_bytes, "GGUF header"),
-            ("KV cache", "kv", d.kv_bytes, d.kv_source),
-            ("compute", "compute", d.compute_bytes, d.compute_source),
-        ):
-            measured = got.get(kind, 0.0)
-            err = (predicted - measured) / measured * 100 if measured else (0.0 if not predicted else float("inf"))
-            note = source
+        weights, source = float(d.weights_bytes), "GGUF header"
+        if d.name == CPU and mapped is not None and d.weights_bytes:
+            weights = float(mapped)  # like with like: llama.cpp counts the mapped file range
+            source = f"GGUF header: the file range mmap maps, {fmt_bytes(d.weights_bytes)} of it the CPU's tensors"
+        rows += [
+            _Row(d.name, "weights", weights, got.get("weights", 0.0), source),
+            _Row(d.name, "KV cache", d.kv_bytes, got.get("kv", 0.0), d.kv_source),
+            _Row(d.name, "compute", d.compute_bytes, got.get("compute", 0.0), d.compute_source,
+                 reserve=d.compute_source == RPC_COMPUTE_SOURCE),
+        ]  # fmt: skip
+    return rows
+
+
+def column_lines(plan: Placement, report: Report, mapped: int | None = None) -> list[str]:
+    """Predicted and reported bytes per device and column (weights, KV cache, compute), with the error in %.
+    `mapped`: the CPU's mapped file range (mapped_bytes), what llama.cpp reports for its weights under mmap."""
+    width = max(8, *(len(d.name) + 1 for d in plan.devices))  # worker devices have long names
+    out = [f"{'device':<{width}}{'column':<10}{'predicted':>12}{'llama.cpp':>12}{'error':>9}   predicted from"]
+    for r in _rows(plan, report, mapped):
+        err = (r.predicted - r.measured) / r.measured * 100 if r.measured else 0.0 if not r.predicted else math.inf
+        note = r.source
+        if r.reserve and r.measured <= r.predicted:
+            shown = "reserve"
+            note += f"; llama.cpp used {fmt_bytes(r.measured)} of it"
+        else:
+            shown = f"{err:+.1f}%" if err != math.inf else "n/a"
             if abs(err) > AGREEMENT * 100:
-                note += f"; {_why(label, predicted, measured)}"
-            shown = f"{err:+.1f}%" if err != float("inf") else "n/a"
-            cells = f"{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}{shown:>9}"
-            out.append(f"{d.name:<{width}}{label:<10}{cells}   {note}")
+                note += f"; {_why(r.predicted, r.measured)}"
+        cells = f"{fmt_bytes(r.predicted):>12}{fmt_bytes(r.measured):>12}{shown:>9}"
+        out.append(f"{r.device:<{width}}{r.label:<10}{cells}   {note}")
     return out
 
 
-def _why(label: str, predicted: float, measured: float) -> str:
-    del label
+def _why(predicted: float, measured: float) -> str:
     if measured < 2 * MiB and abs(predicted - measured) < 2 * MiB:
         return "under 2 MiB apart: llama.cpp prints buffers rounded, and pads small ones"
     return "more than 10% off: please report it with this table"
 
 
 def verify(
-    plan: Placement, report: Report, *, has_gpu: bool, expected_overrides: dict[str, str] | None = None
+    plan: Placement,
+    report: Report,
+    *,
+    has_gpu: bool,
+    expected_overrides: dict[str, str] | None = None,
+    tensors: TensorSet | None = None,
 ) -> Verification:
-    """Compare llama.cpp's buffers (and, when the log has them, its override lines) with the plan."""
-    lines = column_lines(plan, report)
+    """Compare llama.cpp's buffers (and, when the log has them, its override lines) with the plan; `tensors` (the
+    model's) lets the CPU's weights of a mapped Plan be compared as llama.cpp counts them."""
+    mapped = None
+    if tensors is not None and isinstance(plan, Plan) and plan.load_mode == "mmap":
+        mapped = mapped_bytes(plan, tensors)
+    lines = column_lines(plan, report, mapped)
     problems: list[str] = []
     gpus_planned = [d for d in plan.gpu_devices if d.weights_bytes > 0]
     gpus_used = [

@@ -353,6 +353,7 @@ def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
 # A device on a worker keeps what llama.cpp's RPC server allocates for the graph it runs: like the CPU's own
 # compute buffer when the layers run elsewhere (the expert matmuls' activations), kept generous.
 RPC_COMPUTE_BYTES = 256 * MiB
+RPC_COMPUTE_SOURCE = "runq's reserve for a worker (not a prediction)"
 # Stock RPC makes about 600 round trips per token for a 47-layer model (GLM-4.7-Flash; graph_compute,
 # get_alloc_size, set/get_tensor per split: michaelneale/decentralized-inference README), ~13 per layer;
 # runq puts only expert tensors on workers, one graph split per layer and worker: 12 round trips per layer.

@@ -146,8 +146,10 @@ class Work:
 
     def remote_state(self, d: Dev) -> DevicePlan:
         weights = self.placed_bytes(d.name)
-        compute = mem.RPC_COMPUTE_BYTES if weights else 0
-        return DevicePlan(d.name, d.capacity, d.margin, weights, 0, compute, remote=True)
+        if not weights:
+            return DevicePlan(d.name, d.capacity, d.margin, 0, 0, 0, remote=True)
+        return DevicePlan(d.name, d.capacity, d.margin, weights, 0, mem.RPC_COMPUTE_BYTES, remote=True,
+                          compute_source=mem.RPC_COMPUTE_SOURCE)  # fmt: skip
 
     def movable(self, il: int, experts: dict[int, list[ModelTensor]]) -> list[ModelTensor]:
         return [t for t in experts.get(il, []) if t.name not in self.forced]

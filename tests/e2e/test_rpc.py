@@ -162,6 +162,41 @@ def test_two_workers_serve_a_model_planned_across_them(
             r.proc.wait()
 
 
+def test_one_worker_verified_like_with_like_and_quiet(
+    model: SynthModel, env: dict[str, str], workers: list[Worker]
+) -> None:
+    """The issue-20 workflow: `runq worker` on loopback, `runq run FILE --server --rpc … --verify-tensors`. The
+    CPU's weights are compared with the file range llama.cpp maps (the worker's experts lie inside it), the worker's
+    compute is runq's reserve, not a prediction: no row asks to "please report". The worker shows that a client
+    connected once, not each of the dozens of connections a plan and a run make."""
+    w = Worker(free_port(), env)
+    workers.append(w)
+    w.wait_ready()
+    port = free_port()
+    ram = ram_for_one_expert_layer(model.path)
+    argv = ["run", str(model.path), "--server", "--port", str(port), "--verify-tensors", "--gpu", "none",
+            "--ram", ram, "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(CTX)]  # fmt: skip
+    r = RunningRunq(argv, env)
+    try:
+        r.wait_for("Serving.", timeout=180)
+    finally:
+        r.proc.send_signal(signal.SIGINT)
+    code, out, err = r.finish(timeout=60)
+    print("\n" + out)
+    assert code == 130, err
+    assert "please report" not in out + err and "override lines: exactly the" in out
+    rows = {tuple(line.split()[:2]): line for line in out.splitlines() if re.match(r"\s+(CPU|RPC0)", line)}
+    name = f"RPC0[127.0.0.1:{w.port}]"
+    assert re.search(r"256 MiB\s+\S+ \S+\s+reserve\s+runq's reserve for a worker", rows[(name, "compute")])
+    cpu = re.search(r"\s([-+][\d.]+)%\s+GGUF header: the file range", rows[("CPU", "weights")])
+    assert cpu and abs(float(cpu.group(1))) < 10, rows[("CPU", "weights")]
+    w.proc.send_signal(signal.SIGINT)
+    rest, worker_err = w.proc.communicate(timeout=30)
+    shown = "".join(w.out) + rest
+    assert "Accepted client connection" not in shown and "Client connection closed" not in shown
+    assert shown.count("A client connected") == 1 and "client connection(s) served" in worker_err
+
+
 def test_worker_stops_cleanly_and_takes_its_server_along(env: dict[str, str], workers: list[Worker]) -> None:
     w = Worker(free_port(), env)
     workers.append(w)
