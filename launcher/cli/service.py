@@ -110,8 +110,9 @@ def _build_warnings(plan: Any, binaries: Path) -> tuple[str, ...]:
 
 def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, opts: Any, argv: list[str],
           log_path: str, reads: tuple[str, ...], warnings: tuple[str, ...]) -> Prepared:  # fmt: skip
+    from launcher.model.shards import shard_names
     from launcher.service.manage import Record, SavedPlan
-    from launcher.service.unit import UnitSpec, render
+    from launcher.service.unit import UnitSpec, private_tmp_paths, private_tmp_warning, render
     from launcher.view import plan as render_plan
 
     plan = choice.chosen.plan
@@ -124,13 +125,25 @@ def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, o
         log_path=log_path, gpus=gpus, plan=SavedPlan.model_validate(render_plan.plan_json(plan)),
         api_key_file=opts.api_key_file,
     )  # fmt: skip
-    read_paths = (*reads, sys.executable, *([opts.api_key_file] if opts.api_key_file else []))
+    key = [opts.api_key_file] if opts.api_key_file else []
+    read_paths = (*reads, sys.executable, *key)
+    # Bound in when under /tmp: the build's directory (its libraries too), every shard, the template, the key, runq.
+    binary, model, *template = reads
+    binds = private_tmp_paths([str(Path(binary).parent), *shard_names(model), *template, *key, *runq_paths()])
     spec = UnitSpec(
         name=name, description=f"runq: {target.name} {quant} on {opts.host}:{opts.port}", exec_start=argv,
         runq=[sys.executable, "-m", "launcher"], mode=mode, run_as=run_as, gpus=tuple(gpus), state_dir=f"runq/{name}",
-        read_paths=read_paths, mlock="mlock" in plan.load_mode, workers=tuple(workers),
+        read_paths=read_paths, mlock="mlock" in plan.load_mode, workers=tuple(workers), binds=binds,
     )  # fmt: skip
-    return Prepared(record, spec, render(spec), warnings)
+    tmp = private_tmp_warning(binds)
+    return Prepared(record, spec, render(spec), (*warnings, *([tmp] if tmp else [])))
+
+
+def runq_paths() -> list[str]:
+    """Where runq itself lives, for the unit's ExecStartPre/Post: its Python environment and its package."""
+    import launcher
+
+    return [sys.prefix, str(Path(launcher.__file__).resolve().parent.parent)]
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -349,7 +362,7 @@ def cmd_install_worker(args: argparse.Namespace) -> int:
     from launcher.machine.probe import probe_gpus
     from launcher.plan.inputs import check_port, is_loopback
     from launcher.service import manage as service
-    from launcher.service.unit import render, unit_name, worker_unit_spec
+    from launcher.service.unit import private_tmp_warning, render, unit_name, worker_unit_spec
 
     if args.mode == "system" and os.geteuid() != 0 and not os.environ.get("RUNQ_UNIT_DIR"):
         raise UsageError("a system unit needs root", hint="sudo runq service install-worker … --system, or --user")
@@ -364,10 +377,12 @@ def cmd_install_worker(args: argparse.Namespace) -> int:
     threads = args.threads or os.cpu_count() or 1
     argv = worker_argv(server.absolute(), args.host, args.port, threads, args.cache, devices)
     n_gpus = sum(1 for d in devices if d.startswith("CUDA"))
-    spec = worker_unit_spec(name, argv, args.mode, run_as, n_gpus, [sys.executable, "-m", "launcher"])
+    spec = worker_unit_spec(name, argv, args.mode, run_as, n_gpus, [sys.executable, "-m", "launcher"], runq_paths())
     text = render(spec)
     if not is_loopback(args.host):
         print(exposure_warning(args.host, args.port), file=sys.stderr)
+    if tmp := private_tmp_warning(spec.binds):
+        warn(tmp)
     if args.dry_run:
         print(f"# {loc.unit_path(name)}")
         sys.stdout.write(text)

@@ -36,6 +36,7 @@ class UnitSpec:
     verify: bool = True  # ExecStartPost: runq service verify (model services); a worker has nothing to verify
     workers: tuple[tuple[str, int, int], ...] = ()  # (host:port, device index, bytes needed) the plan puts there
     environment: tuple[str, ...] = ()  # Environment= lines in systemd syntax (no spaces), e.g. LLAMA_CACHE=%S/…
+    binds: tuple[str, ...] = ()  # read under /tmp or /var/tmp, which PrivateTmp hides: bound in read-only
 
 
 def unit_name(name: str) -> str:
@@ -53,7 +54,39 @@ def _cmd(argv: Sequence[str]) -> str:
 
 
 def _under_home(path: str) -> bool:
-    return path.startswith(("/home/", "/root/", "/root")) or path == "/home"
+    """What ProtectHome=yes hides: /home, /root and /run/user (a user's runtime directory, e.g. $XDG_RUNTIME_DIR)."""
+    return path.startswith(("/home/", "/root/", "/root", "/run/user/")) or path == "/home"
+
+
+# PrivateTmp=yes gives the service its own empty /tmp and /var/tmp: a file the service reads from the real ones
+# is not there unless the unit binds it in.
+PRIVATE_TMP = ("/tmp", "/var/tmp")
+
+
+def private_tmp_paths(paths: Sequence[str]) -> tuple[str, ...]:
+    """The paths under /tmp or /var/tmp, once each, without those inside another one of them."""
+    hidden = [p.rstrip("/") or "/" for p in paths if any(p == d or p.startswith(d + "/") for d in PRIVATE_TMP)]
+    unique = list(dict.fromkeys(hidden))
+    return tuple(p for p in unique if not any(p != q and p.startswith(q + "/") for q in unique))
+
+
+def private_tmp_warning(binds: Sequence[str]) -> str | None:
+    """What a user must know about a unit that binds paths from /tmp in (None when it binds none)."""
+    if not binds:
+        return None
+    shown = ", ".join(binds[:3]) + (f" and {len(binds) - 3} more" if len(binds) > 3 else "")
+    return (
+        f"the service reads {shown} from a temporary directory, which its own private /tmp (PrivateTmp=yes) "
+        "hides: the unit binds it in read-only (BindReadOnlyPaths=), but /tmp is emptied at boot, so after a "
+        "reboot the service will not start. Move it out of /tmp (a model to e.g. ~/models, llama.cpp builds "
+        "with RUNQ_CACHE_DIR) and install again"
+    )
+
+
+def _path_word(path: str) -> str:
+    """A path in BindReadOnlyPaths= syntax: C escapes, %-specifiers, ':' (the source:destination separator)."""
+    s = path.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace(":", "\\:")
+    return f'"{s}"' if any(c.isspace() for c in s) else s
 
 
 def _pre_lines(spec: UnitSpec) -> list[str]:
@@ -108,6 +141,7 @@ def render(spec: UnitSpec) -> str:
         "ProtectSystem=strict",
         f"ProtectHome={'read-only' if any(_under_home(p) for p in spec.read_paths) else 'yes'}",
         "PrivateTmp=yes",
+        *(f"BindReadOnlyPaths={_path_word(p)}" for p in spec.binds),
         "ProtectKernelTunables=yes",
         "ProtectKernelModules=yes",
         "ProtectKernelLogs=yes",
@@ -140,9 +174,11 @@ def render(spec: UnitSpec) -> str:
     return "\n".join(lines)
 
 
-def worker_unit_spec(name: str, argv: list[str], mode: str, run_as: str | None, gpus: int, runq: list[str]) -> UnitSpec:
+def worker_unit_spec(name: str, argv: list[str], mode: str, run_as: str | None, gpus: int, runq: list[str],
+                     runq_paths: Sequence[str] = ()) -> UnitSpec:  # fmt: skip
     """The unit for a worker: the resolved ggml-rpc-server command, sandboxed like the model services; with
-    GPUs lent, it first waits until the driver shows them (else the server would lend only the CPU)."""
+    GPUs lent, it first waits until the driver shows them (else the server would lend only the CPU).
+    `runq_paths`: where runq itself lives (its ExecStartPre runs it)."""
     host, port = argv[argv.index("--host") + 1], argv[argv.index("--port") + 1]
     return UnitSpec(
         name=name,
@@ -154,6 +190,7 @@ def worker_unit_spec(name: str, argv: list[str], mode: str, run_as: str | None, 
         gpus=tuple((i, 1) for i in range(gpus)),
         state_dir=f"runq/{name}",
         read_paths=(argv[0],),
+        binds=private_tmp_paths([str(PurePosixPath(argv[0]).parent), *runq_paths]),
         verify=False,
         environment=(f"LLAMA_CACHE=%S/runq/{name}",),  # --cache keeps tensors in the state directory
     )
