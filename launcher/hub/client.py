@@ -22,6 +22,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 READ_RETRIES = 3  # a header read is tried 4 times (0.5, 1, 2 s apart) before its quant falls back to estimates
 READ_BACKOFF_S = 0.5
 PREFLIGHT_TRIES = 3
+ON_DISK = "from the files on disk"  # a listing made from the Hugging Face cache's snapshot, not the Hub's
 
 
 def endpoint() -> str:
@@ -152,6 +153,33 @@ def _cached_listing(repo: str, revision: str, why: str) -> Listing:
     try:
         data = json.loads(_listing_path(repo, revision).read_text())
     except (OSError, ValueError):
+        on_disk = snapshot_files(repo, revision)  # downloaded by another tool, never listed by runq
+        if on_disk:
+            return Listing(repo, revision, on_disk, {}, cached=True, why=f"{why}; {ON_DISK}")
         raise Offline(f"{why}, and {repo} has not been listed before") from None
     files = tuple(RemoteFile(p, s) for p, s in data["files"])
     return Listing(repo, revision, files, data.get("sha256", {}), cached=True, why=why)
+
+
+def snapshot_dir(repo: str, revision: str = "main") -> Path | None:
+    """The repo's snapshot in the Hugging Face cache: the one refs/REVISION names, else the newest."""
+    from launcher.paths import hf_repo_dir
+
+    root = hf_repo_dir(repo)
+    try:
+        ref = (root / "refs" / revision).read_text().strip()
+    except OSError:
+        ref = ""
+    if ref and (root / "snapshots" / ref).is_dir():
+        return root / "snapshots" / ref
+    snaps = [d for d in (root / "snapshots").glob("*") if d.is_dir()] if (root / "snapshots").is_dir() else []
+    return max(snaps, key=lambda d: d.stat().st_mtime, default=None)
+
+
+def snapshot_files(repo: str, revision: str = "main") -> tuple[RemoteFile, ...]:
+    """The .gguf files of the repo's snapshot on disk (symlinks into blobs/ followed; broken ones left out)."""
+    snap = snapshot_dir(repo, revision)
+    if snap is None:
+        return ()
+    found = sorted(p for p in snap.rglob("*.gguf") if p.is_file())
+    return tuple(RemoteFile(str(p.relative_to(snap)), p.stat().st_size) for p in found)

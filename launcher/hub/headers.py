@@ -16,6 +16,7 @@ from launcher.catalog.sampling import from_gguf
 from launcher.catalog.sources import ModelSource
 from launcher.errors import Offline, RunqError
 from launcher.hub.client import (
+    ON_DISK,
     READ_BACKOFF_S,
     READ_RETRIES,
     Listing,
@@ -24,6 +25,7 @@ from launcher.hub.client import (
     list_repo,
     offline,
     resolve_url,
+    snapshot_dir,
     token,
 )
 from launcher.hub.layout import RemoteFile, RemoteQuant
@@ -117,6 +119,11 @@ def read_remote_header(
         from launcher.model.gguf import read_file_header
 
         return read_file_header(blob)  # downloaded already: the header is on disk
+    snap = snapshot_dir(repo, revision)
+    if snap is not None and (snap / f.path).is_file() and (snap / f.path).stat().st_size == f.size:
+        from launcher.model.gguf import read_file_header
+
+        return read_file_header(snap / f.path)  # downloaded (by runq or another tool), the listing may not know
     if offline() or not network:
         raise Offline(f"the header of {name} is not cached")
     src = HubSource(repo, f.path, revision, f.size)
@@ -223,9 +230,13 @@ def exact_sources(profile: Profile, revision: str = "main", *, network: bool = T
     where = f"the GGUF headers on {endpoint()}"
     if listing.cached:
         where = "cached headers (offline)" if offline() else f"cached headers ({listing.why})"
+        if listing.why.endswith(ON_DISK):
+            where = f"the files on disk ({listing.why.removesuffix(ON_DISK).rstrip('; ')})"
     status = f"exact: {len(sources)} of {len(remote)} quants from {where}"
     if listing.cached and network and not offline():
-        warnings.append(f"the Hub could not be used ({listing.why}): planning from the listing cached earlier")
+        why = listing.why.removesuffix(f"; {ON_DISK}")
+        earlier = "the files on disk" if why != listing.why else "the listing cached earlier"
+        warnings.append(f"the Hub could not be used ({why}): planning from {earlier}")
     if failed:
         status += f"; estimated for the rest ({failed[0]}{' …' if len(failed) > 1 else ''})"
         if network:

@@ -116,7 +116,7 @@ def disk_bytes(dest: Path) -> int:
 def hub_replica(repo: str, first_path: str) -> Path | None:
     """A header-only replica of a Hub quant from the cached listing and headers; None if they are not cached."""
     from launcher.errors import Offline
-    from launcher.hub.client import list_repo
+    from launcher.hub.client import list_repo, snapshot_dir
     from launcher.hub.headers import header_cache_path
     from launcher.hub.layout import group_quants
 
@@ -127,6 +127,10 @@ def hub_replica(repo: str, first_path: str) -> Path | None:
     found = next((q for q in group_quants(listing.files) if q.first.path == first_path), None)
     if found is None:
         return None
+    snap = snapshot_dir(repo)
+    if snap is not None and all((snap / f.path).is_file() and (snap / f.path).stat().st_size == f.size
+                                for f in found.files):  # fmt: skip
+        return snap / found.first.path  # downloaded: llama.cpp reads the headers of the files themselves
     files = []
     for f in found.files:
         sha = listing.sha256.get(f.path)

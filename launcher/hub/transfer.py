@@ -12,7 +12,7 @@ from pathlib import Path
 
 from launcher.errors import Changed, HubError, Offline
 from launcher.hub import download as dl
-from launcher.hub.client import Listing, endpoint, hub_errors, offline, resolve_url, token
+from launcher.hub.client import Listing, endpoint, hub_errors, offline, resolve_url, snapshot_dir, token
 from launcher.hub.headers import SPLIT_RE
 from launcher.hub.layout import RemoteFile, RemoteQuant
 from launcher.paths import hf_cache_dir, hf_repo_dir
@@ -39,6 +39,9 @@ def local_path(listing: Listing, f: RemoteFile, dest: Path | None) -> Path | Non
         return p if p.is_file() else None
     sha = listing.sha256.get(f.path)
     snap = snapshot_path(listing.repo, f.path, listing.revision)
+    if snap is None and not sha and (d := snapshot_dir(listing.repo, listing.revision)) is not None:
+        on_disk = d / f.path  # a snapshot without refs/REVISION: as another tool may leave it
+        snap = on_disk if on_disk.is_file() and on_disk.stat().st_size == f.size else None
     if snap is not None and (not sha or snap.resolve().name == sha):  # not an older version of the same size
         return snap
     blob = hf_repo_dir(listing.repo) / "blobs" / sha if sha else None

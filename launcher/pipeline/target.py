@@ -7,6 +7,7 @@ context a plan starts from, where the sizes came from, and the warnings to show.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,10 +57,35 @@ def check_model_name(text: str) -> None:
                          hint="see `runq models`, or give the path of a .gguf file")  # fmt: skip
 
 
+HUB_URL_RE = re.compile(r"https?://(?:www\.)?(?:huggingface\.co|hf\.co)/(?P<repo>[^/?#]+/[^/?#]+)(?:[/?#].*)?")
+
+
+def repo_of_url(text: str) -> str:
+    """`https://huggingface.co/ORG/REPO` (a page of it, /tree/main, …) as the repo id ORG/REPO; other text as is."""
+    m = HUB_URL_RE.fullmatch(text.strip())
+    return m.group("repo") if m else text
+
+
+def check_file(path_text: str) -> None:
+    """A path the user gave that is not there is bad usage (exit 2), with what runq takes instead (a path the
+    system cannot even look up, e.g. too long, is the GGUF reader's to explain)."""
+    try:
+        missing = not Path(path_text).exists()
+    except OSError:
+        return
+    if missing:
+        raise UsageError(
+            f"{path_text}: no such file",
+            hint="give the path of a .gguf file (shard 1 of a split set), a model name (`runq models`) or a Hub "
+            "repo id such as unsloth/Qwen3.6-35B-A3B-GGUF",
+        )
+
+
 def resolve(model: str, *, quant: str | None = None, estimate: bool = False, network: bool = True) -> ModelTarget:
     """A local file (exact, from its header) or a profile (every quant; exact where headers could be read).
     network=False reads only cached headers; estimate=True reads none."""
     check_model_name(model)
+    model = repo_of_url(model)
     if looks_like_path(model):
         if quant:
             raise UsageError(
@@ -98,6 +124,7 @@ def _local(path_text: str) -> ModelTarget:
     from launcher.catalog.sampling import from_gguf
     from launcher.model.shards import open_local
 
+    check_file(path_text)
     model = open_local(path_text)
     found = catalog.profile_for_file(path_text)
     profile = found[0] if found else None
@@ -135,11 +162,12 @@ def pin_quant(profile: Profile, wanted: str, available: list[str]) -> str:
 
 
 def expected_model_path(repo: str, path: str) -> str:
-    """Where a repo file is in the Hugging Face cache, or will be once downloaded."""
-    from launcher.paths import hf_repo_dir
+    """Where a repo file is in the Hugging Face cache; before the download a placeholder that says so, the one
+    `runq run --dry-run` prints (the snapshot's folder is named after a commit only the download learns)."""
+    from launcher.paths import hf_cache_dir, hf_repo_dir
 
     root = hf_repo_dir(repo) / "snapshots"
     for snap in sorted(root.glob("*")) if root.is_dir() else []:
         if (snap / path).is_file():
             return str(snap / path)
-    return str(root / "REVISION" / path)
+    return str(hf_cache_dir() / "<after download>" / path)

@@ -122,3 +122,62 @@ def test_plan_errors(capsys: pytest.CaptureFixture[str], argv: list[str], messag
     assert code in (1, 2)
     assert err.startswith(message), err
     assert "Traceback" not in err
+
+
+def test_plan_takes_what_users_paste(capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]) -> None:
+    """A context as model cards write it (32k), a Hub page's URL for its repo id; and what runq cannot know
+    before a download is said as such, not as a path that looks real."""
+    machine = ["--gpu", "24GiB", "--ram", "256GiB", "--cores", "16"]
+    code, out, err = run(capsys, "plan", str(models["qwen3moe-q8"].path), *machine, "--ctx", "32k", "--json")
+    assert code == 0 and json.loads(out)["ctx"] == 32768, err
+    for url in (
+        "https://huggingface.co/unsloth/DeepSeek-V3.1-GGUF",
+        "https://hf.co/unsloth/DeepSeek-V3.1-GGUF/tree/main",
+    ):
+        code, out, err = run(capsys, "plan", url, *machine)
+        assert code == 0 and out.startswith("DeepSeek-V3.1 UD-IQ3_XXS"), err
+    cmd = shlex.split(out.split("Command:\n", 1)[1].strip())
+    model = cmd[cmd.index("-m") + 1]
+    assert "REVISION" not in out and "/<after download>/UD-IQ3_XXS/" in model
+
+
+def test_values_allowed_but_hardly_meant_are_warned_about(
+    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]
+) -> None:
+    path = str(models["qwen3moe-q8"].path)
+    code, out, err = run(capsys, "plan", path, "--gpu", "none", "--ram", "16GiB", "--cores", "2", "--threads", "1000",
+                         "--ubatch", "3", "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["threads"] == 1000  # honoured, and said
+    assert "Warning: --threads 1000 is more than the 2 CPU cores" in err
+    assert "Warning: --ubatch 3: llama.cpp would read prompts 3 tokens at a time" in err
+    code, _, err = run(capsys, "plan", path, "--gpu", "none", "--ram", "16GiB", "--cores", "2", "--threads", "2")
+    assert code == 0 and "Warning" not in err
+
+
+@pytest.mark.parametrize("layout", ["huggingface_hub", "bare snapshot"])
+def test_a_quant_another_tool_downloaded_is_planned_offline_from_disk(
+    capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    """`runq models --local` lists it, so `runq plan ORG/REPO` plans it (exact, from its header) and `runq run`
+    uses it, offline and without runq ever having listed the repo."""
+    import os
+
+    from launcher.measure.synth import SynthSpec, write_model
+
+    repo = Path(os.environ["HF_HUB_CACHE"]) / "models--someone--Tiny-MoE-GGUF"
+    if layout == "huggingface_hub":  # snapshots/<commit>/FILE -> ../../blobs/<sha>, refs/main names the commit
+        blob = write_model(SynthSpec(arch="qwen3moe", n_layer=3), repo / "blobs" / "a1b2c3.gguf").path
+        blob.rename(repo / "blobs" / "a1b2c3")
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0123abcd")
+        (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+        (repo / "snapshots" / "0123abcd" / "Tiny-MoE-Q8_0.gguf").symlink_to("../../blobs/a1b2c3")
+    else:
+        write_model(SynthSpec(arch="qwen3moe", n_layer=3), repo / "snapshots" / "abc" / "Tiny-MoE-Q8_0.gguf")
+    machine = ["--gpu", "none", "--ram", "16GiB", "--cores", "2"]
+    code, out, err = run(capsys, "plan", "someone/Tiny-MoE-GGUF", *machine)
+    assert code == 0, err
+    assert "sizes: exact: 1 of 1 quants from the files on disk (HF_HUB_OFFLINE is set)" in out
+    code, out, err = run(capsys, "run", "someone/Tiny-MoE-GGUF", *machine, "--dry-run")
+    assert code == 0, err
+    assert "would download" not in err and f"-m {repo}/snapshots/" in out and "Tiny-MoE-Q8_0.gguf" in out
