@@ -30,6 +30,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 def parse_size(text: str, *, what: str = "size") -> int:
     """'24GiB' -> 25769803776. A bare number without a unit is refused: too easy to misread."""
     m = _SIZE_RE.match(text)
+    if not m and text.strip().startswith("-"):
+        raise UsageError(f"{what} {text!r}: a size cannot be negative", hint="e.g. 24GiB, 256GB or 512MiB")
     if not m:
         raise UsageError(
             f"cannot read {what} {text!r}",

@@ -26,9 +26,11 @@ def cmd_hw(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from launcher.model.shards import open_local
+    from launcher.pipeline.target import check_file
     from launcher.units import fmt_bytes
     from launcher.view import text as render
 
+    check_file(args.path)
     model = open_local(args.path)
     if args.json:
         data = render.model_json(model)
@@ -117,6 +119,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_tui(args: argparse.Namespace) -> int | list[str]:
     """The picker; what it hands over (a `runq run …` or `runq service install …`) the CLI runs next."""
+    machine = resolve_machine(args)  # a bad machine flag is said first
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         # Textual would write escape codes into a pipe or file and wait for keys that never come.
         raise UsageError(
@@ -125,7 +128,7 @@ def cmd_tui(args: argparse.Namespace) -> int | list[str]:
         )
     from launcher.tui.app import machine_flags, run_tui
 
-    argv = run_tui(resolve_machine(args), machine_flags(args), port=args.port)
+    argv = run_tui(machine, machine_flags(args), port=args.port)
     if argv:
         print(f"$ runq {' '.join(argv)}", file=sys.stderr)
         return argv

@@ -84,7 +84,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def parse_budget(text: str) -> float:
     m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(s|m|min|h)\s*", text.lower())
     if not m:
-        raise UsageError(f"--budget {text!r}: expected a duration like 90s, 10m or 1h")
+        raise UsageError(f"--budget {text!r}: expected a duration like 90s, 10m or 1h", hint="e.g. --budget 10m")
     value = float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
     if value <= 0:
         raise UsageError(f"--budget {text!r} must be more than zero", hint="e.g. --budget 10m")

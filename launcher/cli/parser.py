@@ -26,6 +26,27 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int | list[s
     return run
 
 
+def tokens(text: str) -> int:
+    """A number of tokens: 32768, or with a k/K suffix for 1,024 (32k = 32,768), as model cards write it."""
+    t = text.strip().replace("_", "").replace(",", "")
+    scale = 1024 if t[-1:] in ("k", "K") else 1
+    digits = t[:-1] if scale > 1 else t
+    if not digits.removeprefix("-").isdigit():  # a negative count is the range check's to refuse
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens: e.g. 32768, or 32k for 32,768")
+    return int(digits) * scale
+
+
+def count(text: str) -> int:
+    """A count of 1 or more (repetitions: 0 would measure nothing and report 0 t/s)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be 1 or more")
+    return n
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with runq's error format: `Error: …` and `Hint: …`, exit 2 (bad usage)."""
 
@@ -181,7 +202,7 @@ def _add_pull(sub: Any) -> None:
     pu.add_argument("model", help="a model name, e.g. deepseek-v3.1")
     pu.add_argument("--quant", help="the quant to download (default: the largest that fits this machine)")
     pu.add_argument("--dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache")
-    pu.add_argument("--ctx", type=int, metavar="N", help="context to plan for when choosing the quant")
+    pu.add_argument("--ctx", type=tokens, metavar="N", help="context to plan for when choosing the quant")
     pu.add_argument("--disk-free", metavar="SIZE", help="plan for this much free disk instead of measuring it")
     _add_machine_flags(pu)
     pu.set_defaults(func=_lazy("launcher.cli.plan", "cmd_pull"))
@@ -256,10 +277,10 @@ def add_tune_parsers(sub: Any) -> None:
         help="what to optimise: decode tokens/s, prompt tokens/s, or one 512+128-token turn (default)",
     )
     t.add_argument("--budget", default="10m", metavar="TIME", help="the most the whole run may take (90s, 10m, 1h)")
-    t.add_argument("--ctx", type=int, metavar="N", help="context the plan is made for (default: the model's)")
+    t.add_argument("--ctx", type=tokens, metavar="N", help="context the plan is made for (default: the model's)")
     t.add_argument("--pp", type=int, default=512, metavar="N", help="prompt tokens per test (default 512)")
     t.add_argument("--tg", type=int, default=128, metavar="N", help="generated tokens per test (default 128)")
-    t.add_argument("--repetitions", "-r", type=int, default=2, metavar="N", help="runs per test (default 2)")
+    t.add_argument("--repetitions", "-r", type=count, default=2, metavar="N", help="runs per test (default 2)")
     t.add_argument(
         "--gpu-limit",
         metavar="SIZE",
@@ -275,7 +296,7 @@ def add_tune_parsers(sub: Any) -> None:
 def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to pin (everything else is planned)")
     g.add_argument("--quant", help="use this quant instead of the largest that fits")
-    g.add_argument("--ctx", type=int, metavar="N", help="context length in tokens (default: the model's profile)")
+    g.add_argument("--ctx", type=tokens, metavar="N", help="context in tokens: 32768, or 32k (default: the model's)")
     g.add_argument(
         "--cache-type-k", "-ctk", default="f16", metavar="TYPE", help="KV cache type for K (f16, q8_0, q4_0…)"
     )

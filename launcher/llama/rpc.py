@@ -125,6 +125,7 @@ def attach(machine: Machine, args: Any) -> Machine:
     described = [parse_worker_flag(text, i) for i, text in enumerate(getattr(args, "worker", None) or [], start=1)]
     about = {w.endpoint: w for w in described if w.endpoint in endpoints}  # --worker at=… says what --rpc can't
     workers = [w for w in described if w.endpoint not in about]
+    left_out: list[str] = []
     if endpoints:
         server = rpc_capable_server(getattr(args, "llama_bin", None))
         for ep in endpoints:
@@ -132,11 +133,12 @@ def attach(machine: Machine, args: Any) -> Machine:
                 asked = probe(ep, server)
                 workers.append(annotate(asked, about[ep]) if ep in about else asked)
             except WorkerUnreachable as e:
-                print(f"Error: {e.message}", file=sys.stderr)
-                print(f"  planning without {ep}. Hint: {e.hint}", file=sys.stderr)
-    if not workers:
+                print(f"Warning: {e.message}: planning without it", file=sys.stderr)
+                print(f"Hint: {e.hint}", file=sys.stderr)
+                left_out.append(f"planned without worker {ep}: it is unreachable")  # the plan says it too
+    if not workers and not left_out:
         return machine
-    return replace(machine, workers=tuple(workers))
+    return replace(machine, workers=tuple(workers), notes=(*machine.notes, *left_out))
 
 
 def name_dead(error: RunqError, endpoints: tuple[str, ...]) -> RunqError:

@@ -179,6 +179,26 @@ def planning_request(inputs: PlanInputs, *, default_ctx: int, buffers: Sequence[
     )
 
 
+SLOW_UBATCH = 32  # below this llama.cpp reads the prompt a few tokens per step: many times slower
+
+
+def advisories(inputs: PlanInputs, cores: int) -> list[str]:
+    """Values that are allowed but almost surely not meant, said as warnings (the plan still honours them):
+    more threads than the machine's cores, a ubatch of a few tokens. Values out of range are planning_request's."""
+    out = []
+    if inputs.threads is not None and cores < inputs.threads <= MAX_THREADS:
+        out.append(
+            f"{inputs.flag('threads', '--threads')} {inputs.threads} is more than the {cores} CPU cores: the extra "
+            "threads only compete for them (llama.cpp decodes fastest at about one thread per physical core)"
+        )
+    if inputs.ubatch is not None and 1 <= inputs.ubatch < SLOW_UBATCH:
+        out.append(
+            f"{inputs.flag('ubatch', '--ubatch')} {inputs.ubatch}: llama.cpp would read prompts {inputs.ubatch} "
+            "tokens at a time, many times slower than at 512 (leave it out and runq chooses)"
+        )
+    return out
+
+
 # --- serving ----------------------------------------------------------------------------------------
 
 

@@ -232,7 +232,9 @@ def test_unreachable_worker_is_named_and_left_out(model: SynthModel, env: dict[s
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert f"worker 127.0.0.1:{dead} is unreachable" in r.stderr and "planning without" in r.stderr
+    assert f"Warning: worker 127.0.0.1:{dead} is unreachable" in r.stderr and "planning without it" in r.stderr
+    assert "Error:" not in r.stderr  # runq goes on: it is not an error
+    assert f"note: planned without worker 127.0.0.1:{dead}: it is unreachable" in r.stdout  # the plan says it too
     assert "--rpc" not in r.stdout
 
 

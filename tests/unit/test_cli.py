@@ -101,7 +101,7 @@ def test_inspect_errors(capsys: pytest.CaptureFixture[str], models: dict[str, Sy
     code, _, err = run(capsys, "inspect", str(bad))
     assert code == 1 and err.startswith(f"Error: {bad}: not a GGUF file") and "Hint:" in err
     code, _, err = run(capsys, "inspect", str(tmp_path / "missing.gguf"))
-    assert code == 1 and "no such file" in err
+    assert code == 2 and "no such file" in err and "Hint:" in err  # a path the user gave that is not there: usage
     shard2 = models["deepseek2-3shards"].paths[1]
     code, _, err = run(capsys, "inspect", str(shard2))
     assert code == 1 and "Hint: give the first shard" in err

@@ -24,7 +24,15 @@ BAD: list[tuple[list[str], int, str]] = [
     (["plan", M, "--ctx", "0"], 2, "--ctx 0: too small"),
     (["plan", M, "--ctx", "-5"], 2, "--ctx -5: too small"),
     (["plan", M, "--ctx", "100000000000"], 2, "--ctx 100000000000: must be between"),
-    (["plan", M, "--ctx", "lots"], 2, "invalid int value: 'lots'"),
+    (["plan", M, "--ctx", "lots"], 2, "'lots' is not a number of tokens: e.g. 32768, or 32k"),
+    (["plan", M, "--ctx", "32kb"], 2, "'32kb' is not a number of tokens"),
+    (["plan", M, "--ram", "0GiB"], 2, "--ram '0GiB': RAM must be more than zero"),  # as --gpu 0GiB, not "too big"
+    (["plan", M, "--ram", "-1GiB"], 2, "--ram '-1GiB': a size cannot be negative"),
+    (["plan", M, "--gpu", "-5GiB"], 2, "GPU memory '-5GiB': a size cannot be negative"),  # not "expected one arg"
+    (["plan", "nothere.gguf"], 2, "nothere.gguf: no such file"),
+    (["inspect", "nothere.gguf"], 2, "nothere.gguf: no such file"),
+    (["tune", M, "-r", "0"], 2, "--repetitions/-r: 0: must be 1 or more"),
+    (["tune", M, "--budget", "-1m"], 2, "--budget '-1m': expected a duration"),
     (["plan", M, "--ubatch", "0"], 2, "--ubatch 0: must be between 1"),
     (["plan", M, "--ubatch", "-7"], 2, "--ubatch -7: must be between 1"),
     (["plan", M, "--ngl", "-3"], 2, "--ngl -3: must be between 0"),
