@@ -60,3 +60,4 @@ else
 fi
 say ""
 say "runq is installed: .venv/bin/runq --help   (or: source .venv/bin/activate; runq --help)"
+say "Start here: .venv/bin/runq demo   (a tiny model planned, served and verified; no download)"

@@ -1,8 +1,9 @@
 """Where runq keeps its files (XDG cache and config dirs) and where the Hugging Face cache is: the one place.
 
 `RUNQ_HOME` puts both under one directory (tests use it so the real
-home is never touched). Nothing here creates directories; callers do when
-they write.
+home is never touched), the llama.cpp builds included; `RUNQ_CACHE_DIR`
+moves the cache alone (builds, logs, header caches, calibration). Nothing
+here creates directories; callers do when they write.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def cache_dir() -> Path:
         return Path(value)
     home = _home_override()
     return home / "cache" if home else _xdg("XDG_CACHE_HOME", ".cache") / "runq"
+
+
+def default_cache_dir() -> Path:
+    """Where cache_dir() is when neither RUNQ_CACHE_DIR nor RUNQ_HOME moves it (a moved cache starts empty)."""
+    return _xdg("XDG_CACHE_HOME", ".cache") / "runq"
 
 
 def config_dir() -> Path:

@@ -47,6 +47,8 @@ def resolve_machine(args: argparse.Namespace, *, cpu_details: bool = False) -> M
                              hint="give --gpu none alone for a machine without GPUs")  # fmt: skip
         gpus = [size for sizes in per_flag for size in sizes]
     ram = parse_size(args.ram, what="--ram") if args.ram else None
+    if ram is not None and ram <= 0:  # as --gpu 0GiB: a description that cannot be, not a model too big
+        raise UsageError(f"--ram {args.ram!r}: RAM must be more than zero", hint="e.g. --ram 64GiB")
     if args.machine:
         try:
             text = Path(args.machine).read_text(encoding="utf-8")
@@ -69,9 +71,11 @@ def resolve_machine(args: argparse.Namespace, *, cpu_details: bool = False) -> M
 
 def plan_inputs(args: argparse.Namespace, *, server: bool) -> PlanInputs:
     """The planning flags every planning command has (plan, run, pull, service), as typed values."""
-    from launcher.plan.inputs import PlanInputs
+    import os
 
-    return PlanInputs(
+    from launcher.plan.inputs import PlanInputs, advisories
+
+    inputs = PlanInputs(
         ctx=args.ctx,
         cache_type_k=getattr(args, "cache_type_k", "f16"),
         cache_type_v=getattr(args, "cache_type_v", "f16"),
@@ -81,6 +85,9 @@ def plan_inputs(args: argparse.Namespace, *, server: bool) -> PlanInputs:
         threads=getattr(args, "threads", None),
         server=server,
     )
+    for text in advisories(inputs, getattr(args, "cores", None) or os.cpu_count() or 1):  # described, or here
+        warn(text)
+    return inputs
 
 
 def server_options(args: argparse.Namespace, *, timeout: float = 900) -> ServerOptions:
@@ -251,6 +258,7 @@ def ensure_binaries(
     with what the model's build quirks need (MiniMax on CUDA: -DGGML_CUDA_FORCE_CUBLAS=ON): the build here, or
     one built now."""
     from launcher.llama import build as bld
+    from launcher.llama import build_config as bc
     from launcher.llama.binaries import backend_here, binaries_here
     from launcher.llama.build_config import quirk_flags
 
@@ -259,9 +267,14 @@ def ensure_binaries(
         return found.bin_dir
     wanted = backend_here()
     also = " ".join(quirk_flags(wanted, quirks))
+    from launcher.llama.build_time import build_elsewhere, build_time_text
+
+    if old := build_elsewhere(bc.LLAMA_CPP_COMMIT, wanted):
+        say(f"Note: {old} has a {wanted} build of llama.cpp, but runq's cache is elsewhere now (RUNQ_HOME or "
+            f"RUNQ_CACHE_DIR moved it): set RUNQ_CACHE_DIR={old} to use that build")  # fmt: skip
     if dry:
         say(f"[dry-run] would build llama.cpp ({wanted}{', with ' + also + ' for this model' if also else ''}): "
-            f"runq build --source {source}")  # fmt: skip
+            f"runq build --source {source} — {build_time_text(wanted)}")  # fmt: skip
         return Path("<runq build>")
     if not allowed:
         if also:
@@ -271,7 +284,7 @@ def ensure_binaries(
             )
         raise RunqError(
             f"no {wanted} build of llama.cpp yet",
-            hint="run `runq build` first, or add --auto to build it now (about 5 minutes on 2 cores)",
+            hint=f"run `runq build` first, or add --auto to build it now ({build_time_text(wanted)})",
         )
     bar = StepBar()
     try:
@@ -287,11 +300,12 @@ def rpc_server_binary(llama_bin: str | None, source: str, *, yes: bool) -> tuple
     from launcher.errors import ExternalToolError
     from launcher.llama import build_config as bc
     from launcher.llama.binaries import backend_here, binaries_at, binaries_here
+    from launcher.llama.build_time import build_time_text
 
     found = binaries_here(llama_bin)
     if found is None:
         wanted = backend_here()
-        if not confirm(f"No {wanted} build of llama.cpp yet: build it now (about 5 minutes on 2 cores)?", yes):
+        if not confirm(f"No {wanted} build of llama.cpp yet: build it now ({build_time_text(wanted)})?", yes):
             raise RunqError("a worker needs a llama.cpp build", hint="run `runq build`, or add --yes")
         found = binaries_at(ensure_binaries(None, source, allowed=True, dry=False))
     server = found.bin_dir / bc.RPC_SERVER

@@ -350,8 +350,10 @@ def ensure_build(
         return done, True
     jobs = req.jobs or os.cpu_count() or 1
     archs = f" for sm_{', sm_'.join(cfg.cuda_archs)}" if cfg.cuda_archs else ""
-    say(f"Building llama.cpp {cfg.commit[:10]} ({cfg.backend}{archs}) with {jobs} jobs"
-        " — about 5 minutes on 2 cores, much less with more…")  # fmt: skip
+    from launcher.llama.build_time import build_time_text
+
+    say(f"Building llama.cpp {cfg.commit[:10]} ({cfg.backend}{archs}) with {jobs} jobs — "
+        f"{build_time_text(cfg.backend)}…")  # fmt: skip
     if target.note:
         say(f"Note: {target.note}")
     notes = (target.note,) if target.note else ()

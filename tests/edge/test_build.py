@@ -155,3 +155,33 @@ def test_git_source_from_a_mirror(tmp_path: Path, monkeypatch) -> None:  # type:
     assert src.commit == commit and (src.path / "CMakeLists.txt").is_file()
     again = source.git_source(f"file://{repo}", commit, "git", log)  # cached: no second fetch
     assert again.path == src.path
+
+
+def test_a_moved_cache_says_how_long_a_build_takes_and_where_the_old_one_is(
+    capsys: pytest.CaptureFixture[str], llama_build: Build, models: dict[str, SynthModel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """RUNQ_HOME moves the build cache too: a command that would build says how long the last build here took
+    (from its manifest) and where the build it would redo already is, instead of starting a long build unsaid."""
+    from launcher.llama.build_time import build_elsewhere, build_time_text
+    from launcher.paths import cache_dir
+
+    real = llama_build.path.parent.parent  # the cache the test build lives in: the default one, here
+    monkeypatch.setenv("XDG_CACHE_HOME", str(real.parent))
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(real.parent / "elsewhere-runq-test"))  # an empty cache
+    if real.name != "runq":
+        pytest.skip("RUNQ_TEST_CACHE_DIR is not an XDG-style …/runq cache")
+    assert cache_dir() != real and build_elsewhere(bc.LLAMA_CPP_COMMIT, "cpu") == real
+    seconds = llama_build.manifest["seconds"]
+    text = build_time_text("cpu")
+    assert text.startswith(f"the last cpu build here took {seconds / 60:.0f} min ({seconds:,.0f} s"), text
+    model = str(models["qwen3moe-q8"].path)
+    code, _, err = run(capsys, "run", model, "--gpu", "none", "--ram", "16GiB")
+    assert code == 1 and "Error: no cpu build of llama.cpp yet" in err
+    assert f"add --auto to build it now (the last cpu build here took {seconds / 60:.0f} min" in err
+    assert f"Note: {real} has a cpu build of llama.cpp, but runq's cache is elsewhere now" in err
+    assert f"set RUNQ_CACHE_DIR={real} to use that build" in err
+    code, _, err = run(capsys, "run", model, "--gpu", "none", "--ram", "16GiB", "--auto", "--dry-run")
+    assert code == 0 and f"runq build --source auto — the last cpu build here took {seconds / 60:.0f} min" in err
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(real))
+    assert build_elsewhere(bc.LLAMA_CPP_COMMIT, "cpu") is None  # not moved: nothing to point at
