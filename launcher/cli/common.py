@@ -71,11 +71,9 @@ def resolve_machine(args: argparse.Namespace, *, cpu_details: bool = False) -> M
 
 def plan_inputs(args: argparse.Namespace, *, server: bool) -> PlanInputs:
     """The planning flags every planning command has (plan, run, pull, service), as typed values."""
-    import os
+    from launcher.plan.inputs import PlanInputs
 
-    from launcher.plan.inputs import PlanInputs, advisories
-
-    inputs = PlanInputs(
+    return PlanInputs(
         ctx=args.ctx,
         cache_type_k=getattr(args, "cache_type_k", "f16"),
         cache_type_v=getattr(args, "cache_type_v", "f16"),
@@ -85,9 +83,6 @@ def plan_inputs(args: argparse.Namespace, *, server: bool) -> PlanInputs:
         threads=getattr(args, "threads", None),
         server=server,
     )
-    for text in advisories(inputs, getattr(args, "cores", None) or os.cpu_count() or 1):  # described, or here
-        warn(text)
-    return inputs
 
 
 def server_options(args: argparse.Namespace, *, timeout: float = 900) -> ServerOptions:
@@ -139,11 +134,15 @@ def show_profile_notes() -> None:
 def ask_for(args: argparse.Namespace, *, server: bool) -> tuple[Ask, list[str]]:
     """The command's flags as the pipeline's Ask (llama.cpp flags after `--` that pin the plan win; the rest is
     passed through), and the flags to pass through."""
+    import os
+
     from launcher.pipeline.plan import Ask
-    from launcher.plan.inputs import split_extra
+    from launcher.plan.inputs import advisories, split_extra
 
     pins, passthrough = split_extra(getattr(args, "extra", []))
     inputs = plan_inputs(args, server=server).pinned(pins)
+    for text in advisories(inputs, getattr(args, "cores", None) or os.cpu_count() or 1):  # described, or here
+        warn(text)
     ask = Ask(
         model=args.model, inputs=inputs, quant=getattr(args, "quant", None), pins=pins,
         estimate=getattr(args, "estimate", False), project=not getattr(args, "no_projection", False),

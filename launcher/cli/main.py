@@ -5,7 +5,6 @@ A front end. It imports only the parser and the error types at start, so `runq -
 
 from __future__ import annotations
 
-import re
 import sys
 
 from launcher.cli.parser import build_parser
@@ -56,7 +55,6 @@ def _dispatch(argv: list[str]) -> int | list[str]:
     if "--" in argv:  # everything after `--` is for llama.cpp
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    argv = _join_negative_values(argv)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         _check_implicit_run(argv[0])
         argv = ["run", *argv]  # `runq deepseek-v3.1 --auto` is `runq run deepseek-v3.1 --auto`
@@ -73,24 +71,6 @@ def _dispatch(argv: list[str]) -> int | list[str]:
         return EXIT_OK
     result = args.func(args)
     return result if isinstance(result, list) else int(result)
-
-
-_NEGATIVE_VALUE_RE = re.compile(r"-\d")
-_NEGATIVE_NUMBER_RE = re.compile(r"-\d+(\.\d+)?")
-
-
-def _join_negative_values(argv: list[str]) -> list[str]:
-    """`--gpu -5GiB` as `--gpu=-5GiB`: argparse takes a value like -5GiB (not a plain number) for an unknown
-    option and says only "expected one argument"; joined, the flag's own check says what is wrong with it."""
-    out: list[str] = []
-    for word in argv:
-        prev = out[-1] if out else ""
-        joinable = prev.startswith("-") and prev != "-" and "=" not in prev and not _NEGATIVE_VALUE_RE.match(prev)
-        if joinable and _NEGATIVE_VALUE_RE.match(word) and not _NEGATIVE_NUMBER_RE.fullmatch(word):
-            out[-1] = f"{prev}={word}" if prev.startswith("--") else prev + word
-        else:
-            out.append(word)
-    return out
 
 
 def _check_implicit_run(word: str) -> None:

@@ -36,17 +36,6 @@ def tokens(text: str) -> int:
     return int(digits) * scale
 
 
-def count(text: str) -> int:
-    """A count of 1 or more (repetitions: 0 would measure nothing and report 0 t/s)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: must be 1 or more")
-    return n
-
-
 class Parser(argparse.ArgumentParser):
     """argparse with runq's error format: `Error: …` and `Hint: …`, exit 2 (bad usage)."""
 
@@ -280,7 +269,7 @@ def add_tune_parsers(sub: Any) -> None:
     t.add_argument("--ctx", type=tokens, metavar="N", help="context the plan is made for (default: the model's)")
     t.add_argument("--pp", type=int, default=512, metavar="N", help="prompt tokens per test (default 512)")
     t.add_argument("--tg", type=int, default=128, metavar="N", help="generated tokens per test (default 128)")
-    t.add_argument("--repetitions", "-r", type=count, default=2, metavar="N", help="runs per test (default 2)")
+    t.add_argument("--repetitions", "-r", type=int, default=2, metavar="N", help="runs per test (default 2)")
     t.add_argument(
         "--gpu-limit",
         metavar="SIZE",
