@@ -41,7 +41,8 @@ PIN_FLAGS = {
 }
 # llama.cpp flags after `--` that runq sets itself, from its own checked flags or from the plan: refused, with the
 # flag to use instead. llama.cpp takes the last of a repeated flag, so `-- --host 0.0.0.0` would otherwise win over
-# the --host whose API-key rule runq checked. The rest (sampling, -lv, -fa, …) is passed through: the user's wins.
+# the --host whose API-key rule runq checked. The rest (sampling, -lv, -fa, --alias, …) is passed through: the
+# user's wins.
 OWNED_FLAGS = {
     ("--host",): "use runq's own --host (off this machine it needs --api-key-file FILE, or --insecure)",
     ("--port",): "use runq's own --port N (runq waits for the server on it)",

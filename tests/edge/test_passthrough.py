@@ -21,7 +21,7 @@ KNOWN = {f for names in (*OWNED_FLAGS, *PIN_FLAGS) for f in names}
 # What runq emits that a user may set again after `--` on purpose (the last one wins: theirs): the profile's
 # sampling, llama.cpp's log verbosity (runq leaves out its own when one is given), flash attention.
 PASSED_THROUGH = {"--temp", "--top-p", "--min-p", "--top-k", "--repeat-penalty", "--presence-penalty", "--seed",
-                  "-lv", "-fa"}  # fmt: skip
+                  "-lv", "-fa", "--alias"}  # fmt: skip
 
 
 def _alias_groups(help_text: str) -> list[set[str]]:

@@ -181,3 +181,16 @@ def test_a_quant_another_tool_downloaded_is_planned_offline_from_disk(
     code, out, err = run(capsys, "run", "someone/Tiny-MoE-GGUF", *machine, "--dry-run")
     assert code == 0, err
     assert "would download" not in err and f"-m {repo}/snapshots/" in out and "Tiny-MoE-Q8_0.gguf" in out
+
+
+def test_the_users_own_alias_after_the_double_dash_wins(
+    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]
+) -> None:
+    path = str(models["qwen3moe-q8"].path)
+    for extra, alias in (([], "qwen3moe-q8"), (["--alias", "mine"], "mine"), (["-a", "mine"], "mine")):
+        code, out, err = run(capsys, "run", path, "--server", "--dry-run", "--gpu", "none", "--ram", "16GiB",
+                             "--", *extra)  # fmt: skip
+        assert code == 0, err
+        argv = shlex.split(out.split("[dry-run] would run: ", 1)[1].strip())
+        names = [i for i, a in enumerate(argv) if a in ("-a", "--alias")]
+        assert len(names) == 1 and argv[names[0] + 1] == alias, argv
