@@ -83,7 +83,7 @@ def test_calibrate_measures_each_thread_count_and_plans_say_so(
     monkeypatch.setenv("RUNQ_CACHE_DIR", str(cache))
     cores = probe(cpu_details=False).cores
     measured = [p["threads"] for p in calibrated["cpu"]]
-    if (calibrated["provisional"] or "").startswith("incomplete"):  # a busy machine: the budget ran out, and it says so
+    if calibrated["provisional"]:  # a busy machine: the budget ran out, or a thread count measured only noise
         assert measured and set(measured) <= set(calibration.thread_counts(cores))
     else:
         assert measured == calibration.thread_counts(cores)
