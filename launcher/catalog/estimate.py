@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.catalog.profiles import ArchSpec, Profile, QuantSpec
-from launcher.model.arch_shapes import MLA_ARCHS, Shape, TensorList, tensor_shapes
+from launcher.catalog.arch_spec import shape_from_arch
+from launcher.catalog.profiles import Profile, QuantSpec
+from launcher.model.arch_shapes import TensorList, tensor_shapes
 from launcher.model.ggml_types import TYPES_BY_NAME, GGMLType
 from launcher.model.hparams import HParams
 from launcher.model.tensors import ModelTensor, Role, TensorSet, classify
@@ -22,6 +23,7 @@ from launcher.model.tensors import ModelTensor, Role, TensorSet, classify
 # Q4_0 and Q5_0 (32-element blocks) follow their K-quant twins: rows not divisible by 256 (gpt-oss: 2880) use them.
 _LADDER_NAMES = "IQ1_S TQ1_0 IQ1_M IQ2_XXS IQ2_XS IQ2_S Q2_K IQ3_XXS Q3_K IQ4_XS Q4_K Q4_0 Q5_K Q5_0 Q6_K Q8_0 F16"
 LADDER = [TYPES_BY_NAME[n] for n in _LADDER_NAMES.split()]
+Q1_0 = TYPES_BY_NAME["Q1_0"]  # 1.125 bits: 128 weights in 18 bytes (block_q1_0: an f16 scale + 128 sign bits)
 F32 = TYPES_BY_NAME["F32"]
 I32 = TYPES_BY_NAME["I32"]
 
@@ -30,7 +32,8 @@ I32 = TYPES_BY_NAME["I32"]
 # Plain quants (IQ4_XS, Q4_K_M…) keep the rest near their own type.
 UD_REST_BPW = 8.5
 REST_BPW_RANGE = (4.0, 16.0)
-EXPERT_BPW_RANGE = (LADDER[0].bits_per_weight, 16.0)
+EXPERT_BPW_RANGE = (LADDER[0].bits_per_weight, 16.0)  # a UD-Q1_0's experts go down to Q1_0 (_ladder)
+LAZY_DEFAULT_BPW = 4.5
 # GGUF header bytes: vocabulary strings dominate (about 40 B per token with merges), ~80 B per tensor info.
 HEADER_BYTES_PER_TOKEN = 40
 HEADER_BYTES_PER_TENSOR = 80
@@ -45,46 +48,6 @@ class Estimate:
     rest_bpw: float
 
 
-def shape_from_arch(a: ArchSpec) -> Shape:
-    mla = a.name in MLA_ARCHS
-    return Shape(
-        arch=a.name,
-        n_layer=a.n_trunk,
-        n_nextn=a.nextn_layers,
-        n_vocab=a.n_vocab,
-        n_embd=a.n_embd,
-        n_ff=a.n_ff,
-        n_ff_exp=a.n_ff_exp,
-        n_expert=a.n_expert,
-        n_dense_lead=a.n_dense_lead,
-        n_head=a.n_head,
-        n_head_kv=a.n_head_kv,
-        head_dim=a.key_length,
-        n_expert_shared=a.n_expert_shared,
-        q_lora_rank=a.q_lora_rank,
-        kv_lora_rank=a.kv_lora_rank if mla else 0,
-        qk_nope_dim=(a.key_length_mla - a.rope_dim) if mla else 0,
-        qk_rope_dim=a.rope_dim if mla else 0,
-        v_head_dim=a.value_length_mla if mla else 0,
-        fused_gate_up=a.fused_gate_up,
-        n_ff_shexp=a.n_ff_shexp,
-        n_expert_used=a.n_expert_used,
-        indexer_n_head=a.indexer_n_head,
-        indexer_head_size=a.indexer_head_size,
-        full_attn_interval=a.full_attn_interval,
-        ssm_d_conv=a.ssm_d_conv,
-        ssm_d_state=a.ssm_d_state,
-        ssm_n_group=a.ssm_n_group,
-        ssm_dt_rank=a.ssm_dt_rank,
-        o_groups=a.o_groups,
-        o_lora_rank=a.o_lora_rank,
-        hc_mult=a.hc_mult,
-        hash_layers=a.hash_layers,
-        compress_ratios=tuple(a.compress_ratios),
-        attn_bias=a.attn_bias,
-    )
-
-
 def _kind(name: str) -> str:
     """'blk.7.ffn_down_exps.weight' -> 'ffn_down_exps.weight'."""
     return name.split(".", 2)[2] if name.startswith("blk.") else name
@@ -97,7 +60,8 @@ def _expert_proj(kind: str) -> str:
     return "gate"  # fused gate_up: counted with gate
 
 
-_F32_KINDS = ("ffn_gate_inp", "exp_probs_b", "attn_sinks", "hc_", "output_hc_", "ssm_conv1d", "ssm_a", "ssm_dt")
+_F32_KINDS = ("ffn_gate_inp", "exp_probs_b", "attn_sinks", "hc_", "output_hc_", "ssm_conv1d", "ssm_a", "ssm_dt",
+              "ssm_d", "_norm", "conv1d")  # fmt: skip
 
 
 def _fixed_type(name: str, shape: tuple[int, ...]) -> GGMLType | None:
@@ -115,9 +79,14 @@ def _fixed_f32(name: str, shape: tuple[int, ...]) -> bool:
     return _fixed_type(name, shape) is not None
 
 
-def _mix(n_elems: list[int], row: int, bpw: float) -> list[GGMLType]:
+def _ladder(quant: QuantSpec) -> list[GGMLType]:
+    """The types a quant's experts draw from: Unsloth's UD-Q1_0 quants go below IQ1_S with ggml's Q1_0."""
+    return [Q1_0, *LADDER] if "Q1_0" in quant.name.upper() and "TQ1_0" not in quant.name.upper() else LADDER
+
+
+def _mix(n_elems: list[int], row: int, bpw: float, ladder: list[GGMLType] | None = None) -> list[GGMLType]:
     """Types for a group of same-shaped tensors whose mean bits per weight is as close to bpw as possible."""
-    allowed = [t for t in LADDER if row % t.block_elems == 0] or [TYPES_BY_NAME["F16"]]
+    allowed = [t for t in ladder or LADDER if row % t.block_elems == 0] or [TYPES_BY_NAME["F16"]]
     lo = max((t for t in allowed if t.bits_per_weight <= bpw), key=lambda t: t.bits_per_weight, default=allowed[0])
     hi = min((t for t in allowed if t.bits_per_weight >= bpw), key=lambda t: t.bits_per_weight, default=allowed[-1])
     if lo is hi or hi.bits_per_weight == lo.bits_per_weight:
@@ -153,14 +122,26 @@ class _Group:
     elems: int  # per tensor
 
 
-def _groups(shapes: TensorList) -> list[_Group]:
+def _lazy_type(quant: QuantSpec, row: int) -> GGMLType:
+    """A lazy lookup table's type: the quant's own when known (Qwen3.8-Flash-Next's 28.8 GB PLE table is Q4_0),
+    else the ladder type nearest below the experts' nominal up bits (the bulk, quantized like them)."""
+    if quant.lazy_type:
+        return TYPES_BY_NAME[quant.lazy_type]
+    bits = quant.expert_bits.up if quant.expert_bits else LAZY_DEFAULT_BPW
+    fits = [t for t in LADDER if row % t.block_elems == 0 and t.bits_per_weight <= bits + 0.2]
+    return max(fits, key=lambda t: t.bits_per_weight, default=TYPES_BY_NAME["F16"])
+
+
+def _groups(shapes: TensorList, quant: QuantSpec) -> list[_Group]:
     by_key: dict[tuple[str, tuple[int, ...]], list[str]] = {}
     for name, s in shapes:
         by_key.setdefault((_kind(name), s), []).append(name)
-    return [
-        _Group(kind, s, names, _fixed_type(names[0], s), classify(names[0])[1] is Role.ROUTED_EXPERT, _n_of(s))
-        for (kind, s), names in by_key.items()
-    ]
+    out = []
+    for (kind, s), names in by_key.items():
+        role = classify(names[0])[1]
+        fixed = _lazy_type(quant, s[0]) if role is Role.LAZY_TABLE else _fixed_type(names[0], s)
+        out.append(_Group(kind, s, names, fixed, role is Role.ROUTED_EXPERT, _n_of(s)))
+    return out
 
 
 def _bits_split(groups: list[_Group], quant: QuantSpec, budget_bits: float) -> tuple[dict[str, float], float, dict]:
@@ -185,7 +166,8 @@ def _bits_split(groups: list[_Group], quant: QuantSpec, budget_bits: float) -> t
     nominal = quant.expert_bits.model_dump() if quant.expert_bits else dict.fromkeys(("down", "up", "gate"), 1.0)
     weighted = sum(expert_elems[p] * nominal[p] for p in expert_elems)
     scale = (budget_bits - rest * rest_elems) / weighted
-    expert_bpw = {p: _clamp_expert(nominal[p] * scale) for p in nominal}
+    floor = _ladder(quant)[0].bits_per_weight
+    expert_bpw = {p: _clamp_expert(nominal[p] * scale, floor) for p in nominal}
     if any(nominal[p] * scale != expert_bpw[p] for p in nominal):  # clamped: the rest absorbs the difference
         spent = sum(expert_elems[p] * expert_bpw[p] for p in expert_elems)
         rest = min(max((budget_bits - spent) / rest_elems, REST_BPW_RANGE[0]), REST_BPW_RANGE[1])
@@ -195,7 +177,8 @@ def _bits_split(groups: list[_Group], quant: QuantSpec, budget_bits: float) -> t
 def estimate(profile: Profile, quant: QuantSpec) -> Estimate:
     a = profile.arch
     shapes = tensor_shapes(shape_from_arch(a))
-    groups = _groups(shapes)
+    groups = _groups(shapes, quant)
+    ladder = _ladder(quant)
     header = a.n_vocab * HEADER_BYTES_PER_TOKEN + len(shapes) * HEADER_BYTES_PER_TENSOR
     fixed_bytes = sum(g.fixed.nbytes(g.elems) * len(g.names) for g in groups if g.fixed is not None)
     expert_bpw, rest, expert_elems = _bits_split(groups, quant, (quant.size_bytes - header - fixed_bytes) * 8)
@@ -208,7 +191,7 @@ def estimate(profile: Profile, quant: QuantSpec) -> Estimate:
         elif g.expert and quant.expert_type:
             chosen = [TYPES_BY_NAME[quant.expert_type]] * len(g.names)
         elif g.expert:
-            chosen = _mix([g.elems] * len(g.names), g.shape[0], expert_bpw[_expert_proj(g.kind)])
+            chosen = _mix([g.elems] * len(g.names), g.shape[0], expert_bpw[_expert_proj(g.kind)], ladder)
         else:
             chosen = _mix([g.elems] * len(g.names), g.shape[0], rest)
         if g.expert:
@@ -255,5 +238,5 @@ def rest_bpw(quant: QuantSpec) -> float:
     return max(t.bits_per_weight, REST_BPW_RANGE[0]) if t else UD_REST_BPW
 
 
-def _clamp_expert(bpw: float) -> float:
-    return min(max(bpw, EXPERT_BPW_RANGE[0]), EXPERT_BPW_RANGE[1])
+def _clamp_expert(bpw: float, floor: float = EXPERT_BPW_RANGE[0]) -> float:
+    return min(max(bpw, floor), EXPERT_BPW_RANGE[1])

@@ -18,138 +18,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from launcher.catalog.arch_spec import ArchSpec  # re-exported: the architecture part of a profile
 from launcher.errors import UsageError, format_validation_error
-from launcher.model.arch_shapes import HYBRID_ARCHS, MLA_ARCHS, Arch
 from launcher.model.ggml_types import TYPES_BY_NAME
-from launcher.model.hparams import (
-    HParams,
-    delta_net_state_bytes,
-    glm_dsa_indexer_layers,
-    recurrent_pattern,
-    swa_pattern,
-)
 from launcher.model.shards import SHARD_RE
 from launcher.paths import config_dir
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ArchSpec(_Strict):
-    """The real model's shape (llama.cpp's GGUF metadata names, without the arch prefix)."""
-
-    name: Arch
-    n_layer: int = Field(gt=0, le=1000, description="block_count, NextN/MTP layers included")
-    n_embd: int = Field(gt=0)
-    n_vocab: int = Field(gt=0)
-    context_length: int = Field(gt=0)
-    n_head: int = Field(gt=0)
-    n_head_kv: int = Field(gt=0)
-    key_length: int = Field(gt=0)
-    value_length: int = Field(gt=0)
-    n_ff: int = Field(ge=0, default=0)
-    n_ff_exp: int = Field(gt=0)
-    n_expert: int = Field(gt=0)
-    n_expert_used: int = Field(gt=0)
-    n_expert_shared: int = Field(ge=0, default=0)
-    n_dense_lead: int = Field(ge=0, default=0)
-    nextn_layers: int = Field(ge=0, default=0, description="nextn_predict_layers (MTP), the last block(s)")
-    # MLA (deepseek2, deepseek32, glm-dsa)
-    key_length_mla: int = 0
-    value_length_mla: int = 0
-    q_lora_rank: int = 0
-    kv_lora_rank: int = 0
-    rope_dim: int = 0
-    # DSA lightning indexer (deepseek32, glm-dsa, deepseek4)
-    indexer_n_head: int = Field(ge=0, default=0)
-    indexer_head_size: int = Field(ge=0, default=0)
-    # Sliding-window attention (gpt-oss: every 2nd layer full; deepseek4: every layer)
-    sliding_window: int = Field(ge=0, default=0)
-    swa_pattern: int = Field(ge=0, default=0)
-    attn_bias: bool = False  # gpt-oss: attention and expert biases, attention sinks
-    fused_gate_up: bool = False
-    # Hybrids (qwen35moe, qwen3next): gated DeltaNet layers, every full_attn_interval-th layer full attention
-    n_ff_shexp: int = Field(ge=0, default=0)
-    full_attn_interval: int = Field(ge=0, default=0)
-    ssm_d_conv: int = Field(ge=0, default=0)
-    ssm_d_state: int = Field(ge=0, default=0)
-    ssm_n_group: int = Field(ge=0, default=0)
-    ssm_dt_rank: int = Field(ge=0, default=0)
-    # deepseek4: grouped low-rank output, hyper-connections, hash-routed layers, compressed KV
-    o_groups: int = Field(ge=0, default=0)
-    o_lora_rank: int = Field(ge=0, default=0)
-    hc_mult: int = Field(ge=0, default=0)
-    hash_layers: int = Field(ge=0, default=0)
-    compress_ratios: list[int] = []
-    shape_source: Literal["gguf", "config", "approximate"] = "gguf"  # read from a GGUF, a config.json, or inferred
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ArchSpec:
-        if self.n_expert_used > self.n_expert:
-            raise ValueError("n_expert_used is larger than n_expert")
-        if self.n_dense_lead >= self.n_layer:
-            raise ValueError("n_dense_lead must be smaller than n_layer")
-        if self.name in MLA_ARCHS and not (self.kv_lora_rank and self.key_length_mla and self.rope_dim):
-            raise ValueError(f"{self.name} needs kv_lora_rank, key_length_mla and rope_dim (MLA)")
-        if self.name in HYBRID_ARCHS and not (self.full_attn_interval and self.ssm_d_state and self.ssm_dt_rank):
-            raise ValueError(f"{self.name} needs full_attn_interval, ssm_d_state and ssm_dt_rank (hybrid layers)")
-        if self.name == "deepseek4" and not (self.o_groups and self.hc_mult and self.sliding_window):
-            raise ValueError("deepseek4 needs o_groups, hc_mult and sliding_window")
-        if self.compress_ratios and len(self.compress_ratios) != self.n_layer:
-            raise ValueError(f"compress_ratios needs {self.n_layer} values, one per block")
-        return self
-
-    @property
-    def n_trunk(self) -> int:
-        return self.n_layer - self.nextn_layers
-
-    def hparams(self, display_name: str | None = None) -> HParams:
-        n = self.n_layer
-        heads_kv = self.n_head_kv
-        return HParams(
-            arch=self.name,
-            name=display_name,
-            n_layer=n,
-            n_ctx_train=self.context_length,
-            n_embd=self.n_embd,
-            n_vocab=self.n_vocab,
-            n_head=(self.n_head,) * n,
-            n_head_kv=(heads_kv,) * n,
-            key_length=self.key_length,
-            value_length=self.value_length,
-            n_ff=(self.n_ff,) * n,
-            n_expert=self.n_expert,
-            n_expert_used=self.n_expert_used,
-            n_expert_shared=self.n_expert_shared,
-            n_ff_exp=self.n_ff_exp,
-            n_dense_lead=self.n_dense_lead,
-            kv_lora_rank=self.kv_lora_rank,
-            q_lora_rank=self.q_lora_rank,
-            sliding_window=self.sliding_window,
-            file_type=None,
-            n_layer_nextn=self.nextn_layers,
-            swa_layers=(
-                swa_pattern(self.n_trunk, self.swa_pattern) + (False,) * self.nextn_layers
-                if self.sliding_window and self.name != "deepseek4"
-                else ()
-            ),
-            recurrent_layers=(
-                recurrent_pattern(n, self.n_trunk, self.full_attn_interval) if self.name in HYBRID_ARCHS else ()
-            ),
-            recurrent_state_bytes=(
-                delta_net_state_bytes(self.ssm_d_conv, self.ssm_d_state, self.ssm_n_group, self.ssm_dt_rank)
-                if self.name in HYBRID_ARCHS
-                else 0
-            ),
-            kv_compress=tuple(self.compress_ratios),
-            indexer_head_size=self.indexer_head_size if self.name in ("deepseek32", "glm-dsa", "deepseek4") else 0,
-            indexer_layers=(
-                glm_dsa_indexer_layers(self.n_layer, self.n_trunk, self.context_length)
-                if self.name == "glm-dsa"
-                else ()
-            ),
-        )
 
 
 class ExpertBits(_Strict):
@@ -164,6 +41,7 @@ class QuantSpec(_Strict):
     size_bytes: int = Field(gt=0, description="published size of all files, bytes")
     expert_bits: ExpertBits | None = None
     expert_type: str | None = None  # all routed experts in one native type whatever the quant (gpt-oss: MXFP4)
+    lazy_type: str | None = None  # the lazy lookup tables' type when known (Qwen3.8-Flash-Next's PLE table: Q4_0)
     confirmed: bool = False  # size and layout read from the Hub or a real header (not docs or seed figures)
     # Where size_bytes comes from: "hub" (a listing or header: confirmed), "published" (Unsloth's docs or a
     # page quoting them), "approximate" (derived, e.g. from a sister model's size or parameters x bits).
@@ -181,8 +59,9 @@ class QuantSpec(_Strict):
 
     @model_validator(mode="after")
     def _source(self) -> QuantSpec:
-        if self.expert_type is not None and self.expert_type not in TYPES_BY_NAME:
-            raise ValueError(f"expert_type {self.expert_type!r} is not a ggml type")
+        for field, value in (("expert_type", self.expert_type), ("lazy_type", self.lazy_type)):
+            if value is not None and value not in TYPES_BY_NAME:
+                raise ValueError(f"{field} {value!r} is not a ggml type")
         if self.confirmed != (self.size_source == "hub"):
             raise ValueError('confirmed = true goes with size_source = "hub" (and only with it)')
         return self

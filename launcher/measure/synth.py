@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher.measure.vocab import bpe_vocab
-from launcher.model import arch_shapes
+from launcher.model import arch_metadata, arch_shapes
+from launcher.model.arch_metadata import DSV4_RATIOS
 from launcher.model.arch_shapes import Arch, Shape
 
 if TYPE_CHECKING:
@@ -72,12 +73,13 @@ class SynthSpec:
     weight_type: str = "Q8_0"  # any ggml type name; types gguf-py cannot quantize are written as zeros
     expert_type: str | None = None  # routed experts' type, default weight_type
     fused_gate_up: bool = False  # one ffn_gate_up_exps instead of ffn_gate_exps + ffn_up_exps
-    n_nextn: int = 0  # glm4moe: NextN/MTP layers after the trunk (n_layer counts the trunk only)
+    n_nextn: int = 0  # glm4moe, glm5-next, nemotron_h_moe: NextN/MTP layers after the trunk (n_layer: the trunk)
     sliding_window: int = 0  # gpt-oss: window of the sliding-window layers (every other layer)
     full_attn_interval: int = 4  # qwen35moe: every 4th layer full attention, the others gated DeltaNet
     ssm_d_state: int = 16  # qwen35moe linear attention: head size, key heads, value heads
     ssm_n_group: int = 2
     ssm_dt_rank: int = 4
+    layer_pattern: str = ""  # nemotron_h_moe (M/*/E/-), kimi-k3 / glm5-next (K/A): one letter per trunk layer
     n_merges: int = 120
     seed: int = 0
     name: str = field(default="")
@@ -100,15 +102,16 @@ class SynthModel:
 # --- tensors ---------------------------------------------------------------------------------
 
 
-MLA = ("deepseek2", "deepseek32", "glm-dsa")  # MLA attention
+MLA = ("deepseek2", "deepseek32", "glm-dsa", "mistral4")  # MLA attention (mistral4: deepseek2's loader)
 DEEPSEEK_TOKENS = (*MLA, "deepseek4")  # DeepSeek's tokens and template
 SHARED_EXPERT_ARCHS = (*DEEPSEEK_TOKENS, "glm4moe", "qwen35moe", "qwen3next")
-# deepseek4: layer 0 hash-routed and sliding-window only, then compressed attention (4: with the indexer, 128)
-DSV4_RATIOS = (0, 4, 128, 4, 128, 4, 128, 4)
+NEXTN_ARCHS = ("glm4moe", "glm5-next", "nemotron_h_moe")
 HYBRIDS = ("qwen35moe", "qwen3next")
 
 
 def shape_of(spec: SynthSpec) -> Shape:
+    if spec.arch in arch_shapes.NEXT_ARCHS:
+        return replace(arch_metadata.next_shape(spec), n_vocab=_n_vocab(spec))
     return Shape(
         arch=spec.arch,
         n_layer=spec.n_layer,
@@ -167,6 +170,8 @@ def _tensor_type(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> str:
         return "F32"
     if "ssm_conv1d" in name or "ssm_alpha" in name or "ssm_beta" in name:  # small, kept F32 as converters do
         return "F32"
+    if "norm" in name or "conv1d" in name or name.endswith((".ssm_a", ".ssm_d")):  # 2-D gammas (hyper-connection,
+        return "F32"  # PLE, mamba2 group norms), convolutions and mamba2's A / D: element-wise ops want F32
     wanted = spec.expert_type if (spec.expert_type and "_exps." in name) else spec.weight_type
     from launcher.model.ggml_types import type_by_name
 
@@ -265,7 +270,7 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
     w.add_uint32("general.file_type", file_types.get(spec.weight_type, 7))
     w.add_uint32(f"{a}.context_length", spec.n_ctx_train)
     w.add_uint32(f"{a}.embedding_length", spec.n_embd)
-    w.add_uint32(f"{a}.block_count", spec.n_layer + (spec.n_nextn if a == "glm4moe" else 0))
+    w.add_uint32(f"{a}.block_count", spec.n_layer + (spec.n_nextn if a in NEXTN_ARCHS else 0))
     w.add_uint32(f"{a}.attention.head_count", spec.n_head)
     w.add_float32(f"{a}.rope.freq_base", 10000.0)
     w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
@@ -273,8 +278,10 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
     w.add_uint32(f"{a}.expert_used_count", spec.n_expert_used)
     w.add_uint32(f"{a}.expert_feed_forward_length", spec.n_ff_exp)
     tokens, merges = bpe_vocab(spec.n_merges)
+    if a == "deepseek4" or a in arch_shapes.NEXT_ARCHS:
+        arch_metadata.write_metadata(w, shape_of(spec), sliding_window=spec.sliding_window)
     if a == "deepseek4":
-        _deepseek4_metadata(w, spec, len(tokens))
+        w.add_uint32(f"{a}.vocab_size", len(tokens) + len(DEEPSEEK_SPECIALS))
         specials, pre, template = DEEPSEEK_SPECIALS, "deepseek-v3", DEEPSEEK_TEMPLATE
         bos, eos = len(tokens), len(tokens) + 1
     elif a in MLA:
@@ -282,7 +289,8 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
         specials, pre, template = DEEPSEEK_SPECIALS, "deepseek-v3", DEEPSEEK_TEMPLATE
         bos, eos = len(tokens), len(tokens) + 1
     else:
-        _gqa_metadata(w, spec)
+        if a not in arch_shapes.NEXT_ARCHS:
+            _gqa_metadata(w, spec)
         specials, pre, template = QWEN_SPECIALS, "qwen2", CHATML_TEMPLATE
         bos, eos = len(tokens), len(tokens) + 2  # <|endoftext|>, <|im_end|>
     w.add_tokenizer_model("gpt2")
@@ -356,32 +364,3 @@ def _gqa_metadata(w: Any, spec: SynthSpec) -> None:
         w.add_uint32(f"{a}.ssm.time_step_rank", spec.ssm_dt_rank)
         w.add_uint32(f"{a}.ssm.inner_size", spec.ssm_d_state * spec.ssm_dt_rank)
         w.add_uint32(f"{a}.full_attention_interval", spec.full_attn_interval)
-
-
-def _deepseek4_metadata(w: Any, spec: SynthSpec, n_tokens: int) -> None:
-    """deepseek4 (llama_model_deepseek4::load_arch_hparams): one shared K=V head of head_dim, grouped low-rank
-    output, hyper-connections, hash-routed leading layers, compressed KV with a sliding window."""
-    a = spec.arch
-    w.add_uint32(f"{a}.vocab_size", n_tokens + len(DEEPSEEK_SPECIALS))
-    w.add_uint32(f"{a}.attention.head_count_kv", 1)
-    w.add_uint32(f"{a}.attention.key_length", spec.head_dim)
-    w.add_uint32(f"{a}.attention.value_length", spec.head_dim)
-    w.add_uint32(f"{a}.rope.dimension_count", spec.head_dim // 4)
-    w.add_uint32(f"{a}.attention.q_lora_rank", spec.q_lora_rank)
-    w.add_uint32(f"{a}.attention.sliding_window", spec.sliding_window or 128)
-    w.add_uint32(f"{a}.expert_shared_count", 1)
-    w.add_float32(f"{a}.expert_weights_scale", 1.5)
-    w.add_bool(f"{a}.expert_weights_norm", True)
-    w.add_float32(f"{a}.swiglu_clamp_exp", 10.0)
-    w.add_uint32(f"{a}.attention.indexer.head_count", 4)
-    w.add_uint32(f"{a}.attention.indexer.key_length", 64)
-    w.add_uint32(f"{a}.attention.indexer.top_k", 64)
-    w.add_uint32(f"{a}.attention.output_group_count", 2)
-    w.add_uint32(f"{a}.attention.output_lora_rank", spec.q_lora_rank)
-    w.add_float32(f"{a}.attention.compress_rope_freq_base", 160000.0)
-    w.add_uint32(f"{a}.hyper_connection.count", 4)
-    w.add_uint32(f"{a}.hyper_connection.sinkhorn_iterations", 20)
-    w.add_float32(f"{a}.hyper_connection.epsilon", 1e-6)
-    w.add_uint32(f"{a}.hash_layer_count", 1)
-    w.add_array(f"{a}.attention.compress_ratios", list(DSV4_RATIOS[: spec.n_layer]))
-    w.add_uint32(f"{a}.expert_gating_func", 4)  # sqrt(softplus)

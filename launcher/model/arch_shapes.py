@@ -1,85 +1,27 @@
 """Tensor names and shapes of each supported MoE architecture, as llama.cpp creates them.
 
 Pure: no I/O. Mirrors the `load_arch_tensors` functions of `src/models/*.cpp` at
-the pinned llama.cpp commit (deepseek2.cpp MLA GGUFs, deepseek32.cpp, glm-dsa.cpp,
-deepseek4.cpp, glm4-moe.cpp, qwen3moe.cpp, qwen35moe.cpp, qwen3next.cpp,
-openai-moe.cpp for gpt-oss, minimax-m2.cpp): the required tensors, and the
-optional ones real GGUFs carry (gpt-oss attention biases). Shapes are ggml `ne`
-order (row length first). Used both to write test models (synth) and to
-estimate a real model's tensors before any header is at hand.
+the pinned llama.cpp commit (deepseek2.cpp MLA GGUFs, also used by mistral4,
+deepseek32.cpp, glm-dsa.cpp, deepseek4.cpp, glm4-moe.cpp, qwen3moe.cpp,
+qwen35moe.cpp, qwen3next.cpp, openai-moe.cpp for gpt-oss, minimax-m2.cpp; the
+late-2026 ones in arch_shapes_next.py): the required tensors, and the optional
+ones real GGUFs carry (gpt-oss attention biases). Shapes are ggml `ne` order
+(row length first). Used both to write test models (synth) and to estimate a
+real model's tensors before any header is at hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from launcher.model import arch_shapes_next
+from launcher.model.shape import ARCHS, HYBRID_ARCHS, MLA_ARCHS, NEXT_ARCHS, Arch, Shape, TensorList
 
-Arch = Literal[
-    "deepseek2",
-    "deepseek32",
-    "deepseek4",
-    "glm-dsa",
-    "glm4moe",
-    "qwen3moe",
-    "qwen35moe",
-    "qwen3next",
-    "gpt-oss",
-    "minimax-m2",
-]
-ARCHS: tuple[str, ...] = Arch.__args__  # type: ignore[attr-defined]
-MLA_ARCHS = frozenset({"deepseek2", "deepseek32", "glm-dsa"})
-HYBRID_ARCHS = frozenset({"qwen35moe", "qwen3next"})  # gated DeltaNet layers + full-attention layers
-
-TensorList = list[tuple[str, tuple[int, ...]]]
-
-
-@dataclass(frozen=True)
-class Shape:
-    arch: Arch
-    n_layer: int  # trunk layers (block_count less the NextN/MTP layers)
-    n_vocab: int
-    n_embd: int
-    n_ff: int  # dense FFN width (leading dense layers)
-    n_ff_exp: int
-    n_expert: int
-    n_dense_lead: int = 0
-    n_head: int = 0
-    n_head_kv: int = 0  # GQA
-    head_dim: int = 0  # GQA; deepseek4's single KV head
-    n_expert_shared: int = 0
-    q_lora_rank: int = 0  # MLA from here on
-    kv_lora_rank: int = 0
-    qk_nope_dim: int = 0
-    qk_rope_dim: int = 0
-    v_head_dim: int = 0
-    fused_gate_up: bool = False
-    n_nextn: int = 0  # NextN / MTP layers after the trunk (block_count = n_layer + n_nextn)
-    n_ff_shexp: int = 0  # shared expert width when it is not n_ff_exp x n_expert_shared (qwen35moe, qwen3next)
-    n_expert_used: int = 0  # deepseek4's hash-routing table
-    indexer_n_head: int = 0  # DSA lightning indexer
-    indexer_head_size: int = 0
-    full_attn_interval: int = 0  # hybrids: every Nth layer is full attention, the rest gated DeltaNet
-    ssm_d_conv: int = 0
-    ssm_d_state: int = 0
-    ssm_n_group: int = 0  # key heads of the linear attention
-    ssm_dt_rank: int = 0  # value heads of the linear attention
-    o_groups: int = 0  # deepseek4 grouped low-rank output
-    o_lora_rank: int = 0
-    hc_mult: int = 0  # deepseek4 hyper-connection streams
-    hash_layers: int = 0  # deepseek4 leading hash-routed layers
-    compress_ratios: tuple[int, ...] = ()  # deepseek4, per layer: 0, 4 (with indexer) or 128
-    attn_bias: bool = False  # gpt-oss: q/k/v/output and expert biases
-
-    @property
-    def n_layer_all(self) -> int:
-        return self.n_layer + self.n_nextn
-
-    def is_recurrent(self, il: int) -> bool:
-        return bool(self.full_attn_interval) and il < self.n_layer and (il + 1) % self.full_attn_interval != 0
+__all__ = ["ARCHS", "HYBRID_ARCHS", "MLA_ARCHS", "NEXT_ARCHS", "Arch", "Shape", "TensorList", "tensor_shapes"]
 
 
 def tensor_shapes(s: Shape) -> TensorList:
     """(name, ne) of every tensor, in file order."""
+    if s.arch in NEXT_ARCHS:
+        return arch_shapes_next.tensor_shapes(s)
     e = s.n_embd
     out: TensorList = [
         ("token_embd.weight", (e, s.n_vocab)),
@@ -248,7 +190,7 @@ def _ffn(s: Shape, i: int) -> TensorList:
     out: TensorList = [("ffn_gate_inp.weight", (e, x))]
     if s.arch == "deepseek4" and i < s.hash_layers:
         out.append(("ffn_gate_tid2eid.weight", (s.n_expert_used, s.n_vocab)))
-    elif s.arch in ("deepseek2", "deepseek32", "deepseek4", "glm-dsa", "glm4moe", "minimax-m2"):
+    elif s.arch in ("deepseek2", "deepseek32", "deepseek4", "glm-dsa", "glm4moe", "minimax-m2", "mistral4"):
         out.append(("exp_probs_b.bias", (x,)))
     if s.fused_gate_up:
         out.append(("ffn_gate_up_exps.weight", (e, 2 * fe, x)))

@@ -45,6 +45,18 @@ class HParams:
     indexer_head_size: int = 0  # DSA lightning indexer (deepseek32, glm-dsa, deepseek4): its keys are cached too
     # glm-dsa: the layers that run (and cache keys for) their own indexer; the others reuse one (empty: all do)
     indexer_layers: tuple[bool, ...] = ()
+    # Late-2026 architectures. An indexer cache of its own (qwen4exp, glm5-next, minimax-m3): elements per token
+    # and layer of its K and V planes, in indexer_layers (a per-token cache beside the attention one).
+    indexer_cache_k: int = 0
+    indexer_cache_v: int = 0
+    layer_state_bytes: tuple[int, ...] = ()  # fixed bytes per layer besides the recurrent state (qwen4exp PLE conv)
+    key_length_swa: int = 0  # gemma4: the sliding-window layers' head sizes (0: key_length / value_length)
+    value_length_swa: int = 0
+    kv_layers_from_start: int = 0  # gemma4: layers from here on reuse an earlier layer's KV (0: none do)
+    nextn_kv: bool = False  # nemotron_h_moe: its MTP layer gets a KV cache even when MTP drafting is off
+    ssm_d_inner: int = 0  # nemotron_h_moe mamba2 inner size (its compute phase)
+    expert_latent: int = 0  # kimi-k3 expert_latent_length, nemotron_h_moe moe_latent_size
+    attn_res_block: int = 0  # kimi-k3 attention residuals: layers per block (0: none)
 
     @property
     def is_moe(self) -> bool:
@@ -103,6 +115,11 @@ class HParams:
         name = md.get("general.name")
         file_type = md.get("general.file_type")
         layers = _layer_kinds(arch, n_layer, get, integer)
+        if arch in NEXT_HYBRIDS or arch in ("minimax-m3", "gemma4"):
+            from launcher.model.hparams_next import next_layer_kinds  # late-2026 architectures
+
+            n_ff = per_layer("feed_forward_length", 0)
+            layers.update(next_layer_kinds(arch, n_layer, get, integer, n_head, n_head_kv, n_ff))
         return cls(
             arch=arch,
             name=name if isinstance(name, str) else None,
@@ -130,7 +147,8 @@ class HParams:
 
 # Sliding-window pattern llama.cpp assumes when the GGUF has none (`load_swa_pattern(ml, N)` per arch).
 _DEFAULT_SWA_PATTERN = {"gpt-oss": 2}
-_HYBRIDS = frozenset({"qwen35moe", "qwen3next"})
+_HYBRIDS = frozenset({"qwen35moe", "qwen3next", "qwen4exp"})
+NEXT_HYBRIDS = frozenset({"qwen4exp", "kimi-k3", "glm5-next", "nemotron_h_moe"})
 
 
 def swa_pattern(n_layer: int, n_pattern: int) -> tuple[bool, ...]:

@@ -3,7 +3,9 @@
 Pure: no I/O. Names follow llama.cpp's `src/llama-arch.cpp` (`blk.N.<kind>.<suffix>`).
 The role decides placement: routed experts are the bulk of a MoE model and are
 read sparsely (experts used / experts per token), so they are what goes to CPU;
-everything else is read for every token and belongs on the GPU first.
+lazy lookup tables (per-layer token embeddings, Engram n-gram tables) are read a
+few rows per token and stay memory-mapped on the CPU; everything else is read for
+every token and belongs on the GPU first.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class Role(StrEnum):
     DENSE_FFN = "dense_ffn"  # blk.N.ffn_{gate,up,down} of dense layers
     NORM = "norm"
     TOKEN_EMBD = "token_embd"
+    # per_layer_token_embd, blk.N.engram_embd: row-lookup tables llama.cpp reads on demand (TENSOR_READ_LAZY,
+    # --lazy-mode; qwen4exp's n-gram PLE, gemma4's per-layer embeddings, DeepSeek-V4.1's Engram): a few rows per
+    # token, tens of GB, kept on the CPU and memory-mapped rather than resident
+    LAZY_TABLE = "lazy_table"
     OUTPUT = "output"
     OTHER = "other"  # rope factors and other small known tensors
     UNKNOWN = "unknown"  # a name runq does not know: kept with the layer (GPU side), reported by name
@@ -59,10 +65,12 @@ _RECURRENT_PREFIXES = ("ssm_", "time_mix_", "channel_mix_", "shortconv")
 _OTHER_GLOBAL = frozenset(
     {"rope_freqs", "rope_factors_long", "rope_factors_short", "token_types", "position_embd", "output_res_score",
      "per_layer_model_proj", "dense_2", "dense_3", "altup_proj", "altup_unembd_proj",
+     "masked_embd_centroids", "masked_embd_ordering",  # gemma4-assistant's masked embedding
      # draft-model heads (eagle3, dflash)
      "fc", "d2t", "markov_w1", "markov_w2", "conf_proj",
      "selector_hidden", "selector_predecessor", "selector_successor"}
 )  # fmt: skip
+# qwen4exp's ple_key / ple_value / ple_conv1d are the PLE module's projections: read for every token, unlike its table
 _OTHER_IN_BLOCK = frozenset(
     {"ffn", "attn_rot_embd", "layer_output_scale", "inp_gate", "proj", "attn_res_score", "ffn_res_score",
      "ple_key", "ple_value", "ple_conv1d", "ffn_conv_base", "ffn_conv_proj", "attn_conv_base", "attn_conv_proj",
@@ -81,8 +89,16 @@ def classify(name: str) -> tuple[int | None, Role]:
     return layer, _block_role(kind)
 
 
-def _global_role(kind: str) -> Role:
-    if kind in ("token_embd", "per_layer_token_embd"):
+LAZY_TABLES = frozenset({"per_layer_token_embd", "engram_embd"})
+# Kept on the CPU by llama.cpp whatever -ngl says, and not read whole per token: the input embedding (one row) and
+# the lazy lookup tables (a few rows, gathered on the host: llama_model_loader::lazy_read::buft).
+INPUT_SIDE_ROLES = frozenset({Role.TOKEN_EMBD, Role.LAZY_TABLE})
+
+
+def _global_role(kind: str) -> Role:  # noqa: PLR0911 - a decision table, as _block_role
+    if kind in LAZY_TABLES:
+        return Role.LAZY_TABLE
+    if kind == "token_embd":
         return Role.TOKEN_EMBD
     if kind == "output":
         return Role.OUTPUT
@@ -95,9 +111,11 @@ def _global_role(kind: str) -> Role:
     return Role.OTHER if kind in _OTHER_GLOBAL else Role.UNKNOWN
 
 
-def _block_role(kind: str) -> Role:  # noqa: PLR0911 - a decision table: one return per role, in priority order
+def _block_role(kind: str) -> Role:  # noqa: PLR0911, PLR0912 - a decision table: one return per role, in priority order
     if kind == "ffn_norm_exps":  # arctic: a norm vector in front of the experts, not an expert tensor
         return Role.NORM
+    if kind in LAZY_TABLES:  # DeepSeek-V4.1 Engram tables sit in their layer (blk.1, blk.14)
+        return Role.LAZY_TABLE
     if _ROUTED_RE.match(kind):
         return Role.ROUTED_EXPERT
     if "shexp" in kind:
@@ -178,6 +196,10 @@ class TensorSet:
 
     def non_expert_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors if not t.is_expert)
+
+    def lazy_table_bytes(self) -> int:
+        """Bytes of the row-lookup tables llama.cpp can read on demand (Role.LAZY_TABLE)."""
+        return sum(t.nbytes for t in self.tensors if t.role is Role.LAZY_TABLE)
 
     @cached_property
     def expert_layers(self) -> tuple[int, ...]:

@@ -124,6 +124,35 @@ DSA_INDEXER_CTX_BYTES = 6  # the score (4) and the indexer mask (2); the MLA mas
 #   cell (fitted from 64k to 1M; the measured slope is 0.75-1.9).
 # At or 0-12% above every row from 4k to 1M (it was 12% low at 128k and 37% low at 1M).
 DSV4_CTX_BYTES = 1.75
+# Sparse attention of the late-2026 architectures, CPU, `llama-fit-params -fitp on` on generated models (n_embd 256)
+# and on real-shaped headers of their profiles (Qwen3.8-Flash-Next, GLM-5.3-Flash, MiniMax-M3 shapes, 4k-262k,
+# -ub 512 / 2048, linear in -ub): besides the output phase (logits), an attention phase per ubatch token of bytes per
+# context cell plus some n_embd f32 rows, whichever is larger:
+# - qwen4exp (QSA): 10.25 B per cell (the same at n_embd 256 and 2048) and 33 rows (29 at 256): 1,444 MiB at 262k;
+# - glm5-next (k-pool DSA): 6.5 B per cell and 15.5 rows: 988 MiB at 262k;
+# - minimax-m3 (MSA prefill scores every block): 8 B per cell per indexer head (= KV head) + 6, and 8 rows: 4,553
+#   MiB at 128k with 8 heads (70 B per cell), 1,193 at 32k.
+# The output phase is the GQA one with its slack: -3..+21 % of the rows where it is the larger (4k-32k); the
+# attention terms are within 0-2 % of every row where they are (the generated models' too).
+SPARSE_CPU_CTX_BYTES = {"qwen4exp": 10.25, "glm5-next": 6.5}
+MSA_CPU_CTX_BYTES_PER_HEAD = 8
+MSA_CPU_CTX_BYTES = 6
+SPARSE_CPU_EMBD_ROWS = {"qwen4exp": 33, "glm5-next": 15.5, "minimax-m3": 8}
+# Bigger than the output phase at real sizes, and live next to the f16 mask (CPU_MASK_BYTES per cell; the output
+# phase is not, Nemotron-3.5-Lightning's shape stays at 277 MiB from 32k to 128k):
+# - kimi-k3: the routed experts' f32 gate, up and activation (3 x n_expert_used x n_ff_exp) beside the attention-
+#   residual history, 2 x n_layer / block_size block summaries plus n_layer / 6 more n_embd rows the allocator keeps
+#   (fitted on the Kimi-K3 shape at -c 4k, -ub 512: 1,158 MiB with 93 layers, 436 with 16, 366 without the
+#   residuals, where the output phase is the peak; its block size, 4, is runq's guess); generated models 0-18 % above;
+# - nemotron_h_moe: the MoE phase, n_expert_used x (n_ff_exp + latent) f32 and 5.1 n_embd rows (Nemotron-3-Ultra
+#   shape: 392 / 420 / 516 MiB at -c 4k / 32k / 128k, -ub 512), or the mamba2 phase, 5 f32 per inner channel and 3.8
+#   rows (generated models, inner 512 / 1024).
+KIMI_CPU_MOE_PLANES = 3
+KIMI_CPU_EMBD_ROWS = 2  # without attention residuals
+KIMI_CPU_RES_LAYERS_PER_ROW = 6
+NEMOTRON_CPU_MOE_EMBD_ROWS = 5.1
+NEMOTRON_CPU_MAMBA_PLANES = 5
+NEMOTRON_CPU_MAMBA_EMBD_ROWS = 3.8
 
 # --- llama-server host extras ----------------------------------------------------------------
 # `--cache-ram` host prompt cache: llama-server's default is 8192 MiB; runq sets it explicitly and counts it.
@@ -245,18 +274,21 @@ def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16",
     trunk = hp.n_layer - hp.n_layer_nextn
     for il in range(hp.n_layer):
         kv_heads = hp.n_head_kv[il]
-        k = hp.key_length * kv_heads * kb
-        v = 0.0 if (hp.is_mla and MLA_V_LESS) else hp.value_length * kv_heads * vb
-        indexer = hp.indexer_head_size * kb if (hp.is_mla and _flag(hp.indexer_layers or (True,) * trunk, il)) else 0
-        full, win, state, comp = k + v + indexer, 0.0, 0, (0, 0)
-        if il >= trunk:
-            full = 0.0
+        swa = _flag(hp.swa_layers, il)
+        k = (hp.key_length_swa if swa and hp.key_length_swa else hp.key_length) * kv_heads * kb
+        v_len = hp.value_length_swa if swa and hp.value_length_swa else hp.value_length
+        v = 0.0 if (hp.is_mla and MLA_V_LESS) else v_len * kv_heads * vb
+        full, win, state, comp = k + v + _indexer_bytes(hp, il, trunk, kb, vb), 0.0, 0, (0, 0)
+        if hp.layer_state_bytes:
+            state += hp.layer_state_bytes[il]
+        if (il >= trunk and not hp.nextn_kv) or (hp.kv_layers_from_start and il >= hp.kv_layers_from_start):
+            full = 0.0  # MTP layers (llama.cpp skips them) and gemma4's layers that reuse an earlier layer's KV
         elif _flag(hp.recurrent_layers, il):
-            full, state = 0.0, hp.recurrent_state_bytes
+            full, state = 0.0, state + hp.recurrent_state_bytes
         elif hp.arch == "deepseek4":  # one shared K=V head: a window of raw cells + the compressed caches
             full = 0.0
             win, comp, state = _dsv4_layer(hp, il, kb)
-        elif _flag(hp.swa_layers, il):
+        elif swa:
             full, win = 0.0, k + v
         per.append(round(full))
         windowed.append(round(win))
@@ -270,6 +302,17 @@ def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16",
         tuple(fixed) if any(fixed) else (),
         tuple(compressed) if any(r for r, _ in compressed) else (),
     )
+
+
+def _indexer_bytes(hp: HParams, il: int, trunk: int, kb: float, vb: float) -> float:
+    """Bytes per token of a layer's indexer key cache: DSA (deepseek32, glm-dsa) one indexer_head_size key in
+    the MLA cache's layers that run an indexer; qwen4exp / glm5-next / minimax-m3 a cache of their own
+    (llama_memory_hybrid_idx, llama_kv_cache_msa) with the widths hparams_next.py reads."""
+    if hp.indexer_cache_k:
+        return (hp.indexer_cache_k * kb + hp.indexer_cache_v * vb) if _flag(hp.indexer_layers, il) else 0.0
+    if hp.is_mla and _flag(hp.indexer_layers or (True,) * trunk, il):
+        return hp.indexer_head_size * kb
+    return 0.0
 
 
 def uses_flash_attention(hp: HParams) -> bool:
@@ -288,7 +331,7 @@ def _gpu_phases(hp: HParams, ctx: int, has_output: bool, offload: bool) -> tuple
     rows = GPU_ALLOC_EMBD_ROWS.get(hp.arch, GPU_ALLOC_EMBD_ROWS_DEFAULT)[offload]
     output = (logits if has_output else 0) + rows * emb + GPU_OUT_MASK_SHARE * mask
     moe_rows = GPU_MOE_EMBD_ROWS_HYBRID if hp.recurrent_layers else GPU_MOE_EMBD_ROWS
-    moe = mask + ACT_BYTES * hp.n_expert_used * (2 * hp.n_ff_exp + hp.n_embd) + moe_rows * emb
+    moe: float = mask + ACT_BYTES * hp.n_expert_used * (2 * hp.n_ff_exp + hp.n_embd) + moe_rows * emb
     attention: float
     if hp.is_mla:
         attention = mask + ACT_BYTES * heads * (2 * hp.kv_lora_rank + hp.key_length)
@@ -300,6 +343,10 @@ def _gpu_phases(hp: HParams, ctx: int, has_output: bool, offload: bool) -> tuple
     elif hp.kv_compress:  # deepseek4
         attention = logits + DSV4_GPU_EMBD_ROWS * emb + DSV4_GPU_CTX_BYTES * ctx
         moe += DSV4_GPU_MOE_EMBD_ROWS * emb
+    if hp.arch in SPARSE_CPU_EMBD_ROWS:  # not measured on CUDA yet: the CPU's sparse-attention terms stand in
+        attention = max(attention, sparse_attention_bytes(hp, ctx))
+    elif hp.arch in ("kimi-k3", "nemotron_h_moe"):  # likewise their MoE phase
+        moe = max(moe, mask + _hybrid_moe_bytes(hp))
     peak = max(output, attention, moe)
     if not uses_flash_attention(hp):  # the materialised scores and an f32 mask, on top of any phase
         peak += (heads * SCORE_BYTES + NO_FA_MASK_BYTES) * ctx
@@ -328,6 +375,10 @@ def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
     attention = CPU_MASK_BYTES * ctx + CPU_ACTIVATION_BYTES * max(CPU_ACTIVATION_EMBD_FACTOR * hp.n_embd, query)
     output = LOGIT_BYTES * hp.n_vocab + CPU_ACTIVATION_BYTES * (query + hp.n_embd)
     per_token: float
+    if hp.arch in SPARSE_CPU_EMBD_ROWS:
+        return int(ubatch * max(output * (1 + CPU_ALLOC_SLACK), sparse_attention_bytes(hp, ctx)))
+    if hp.arch in ("kimi-k3", "nemotron_h_moe"):
+        return int(ubatch * max(output * (1 + CPU_ALLOC_SLACK), CPU_MASK_BYTES * ctx + _hybrid_moe_bytes(hp)))
     if hp.is_mla:
         per_token = (
             CPU_MASK_BYTES * ctx
@@ -346,6 +397,28 @@ def cpu_only_compute_bytes(hp: HParams, ctx: int, ubatch: int) -> int:
         f32_keys = (csa * (hp.key_length + hp.indexer_head_size) + hca * hp.key_length) * CPU_ACTIVATION_BYTES
         return int(ubatch * per_token) + f32_keys
     return int(ubatch * per_token)
+
+
+def _hybrid_moe_bytes(hp: HParams) -> float:
+    """Bytes per ubatch token of kimi-k3's and nemotron_h_moe's biggest non-output phase (see the constants)."""
+    emb = CPU_ACTIVATION_BYTES * hp.n_embd
+    if hp.arch == "kimi-k3":
+        rows: float = KIMI_CPU_EMBD_ROWS
+        if hp.attn_res_block:
+            rows = 2 * hp.n_layer / hp.attn_res_block + hp.n_layer / KIMI_CPU_RES_LAYERS_PER_ROW
+        return CPU_ACTIVATION_BYTES * KIMI_CPU_MOE_PLANES * hp.n_expert_used * hp.n_ff_exp + rows * emb
+    moe = CPU_ACTIVATION_BYTES * hp.n_expert_used * (hp.n_ff_exp + (hp.expert_latent or hp.n_embd))
+    mamba = CPU_ACTIVATION_BYTES * NEMOTRON_CPU_MAMBA_PLANES * hp.ssm_d_inner + NEMOTRON_CPU_MAMBA_EMBD_ROWS * emb
+    return max(moe + NEMOTRON_CPU_MOE_EMBD_ROWS * emb, mamba)
+
+
+def sparse_attention_bytes(hp: HParams, ctx: int) -> float:
+    """Bytes per ubatch token of the attention phase of qwen4exp / glm5-next / minimax-m3 (see the constants)."""
+    if hp.arch == "minimax-m3":  # one MSA indexer head per KV head (minimax-m3.cpp asserts it)
+        per_cell: float = MSA_CPU_CTX_BYTES_PER_HEAD * max(hp.n_head_kv, default=0) + MSA_CPU_CTX_BYTES
+    else:
+        per_cell = SPARSE_CPU_CTX_BYTES[hp.arch]
+    return per_cell * ctx + SPARSE_CPU_EMBD_ROWS[hp.arch] * CPU_ACTIVATION_BYTES * hp.n_embd
 
 
 # --- other hosts over llama.cpp's RPC backend (runq worker) ----------------------------------
