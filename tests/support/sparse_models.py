@@ -11,8 +11,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from launcher.catalog.arch_spec import shape_from_arch
 from launcher.catalog.estimate import estimate
 from launcher.catalog.profiles import Profile, QuantSpec
+from launcher.model import arch_metadata
+from launcher.model.arch_shapes import NEXT_ARCHS
 
 N_MERGES = 127_741
 
@@ -79,7 +82,11 @@ def write_sparse_quant(profile: Profile, quant: QuantSpec, root: Path) -> list[P
     per = math.ceil(len(est.tensors) / shards) if shards > 1 else 0
     w = gguf.GGUFWriter(base, a.name, split_max_tensors=per)
     arch = a.name
-    for key, value in {
+    if arch in NEXT_ARCHS:  # the late-2026 ones: the metadata recipe generated models use, at the profile's shape
+        shape = shape_from_arch(a)
+        arch_metadata.write_common(w, shape, a.context_length)
+        arch_metadata.write_metadata(w, shape, sliding_window=a.sliding_window)
+    for key, value in {} if arch in NEXT_ARCHS else {
         "block_count": a.n_layer, "context_length": a.context_length, "embedding_length": a.n_embd,
         "feed_forward_length": a.n_ff_exp if a.name == "minimax-m2" else a.n_ff,
         "attention.head_count": a.n_head, "attention.head_count_kv": a.n_head_kv,
@@ -93,12 +100,13 @@ def write_sparse_quant(profile: Profile, quant: QuantSpec, root: Path) -> list[P
     }.items():  # fmt: skip
         w.add_uint32(f"{arch}.{key}", value)
     # What llama.cpp needs besides (the replica tests run llama-fit-params on these headers).
-    w.add_float32(f"{arch}.rope.freq_base", 10000.0)
-    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_float32(f"{arch}.expert_weights_scale", 2.5)
-    w.add_bool(f"{arch}.expert_weights_norm", True)
-    w.add_uint32(f"{arch}.expert_gating_func", 4 if arch == "deepseek4" else 2)  # sqrt(softplus), or sigmoid
-    _arch_keys(w, profile)
+    if arch not in NEXT_ARCHS:
+        w.add_float32(f"{arch}.rope.freq_base", 10000.0)
+        w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+        w.add_float32(f"{arch}.expert_weights_scale", 2.5)
+        w.add_bool(f"{arch}.expert_weights_norm", True)
+        w.add_uint32(f"{arch}.expert_gating_func", 4 if arch == "deepseek4" else 2)  # sqrt(softplus), or sigmoid
+        _arch_keys(w, profile)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("deepseek-v3")
     w.add_token_list([f"t{i}" for i in range(a.n_vocab)])

@@ -34,6 +34,18 @@ def test_bits_per_weight_of_the_common_types() -> None:
     assert bpw["MXFP4"] == 4.25
 
 
+def test_q1_0_is_ggmls_one_bit_type() -> None:
+    """ggml.h GGML_TYPE_Q1_0 = 41; ggml-common.h block_q1_0 = an f16 scale + QK1_0 (128) sign bits; ggml.c's
+    type_traits: blck_size QK1_0, type_size sizeof(block_q1_0). Unsloth's UD-Q1_0 quants use it for experts."""
+    from launcher.model.ggml_types import type_by_name
+
+    q1 = type_by_name("q1_0")
+    assert (q1.id, q1.block_elems, q1.block_bytes) == (41, 128, 2 + 128 // 8)
+    assert q1.bits_per_weight == 1.125 and TYPES_BY_ID[41] is q1
+    assert q1.nbytes(4096 * 128) == 4096 * 18
+    assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q1_0] == (128, 18)
+
+
 def _contents_equal(ours: object, theirs: object) -> bool:
     if isinstance(ours, tuple):
         return list(ours) == list(theirs)  # type: ignore[arg-type]

@@ -91,6 +91,67 @@ TABLE: dict[str, list[tuple[str, Role]]] = {
         ("blk.3.ffn_up.7.weight", R.ROUTED_EXPERT),
         ("blk.3.ffn_down.0.weight", R.ROUTED_EXPERT),
     ],
+    "qwen4exp (QSA, low-rank hyper-connections, PLE n-gram table)": [
+        ("per_layer_token_embd.weight", R.LAZY_TABLE),
+        ("output_hc_down.weight", R.HYPER_CONNECTION),
+        ("blk.0.hc_attn_inject.weight", R.HYPER_CONNECTION),
+        ("blk.0.hc_ffn_norm.weight", R.HYPER_CONNECTION),
+        ("blk.1.ple_key.weight", R.OTHER),
+        ("blk.1.ple_conv1d.weight", R.OTHER),
+        ("blk.1.ple_norm_query.weight", R.NORM),
+        ("blk.3.indexer.q_proj.weight", R.INDEXER),
+        ("blk.3.indexer.k_norm.weight", R.INDEXER),
+        ("blk.0.ffn_gate_inp_shexp.weight", R.SHARED_EXPERT),
+    ],
+    "kimi-k3 (KDA, nope MLA with output gate, latent MoE, attention residuals)": [
+        ("blk.0.ssm_g.weight", R.RECURRENT),
+        ("blk.0.ssm_conv1d_v.weight", R.RECURRENT),
+        ("blk.3.attn_gate.weight", R.ATTENTION),
+        ("blk.3.attn_k_b.weight", R.ATTENTION),
+        ("blk.4.ffn_routed_down.weight", R.MOE_LATENT),
+        ("blk.4.ffn_routed_norm.weight", R.MOE_LATENT),
+        ("blk.4.ffn_gate_exps.weight", R.ROUTED_EXPERT),
+        ("output_res_score.weight", R.OTHER),
+    ],
+    "glm5-next (KDA + k-pool DSA, mHC, NextN)": [
+        ("blk.0.ssm_g_a.weight", R.RECURRENT),
+        ("blk.3.indexer_compressor_gate.weight", R.INDEXER),
+        ("blk.3.indexer_compressor_ape.weight", R.INDEXER),
+        ("blk.3.hc_ffn_fn.weight", R.HYPER_CONNECTION),
+        ("blk.45.nextn.eh_proj.weight", R.MTP),
+        ("blk.45.ffn_down_exps.weight", R.ROUTED_EXPERT),
+    ],
+    "minimax-m3 (MSA)": [("blk.1.indexer.k_proj.weight", R.INDEXER), ("blk.1.ffn_up_shexp.weight", R.SHARED_EXPERT)],
+    "nemotron_h_moe (mamba2, latent MoE, MTP)": [
+        ("blk.0.ssm_d", R.RECURRENT),
+        ("blk.0.ssm_conv1d.bias", R.RECURRENT),
+        ("blk.1.ffn_latent_up.weight", R.MOE_LATENT),
+        ("blk.1.ffn_up_exps.weight", R.ROUTED_EXPERT),
+        ("blk.1.ffn_down_shexp.weight", R.SHARED_EXPERT),
+        ("blk.52.nextn.enorm.weight", R.MTP),
+    ],
+    "gemma4 (dense FFN beside the experts, per-layer embeddings)": [
+        ("per_layer_token_embd.weight", R.LAZY_TABLE),
+        ("per_layer_model_proj.weight", R.OTHER),
+        ("blk.0.ffn_gate_inp.scale", R.ROUTER),
+        ("blk.0.ffn_down_exps.scale", R.ROUTED_EXPERT),
+        ("blk.0.pre_ffw_norm_2.weight", R.NORM),
+        ("blk.0.ffn_gate.weight", R.DENSE_FFN),
+        ("blk.0.inp_gate.weight", R.OTHER),
+    ],
+    "gemma4-assistant (drafter)": [
+        ("masked_embd_centroids.weight", R.OTHER),
+        ("masked_embd_ordering", R.OTHER),
+        ("nextn.pre_projection.weight", R.MTP),
+    ],
+    "deepseek41 (Engram n-gram tables, ik_llama.cpp / mainline PR #28696)": [
+        ("blk.14.engram_embd.weight", R.LAZY_TABLE)
+    ],
+    "mistral4 / hy_v3 (deepseek2-style MoE)": [
+        ("blk.3.attn_kv_a_mqa.weight", R.ATTENTION),
+        ("blk.3.exp_probs_b", R.ROUTER),
+        ("blk.3.ffn_gate_up_exps.weight", R.ROUTED_EXPERT),
+    ],
     "llama4 / ernie4_5-moe / bailingmoe2 / step35 / mimo2": [
         ("rope_freqs.weight", R.OTHER),
         ("blk.1.layer_output_norm.weight", R.NORM),
@@ -144,6 +205,25 @@ def test_no_name_of_any_moe_architecture_is_unknown() -> None:
     routed = sorted(f"ffn_{p}_{k}" for p in ("down", "gate", "up") for k in ("exps", "chexps"))
     assert sorted(n.split(".")[2] for n in experts) == sorted([*routed, "ffn_gate_up_exps"])
     assert all(classify(n)[0] == 12 for n in names if n.startswith("blk."))
+
+
+def test_every_tensor_of_the_late_2026_loaders_has_a_role() -> None:
+    """The full tensor lists runq builds for the new architectures (as their loaders create them): no unknown name,
+    the lazy lookup tables apart, and their bytes summed on their own."""
+    from launcher.catalog.estimate import estimate as est
+    from launcher.measure.synth import SynthSpec, tensor_shapes
+    from launcher.model.arch_shapes import NEXT_ARCHS
+
+    for arch in sorted(NEXT_ARCHS):
+        names = [n for n, _ in tensor_shapes(SynthSpec(arch=arch, n_layer=8))]  # type: ignore[arg-type]
+        assert names and unknown_tensors(names) == [], arch
+        lazy = [n for n in names if classify(n)[1] is Role.LAZY_TABLE]
+        assert lazy == (["per_layer_token_embd.weight"] if arch == "qwen4exp" else []), arch
+    p = require_profile("qwen3.8-flash-next")
+    tensors = est(p, p.quant("UD-Q4_K_XL")).tensors
+    table = tensors["per_layer_token_embd.weight"]
+    assert table.layer is None and not table.is_expert
+    assert tensors.lazy_table_bytes() == table.nbytes == pytest.approx(28.8e9, rel=0.01)  # landscape-2026-12 §5
 
 
 def test_unknown_names_are_reported_and_never_experts() -> None:
