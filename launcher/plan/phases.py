@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from launcher.model.tensors import ModelTensor, Role
+from launcher.model.tensors import INPUT_SIDE_ROLES, ModelTensor
 from launcher.plan import memory as mem
 from launcher.plan import overrides as ovr
 from launcher.plan.overrides import Override
@@ -117,7 +117,7 @@ def initial_placement(w: Work) -> None:
     for t in w.tensors.tensors:
         if t.name in w.forced:
             w.placement[t.name] = w.forced[t.name]
-        elif t.role is Role.TOKEN_EMBD or t.is_expert:
+        elif t.role in INPUT_SIDE_ROLES or t.is_expert:
             w.placement[t.name] = CPU
         else:
             slot = t.layer if t.layer is not None else w.n_layer
@@ -235,7 +235,7 @@ def default_devices(w: Work) -> dict[str, str]:
     out = {}
     for t in w.tensors.tensors:
         slot = t.layer if t.layer is not None else w.n_layer
-        out[t.name] = CPU if t.role is Role.TOKEN_EMBD else w.layer_dev[min(slot, w.n_layer)]
+        out[t.name] = CPU if t.role in INPUT_SIDE_ROLES else w.layer_dev[min(slot, w.n_layer)]
     return out
 
 

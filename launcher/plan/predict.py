@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from launcher.machine.speed import SpeedModel
 from launcher.model.hparams import HParams
-from launcher.model.tensors import Role, TensorSet
+from launcher.model.tensors import INPUT_SIDE_ROLES, TensorSet
 from launcher.plan import memory as mem
 from launcher.plan.work import Work
 
@@ -76,7 +76,7 @@ def bytes_per_token(tensors: TensorSet, hp: HParams, placement: dict[str, str]) 
     out: dict[str, float] = {}
     frac = hp.expert_fraction or 1.0
     for t in tensors.tensors:
-        if t.role is Role.TOKEN_EMBD:
+        if t.role in INPUT_SIDE_ROLES:
             continue
         dev = placement[t.name]
         out[dev] = out.get(dev, 0.0) + t.nbytes * (frac if t.is_expert else 1.0)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from launcher.machine.spec import Machine
 from launcher.model.hparams import HParams
-from launcher.model.tensors import ModelTensor, Role, TensorSet
+from launcher.model.tensors import INPUT_SIDE_ROLES, ModelTensor, TensorSet
 from launcher.plan import memory as mem
 from launcher.plan import overrides as ovr
 from launcher.plan.projection import SizeBook
@@ -72,7 +72,7 @@ def layer_bytes(tensors: TensorSet, n_layer: int) -> tuple[dict[int, int], dict[
     non_expert: dict[int, int] = dict.fromkeys(range(n_layer + 1), 0)
     experts: dict[int, list[ModelTensor]] = {}
     for t in tensors.tensors:
-        if t.role is Role.TOKEN_EMBD:
+        if t.role in INPUT_SIDE_ROLES:
             continue  # llama.cpp keeps the input layer on the CPU
         slot = t.layer if t.layer is not None else n_layer
         if t.is_expert and t.layer is not None:

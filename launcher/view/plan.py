@@ -8,7 +8,7 @@ from typing import Any
 from launcher.catalog.sampling import SamplingValue, describe
 from launcher.llama.argv import shell_quote
 from launcher.machine.spec import Machine
-from launcher.model.tensors import Role, layer_ranges, unknown_tensors
+from launcher.model.tensors import INPUT_SIDE_ROLES, layer_ranges, unknown_tensors
 from launcher.plan.choose import Candidate, Choice
 from launcher.plan.types import CPU, Plan
 from launcher.units import fmt_bytes, fmt_gib
@@ -32,7 +32,7 @@ def fit_badge(c: Candidate) -> str:
         return "does not fit"
     if not p.gpu_devices:
         return "RAM"
-    heavy = [n for n, d in p.placement.items() if d == CPU and c.source.tensors[n].role is not Role.TOKEN_EMBD]
+    heavy = [n for n, d in p.placement.items() if d == CPU and c.source.tensors[n].role not in INPUT_SIDE_ROLES]
     return "GPU + RAM" if heavy else "GPU"
 
 
