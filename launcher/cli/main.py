@@ -24,6 +24,8 @@ COMMANDS = (
     "worker",
     "calibrate",
     "tune",
+    "serve",
+    "clients",
 )
 
 

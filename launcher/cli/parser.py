@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_service_parser(sub, _add_machine_flags, _add_plan_flags)
     add_worker_parser(sub)
     add_tune_parsers(sub)
+    from launcher.cli.parser_serve import add_serve_parsers
+
+    add_serve_parsers(sub, _add_machine_flags, _lazy, NO_CALIBRATE_HELP)
     return parser
 
 

@@ -121,8 +121,9 @@ def http_json(
         return json.loads(r.read() or b"{}")
 
 
-def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | None = None) -> Server:
-    """Start llama-server; it stops when runq stops, however runq stops (see procs)."""
+def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | None = None, *,
+          env: dict[str, str] | None = None) -> Server:  # fmt: skip
+    """Start llama-server (in `env`, default runq's); it stops when runq stops, however runq stops (see procs)."""
     check_port(port)  # port 0 would bind a random port that runq could never find to poll (for every caller)
     check_bind(host, port)
     binary = Path(argv[0])
@@ -131,7 +132,8 @@ def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     # Its own process group: a Ctrl-C reaches runq, which then stops the server in order. It dies with runq.
-    proc = procs.spawn(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = procs.spawn(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                       env=env)  # fmt: skip
     try:
         log.close()
         server = Server(proc, log_path, host, port, api_key)
