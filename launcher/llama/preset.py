@@ -5,9 +5,9 @@ Pure: argv lists and help text in, INI text and argv out. The rules are llama.cp
 pinned commit, verified against the router): a section's key is a flag without its dashes (every spelling works);
 a value ends at the first `;` or `#` and has no quoting, so runq refuses such values instead of letting the
 router cut them; a repeated key keeps the last, so runq's repeated `-ot` becomes one comma-joined line (llama.cpp
-splits one `-ot` value on commas on the command line too, so both read alike); a flag without a value is `key = true`. The router's own
-command line overrides every section, so it carries nothing model-specific; the router gives each child its own
---host, --port and --alias (the section's name), so a section carries none of those.
+splits an `-ot` value on commas on the command line too, so both read alike); a flag without a value is
+`key = true`. The router's own command line overrides every section, so it carries nothing model-specific; the
+router gives each child its own --host, --port and --alias (the section's name), so a section has none of those.
 """
 
 from __future__ import annotations
