@@ -134,6 +134,10 @@ def serve(run: Launching, opts: ServerOptions, key: str | None, *, verify_tensor
                 print(f"Error: {problem}", file=sys.stderr)
             server.stop()
             return 1
+        from launcher.view.clients import client_lines
+
+        for line in client_lines(server.url, opts.api_key_file, server.api_key is not None, _model_ids(server)):
+            print(line)
         print("Serving. Ctrl-C stops it.", flush=True)
         code = server.proc.wait()
         from launcher.llama.rpc import name_dead
@@ -143,6 +147,14 @@ def serve(run: Launching, opts: ServerOptions, key: str | None, *, verify_tensor
         print("\nStopping llama-server…", file=sys.stderr)
         server.stop()
         return EXIT_INTERRUPTED
+
+
+def _model_ids(server: Any) -> list[str]:
+    """The model names the API lists (llama-server: the file's name, or its --alias)."""
+    try:
+        return [str(m.get("id")) for m in server.request("/v1/models", timeout=10).get("data", [])]
+    except (OSError, ValueError):
+        return []
 
 
 def listening_url(opts: ServerOptions) -> str:

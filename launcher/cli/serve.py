@@ -81,7 +81,7 @@ def id_source(p: Planned) -> str:
     t = p.target
     if t.model_path is None and t.profile is not None:
         return f"{t.profile.name}-{p.quant}"
-    name = (t.model_path or Path(t.key)).name
+    name = Path(t.key).name  # as given (a Hugging Face cache file is a link to a blob)
     return name.split("-00001-of-")[0].removesuffix(".gguf")
 
 

@@ -62,7 +62,9 @@ def from_props(model_id: str, props: Mapping[str, object]) -> ClientModel:
     gen = gen if isinstance(gen, Mapping) else {}
     params = gen.get("params")
     params = params if isinstance(params, Mapping) else {}
-    sampling = {k: float(v) for k in (*set(SAMPLING_FLAGS.values()),) if isinstance(v := params.get(k), int | float)}
+    # /props gives float32 values (0.699999988): six significant digits say what was set.
+    fields = set(SAMPLING_FLAGS.values())
+    sampling = {k: float(f"{v:.6g}") for k in fields if isinstance(v := params.get(k), int | float)}
     n_ctx = gen.get("n_ctx")
     ctx = int(n_ctx) if isinstance(n_ctx, int) and n_ctx > 0 else None
     return ClientModel(model_id, ctx, dict(sorted(sampling.items())))
@@ -134,8 +136,8 @@ def open_webui_env(url: str, key: str | None) -> str:
     config = json.dumps({"0": {"enable": True, "provider": "llama.cpp"}})
     return "\n".join([
         f"# {HEADER.format(url=url)}",
-        "# Open WebUI keeps these in its database after its first start (ENABLE_PERSISTENT_CONFIG): set False to",
-        "# read them at every start. In Docker, 127.0.0.1 is the container: use --network=host.",
+        "# ENABLE_PERSISTENT_CONFIG=False: read these at every start (else Open WebUI keeps the first ones in its",
+        "# database). In Docker, 127.0.0.1 is the container itself: run it with --network=host.",
         f"OPENAI_API_BASE_URLS={url}/v1",
         f"OPENAI_API_KEYS={key or ''}",
         f"OPENAI_API_CONFIGS={config}",

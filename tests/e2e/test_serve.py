@@ -164,3 +164,51 @@ def test_models_max_is_checked_against_the_plans(two: tuple[SynthModel, SynthMod
     assert r.returncode == 2 and "--models-max 0: must be 1 or more" in r.stderr
     r = runq(env, "serve", *paths, "--host", "0.0.0.0", "--dry-run")  # the same exposure rule as `runq run`
     assert r.returncode == 2 and "--api-key-file" in r.stderr
+
+
+# aider 0.86.2's ModelSettings fields (aider/models.py): its loader refuses any other key in the settings file.
+AIDER_SETTINGS = {
+    "name", "edit_format", "weak_model_name", "use_repo_map", "send_undo_reply", "lazy", "overeager", "reminder",
+    "examples_as_sys_msg", "extra_params", "cache_control", "caches_by_default", "use_system_prompt",
+    "use_temperature", "streaming", "editor_model_name", "editor_edit_format", "reasoning_tag", "remove_reasoning",
+    "system_prompt_prefix", "accepts_settings",
+}  # fmt: skip
+
+
+def test_clients_writes_aider_and_open_webui_files(
+    two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq], tmp_path: Path
+) -> None:
+    """Against a live router: a model with the deepseek-v3.1 profile's sampling (its file name) and one without.
+    The files are checked against aider's schema here; tests/edge/test_clients.py loads them with aider's own
+    loader where aider is installed."""
+    import json
+
+    import yaml
+
+    ds = tmp_path / "DeepSeek-V3.1-UD-TQ1_0.gguf"
+    ds.symlink_to(two[0].path)
+    port = free_port()
+    r = RunningRunq(["serve", str(ds), str(two[1].path), "--ctx", "2048", "--port", str(port)], env)
+    started.append(r)
+    r.wait_for("Serving.")
+    out = tmp_path / "clients"
+    c = runq(env, "clients", "--url", f"http://127.0.0.1:{port}", "--dir", str(out))
+    assert c.returncode == 0, c.stderr
+    assert "deepseek-v3.1-ud-tq1_0: context 2,048 tokens, min_p 0.01, temperature 0.6, top_p 0.95" in c.stdout
+    settings = yaml.safe_load((out / ".aider.model.settings.yml").read_text())
+    assert all(set(entry) <= AIDER_SETTINGS for entry in settings)
+    by_name = {e["name"]: e for e in settings}
+    ds_entry = by_name["openai/deepseek-v3.1-ud-tq1_0"]
+    assert ds_entry["use_temperature"] == 0.6 and ds_entry["extra_params"] == {
+        "top_p": 0.95,
+        "extra_body": {"min_p": 0.01},
+    }
+    assert by_name["openai/beta"]["use_temperature"] is False  # no planned temperature: the server's own, not 0
+    meta = json.loads((out / ".aider.model.metadata.json").read_text())
+    assert meta["openai/beta"]["max_input_tokens"] == 2048 and meta["openai/beta"]["litellm_provider"] == "openai"
+    conf = yaml.safe_load((out / "aider.conf.yml").read_text())
+    assert conf["openai-api-base"] == f"http://127.0.0.1:{port}/v1" and conf["model"].startswith("openai/")
+    webui = (out / "open-webui.env").read_text()
+    assert f"OPENAI_API_BASE_URLS=http://127.0.0.1:{port}/v1\n" in webui and '"provider": "llama.cpp"' in webui
+    r.proc.send_signal(signal.SIGTERM)
+    assert r.finish(timeout=60)[0] == 130
