@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from launcher.llama.argv import shell_quote
     from launcher.view import plan as render_plan
 
-    opts = server_options(args) if args.server else None
+    opts = server_options(args) if args.server else _chat_flags(args)
     key = read_api_key(opts) if opts else None
     calibrate = not args.dry_run and not getattr(args, "no_calibrate", False)
     p, passthrough = plan_for(args, server=args.server, calibrate=calibrate)
@@ -79,6 +79,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return run_foreground(argv)  # the terminal (and Ctrl-C) is llama-cli's now; it dies with runq
     return serve(run, opts, key, verify_tensors=args.verify_tensors)
+
+
+def _chat_flags(args: argparse.Namespace) -> None:
+    """A chat (llama-cli) has no server: a bad server flag is still a bad value (exit 2), a good one is said to
+    do nothing."""
+    from launcher.cli.common import warn
+    from launcher.plan.inputs import check_port, check_timeout
+
+    check_port(args.port)
+    check_timeout(args.timeout)
+    given = [f for f, v, default in (("--host", args.host, "127.0.0.1"), ("--port", args.port, 8080),
+             ("--api-key", args.api_key, None), ("--api-key-file", args.api_key_file, None),
+             ("--insecure", args.insecure, False), ("--timeout", args.timeout, 900)) if v != default]  # fmt: skip
+    if given:
+        warn(f"{', '.join(given)} apply to a server only: add --server, or leave them out for a chat")
 
 
 def _here_has_gpu() -> bool:

@@ -124,8 +124,6 @@ def check_together(served: list[Served], models_max: int) -> None:
     """--models-max N > 1 only when any N of the plans fit together; says so either way."""
     from launcher.plan.together import together_lines, together_problems
 
-    if models_max < 1:
-        raise UsageError(f"--models-max {models_max}: must be 1 or more", hint="1: one model loaded at a time")
     at_once = min(models_max, len(served))
     plans = [(s.id, s.planned.plan) for s in served]
     problems = together_problems(plans, at_once)
@@ -170,6 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from launcher.llama.argv import shell_quote
     from launcher.paths import logs_dir
 
+    if args.models_max < 1:
+        raise UsageError(f"--models-max {args.models_max}: must be 1 or more", hint="1: one model loaded at a time")
     opts = server_options(args)
     key = read_api_key(opts)
     run_dir = logs_dir() / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

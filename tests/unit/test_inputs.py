@@ -64,6 +64,16 @@ BAD: list[tuple[list[str], int, str]] = [
     (["run", M, "--dry-run", "--server", "--port", "-1"], 2, "--port -1"),
     (["run", M, "--dry-run", "--server", "--timeout", "-5"], 2, "--timeout -5: must be a number of seconds above 0"),
     (["run", M, "--dry-run", "--server", "--timeout", "nan"], 2, "--timeout nan"),
+    # a chat has no server, but a bad server flag is still a bad value
+    (["run", M, "--dry-run", "--port", "99999"], 2, "--port 99999: must be between 1 and 65,535"),
+    (["run", M, "--dry-run", "--port", "-1"], 2, "--port -1: must be between 1"),
+    (["run", M, "--dry-run", "--timeout", "-5"], 2, "--timeout -5: must be a number of seconds above 0"),
+    # serve and clients
+    (["serve", M, "--dry-run", "--port", "99999"], 2, "--port 99999"),
+    (["serve", M, "--dry-run", "--models-max", "0"], 2, "--models-max 0: must be 1 or more"),
+    (["serve", M, "--dry-run", "--host", "0.0.0.0"], 2, "would let anyone on the network use the model"),
+    (["serve", M, "--dry-run", "--ctx", "0"], 2, "--ctx 0: too small"),
+    (["clients", "--url", "ftp://x"], 2, "not an http:// address"),
     (["run", M, "--dry-run", "--server", "--host", "0.0.0.0"], 2, "would let anyone on the network use the model"),
     (["run", M, "--dry-run", "--server", "--host", ""], 2, "--host is empty"),
     (["run", M, "--dry-run", "--server", "--api-key-file", "/nonexistent/key"], 2, "cannot read --api-key-file"),
@@ -120,7 +130,7 @@ def test_bad_input_is_a_clean_error(
 ) -> None:
     path = str(models["deepseek2-q8"].path)
     argv = [path if a == M else a for a in argv]
-    if argv[0] in ("plan", "run") or argv[:2] == ["service", "render"]:
+    if argv[0] in ("plan", "run", "serve") or argv[:2] == ["service", "render"]:
         argv = _with_machine(argv)
     try:
         got = main(argv)
@@ -141,6 +151,14 @@ def _with_machine(argv: list[str]) -> list[str]:
     more = [x for flag, value in zip(MACHINE[::2], MACHINE[1::2], strict=True) if flag not in argv
             for x in (flag, value)]  # fmt: skip
     return [*argv[:cut], *more, *argv[cut:]]
+
+
+def test_server_flags_on_a_chat_are_said_to_do_nothing(
+    capsys: pytest.CaptureFixture[str], models: dict[str, SynthModel]
+) -> None:
+    code = main(["run", str(models["deepseek2-q8"].path), "--dry-run", "--port", "9001", *MACHINE])
+    err = capsys.readouterr().err
+    assert code == 0 and "Warning: --port apply to a server only: add --server" in err
 
 
 def test_world_readable_key_file_is_refused_by_run_like_service(
