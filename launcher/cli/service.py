@@ -134,6 +134,7 @@ def _unit(mode: Mode, name: str, run_as: str | None, target: Any, choice: Any, o
         name=name, description=f"runq: {target.name} {quant} on {opts.host}:{opts.port}", exec_start=argv,
         runq=[sys.executable, "-m", "launcher"], mode=mode, run_as=run_as, gpus=tuple(gpus), state_dir=f"runq/{name}",
         read_paths=read_paths, mlock="mlock" in plan.load_mode, workers=tuple(workers), binds=binds,
+        write_paths=(str(Path(log_path).parent),) if mode == "user" else (),
     )  # fmt: skip
     tmp = private_tmp_warning(binds)
     return Prepared(record, spec, render(spec), (*warnings, *([tmp] if tmp else [])))
@@ -182,6 +183,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     service.write_atomic(loc.record_path(record.name), record.to_json())
     if write_unit:
         service.write_atomic(loc.unit_path(record.name), text)
+    if record.mode == "user":  # the unit's ReadWritePaths= (a system unit's StateDirectory= is that directory)
+        Path(record.log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     systemd.systemctl("daemon-reload")
     print(f"Starting {unit_name(record.name)} (waits until the model is loaded and its placement verified)…")
     t0 = time.monotonic()

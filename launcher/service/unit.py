@@ -37,6 +37,9 @@ class UnitSpec:
     workers: tuple[tuple[str, int, int], ...] = ()  # (host:port, device index, bytes needed) the plan puts there
     environment: tuple[str, ...] = ()  # Environment= lines in systemd syntax (no spaces), e.g. LLAMA_CACHE=%S/…
     binds: tuple[str, ...] = ()  # read under /tmp or /var/tmp, which PrivateTmp hides: bound in read-only
+    # ReadWritePaths=: where the server writes its log. A user unit's StateDirectory= is under $XDG_CONFIG_HOME up
+    # to systemd 253 and $XDG_STATE_HOME after, so its log directory is named (and made by runq) instead.
+    write_paths: tuple[str, ...] = ()
 
 
 def unit_name(name: str) -> str:
@@ -163,6 +166,12 @@ def render(spec: UnitSpec) -> str:
     ]
     if spec.mode == "system":
         lines.append("RemoveIPC=yes")
+    else:
+        # A user manager has no capabilities: without a user namespace of its own, the unit cannot drop any
+        # (CapabilityBoundingSet=, PrivateDevices=, Protect{Clock,KernelModules,KernelLogs}= fail the start with
+        # status 218) and the mount sandbox is skipped silently (systemd.exec(5); seen on systemd 252).
+        lines.append("PrivateUsers=yes")
+    lines += [f"ReadWritePaths={_word(p)}" for p in spec.write_paths]
     if spec.gpus:
         # The GPU's device nodes only: closed policy, not "no policy".
         lines.append("DevicePolicy=closed")

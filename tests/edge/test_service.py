@@ -56,6 +56,7 @@ def golden_spec(mode: str, gpu: bool, lan: bool, binary: str = "", runq: list[st
         gpus=((0, 22 * 2**30),) if gpu else (),
         state_dir="runq/ds",
         read_paths=(binary, model),
+        write_paths=(f"{state}/runq/ds",) if mode == "user" else (),
     )
 
 

@@ -1,0 +1,113 @@
+"""`runq service` under a real systemd: a private `systemd --user` manager (tests/support/systemd_user.py) starts
+the unit runq writes, with its whole sandbox; ExecStartPost's verification passes; a killed llama-server comes back
+through Restart=; `runq service status/logs/restart/remove` work against it.
+
+Where systemd already is PID 1 this still runs its own manager (root) in its own cgroup and mount namespace; it
+skips, saying why, where that is impossible (not root, no systemd binaries, no cgroup it may write).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launcher.llama.build import Build
+from launcher.llama.server import free_port, http_json
+from launcher.measure.synth import SynthSpec, write_model
+from tests.support import systemd_user
+
+WHY_NOT = systemd_user.why_not()
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"no private systemd manager here: {WHY_NOT}")
+TINY = SynthSpec(n_layer=4, n_embd=256, n_ff=256, n_ff_exp=256)
+
+
+@pytest.fixture
+def manager() -> Iterator[systemd_user.UserManager]:
+    m = systemd_user.start(Path.home() / ".cache" / "runq-test" / uuid.uuid4().hex[:12])
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def runq(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+
+
+def wait_until(what: str, check: object, timeout: float = 120) -> float:
+    t0 = time.monotonic()
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() - t0 < timeout, f"{what}: not within {timeout:.0f} s"
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def test_a_service_under_a_real_user_manager(
+    manager: systemd_user.UserManager, llama_build: Build, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {**manager.env, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+    model = write_model(TINY, manager.base / "models" / "tiny.gguf")  # not under /tmp: the unit has PrivateTmp=
+    port = free_port()
+    t0 = time.monotonic()
+    r = runq(env, "service", "install", str(model.path), "--name", "t1", "--port", str(port), "--ctx", "2048", "--yes")
+    install_s = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr + manager.console()
+    assert f"Running: http://127.0.0.1:{port}" in r.stdout
+    unit = Path(manager.env["XDG_CONFIG_HOME"]) / "systemd" / "user" / "runq-t1.service"
+    assert unit.is_file()
+    state = manager.show("runq-t1.service")
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
+    assert http_json(f"http://127.0.0.1:{port}", "/health", timeout=5)["status"] == "ok"
+    # ExecStartPost (`runq service verify`) ran inside the unit's sandbox and passed: the journal says so.
+    logs = runq(env, "service", "logs", "t1")
+    assert logs.returncode == 0, logs.stderr
+    assert "t1: ready after" in logs.stdout and "weights on the CPU as planned" in logs.stdout, logs.stdout
+    assert "llama-server" in logs.stdout and "load_model" in logs.stdout
+    status = runq(env, "service", "status", "t1")
+    assert status.returncode == 0, status.stderr
+    assert "runq-t1.service: active (running)" in status.stdout and "health: ok" in status.stdout
+    # the server's own log was written from inside the sandbox: the memory table is there
+    assert re.search(r"CPU\s+weights\s+\S+ \S+\s+\S+ \S+\s+[+-]\d", status.stdout), status.stdout
+
+    # A killed llama-server is started again by Restart=on-failure (30 s apart in the unit; 1 s in a drop-in here).
+    dropin = unit.with_name("runq-t1.service.d")
+    dropin.mkdir()
+    (dropin / "10-test.conf").write_text("[Service]\nRestartSec=1\n")
+    manager.systemctl("daemon-reload")
+    old = int(manager.show("runq-t1.service")["MainPID"])
+    os.kill(old, signal.SIGKILL)
+    t_kill = time.monotonic()
+
+    def restarted() -> bool:
+        s = manager.show("runq-t1.service")
+        return s.get("NRestarts") == "1" and s.get("ActiveState") == "active" and s.get("MainPID") not in ("0", str(old))
+
+    wait_until("the restart after SIGKILL", restarted)
+    restart_s = time.monotonic() - t_kill
+    assert http_json(f"http://127.0.0.1:{port}", "/health", timeout=5)["status"] == "ok"
+    t0 = time.monotonic()
+    again = runq(env, "service", "restart", "t1")
+    restart_cmd_s = time.monotonic() - t0
+    assert again.returncode == 0 and "Restarted runq-t1.service." in again.stdout, again.stderr
+    pid = int(manager.show("runq-t1.service")["MainPID"])
+    gone = runq(env, "service", "remove", "t1")
+    assert gone.returncode == 0 and "The model files and the llama.cpp build are kept." in gone.stdout, gone.stderr
+    assert not unit.exists() and model.path.exists()
+    assert manager.show("runq-t1.service").get("ActiveState") in ("inactive", "failed", None)
+    wait_until("llama-server gone after remove", lambda: not psutil.pid_exists(pid) or
+               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30)  # fmt: skip
+    with capsys.disabled():
+        print(f"\n[real systemd] manager up in {manager.started_s:.2f} s; install (plan + start + verify) "
+              f"{install_s:.1f} s; SIGKILL -> active again {restart_s:.1f} s (RestartSec=1); "
+              f"service restart {restart_cmd_s:.1f} s")
