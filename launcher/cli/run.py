@@ -43,7 +43,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from launcher.llama.argv import shell_quote
     from launcher.view import plan as render_plan
 
-    opts = server_options(args) if args.server else _chat_flags(args)
+    if not args.server:
+        _chat_flags(args)
+    opts = server_options(args) if args.server else None
     key = read_api_key(opts) if opts else None
     calibrate = not args.dry_run and not getattr(args, "no_calibrate", False)
     p, passthrough = plan_for(args, server=args.server, calibrate=calibrate)

@@ -91,7 +91,8 @@ def test_a_service_under_a_real_user_manager(
 
     def restarted() -> bool:
         s = manager.show("runq-t1.service")
-        return s.get("NRestarts") == "1" and s.get("ActiveState") == "active" and s.get("MainPID") not in ("0", str(old))
+        new_pid = s.get("MainPID") not in ("0", str(old))
+        return s.get("NRestarts") == "1" and s.get("ActiveState") == "active" and new_pid
 
     wait_until("the restart after SIGKILL", restarted)
     restart_s = time.monotonic() - t_kill
@@ -108,6 +109,8 @@ def test_a_service_under_a_real_user_manager(
     wait_until("llama-server gone after remove", lambda: not psutil.pid_exists(pid) or
                psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30)  # fmt: skip
     with capsys.disabled():
-        print(f"\n[real systemd] manager up in {manager.started_s:.2f} s; install (plan + start + verify) "
-              f"{install_s:.1f} s; SIGKILL -> active again {restart_s:.1f} s (RestartSec=1); "
-              f"service restart {restart_cmd_s:.1f} s")
+        print(
+            f"\n[real systemd] manager up in {manager.started_s:.2f} s; install (plan + start + verify) "
+            f"{install_s:.1f} s; SIGKILL -> active again {restart_s:.1f} s (RestartSec=1); "
+            f"service restart {restart_cmd_s:.1f} s"
+        )

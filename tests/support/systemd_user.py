@@ -175,8 +175,9 @@ def start(base: Path, timeout: float = 30) -> UserManager:
     slices = [own / slice_name for own in own_cgroups()]
     xdg = {"XDG_RUNTIME_DIR": str(run), "XDG_CONFIG_HOME": str(cfg), "XDG_STATE_HOME": str(state),
            "XDG_DATA_HOME": str(data)}  # fmt: skip
+    console = str(base / "console.log")
     manager_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-                   "USER": "root", "LANG": "C.UTF-8", "RUNQ_TEST_CONSOLE": str(base / "console.log"), **xdg}  # fmt: skip
+                   "USER": "root", "LANG": "C.UTF-8", "RUNQ_TEST_CONSOLE": console, **xdg}  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.Popen(["sh", str(script), *(str(s / "user@0.service") for s in slices)], env=manager_env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
