@@ -165,3 +165,13 @@ def differences(planned: Sequence[str], router: Sequence[str], options: Mapping[
     missing = [f"{k} {v}".strip() for k, v in sorted((a - b).elements())]
     extra = [f"{k} {v}".strip() for k, v in sorted((b - a).elements())]
     return [f"planned but not passed: {x}" for x in missing] + [f"passed but not planned: {x}" for x in extra]
+
+
+def router_problems(listed: Mapping[str, Sequence[str]], planned: Mapping[str, Sequence[str]],
+                    options: Mapping[str, str]) -> list[str]:  # fmt: skip
+    """How a router's models (id -> its argv, from /models) differ from the planned ones (id -> argv)."""
+    if set(listed) != set(planned):
+        return [
+            f"the router lists {', '.join(sorted(listed)) or 'no model'}, runq planned {', '.join(sorted(planned))}"
+        ]
+    return [f"{i}: {d}" for i, argv in planned.items() for d in differences(argv[1:], listed[i][1:], options)]
