@@ -353,8 +353,8 @@ def add_service_parser(sub: Any, add_machine_flags: Any, add_plan_flags: Any) ->
     s = sub.add_parser("service", help="run a model as a systemd service (starts at boot, waits for the GPU)")
     ss = s.add_subparsers(dest="service_command", metavar="ACTION", required=True)
 
-    def target_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="a model name or a .gguf file")
+    def target_flags(p: argparse.ArgumentParser, optional: bool = False) -> None:
+        p.add_argument("model", nargs="?" if optional else None, help="a model name or a .gguf file")
         p.add_argument("--name", help="service name (default: from the model); the unit is runq-NAME.service")
         p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
         p.add_argument("--port", type=int, default=8080)
@@ -371,7 +371,9 @@ def add_service_parser(sub: Any, add_machine_flags: Any, add_plan_flags: Any) ->
         add_machine_flags(p)
 
     i = ss.add_parser("install", help="plan, download/build what is missing, write and start the unit, verify it")
-    target_flags(i)
+    target_flags(i, optional=True)
+    i.add_argument("--all", action="store_true", help="one router for every model on disk (`runq serve` as a unit)")
+    i.add_argument("--models-max", type=int, default=1, metavar="N", help="with --all: models loaded at once")
     i.add_argument("--dry-run", action="store_true", help="print the unit and the plan; write nothing")
     i.add_argument("--force", action="store_true", help="replace a different unit runq wrote before")
     i.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading or building")

@@ -162,6 +162,13 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     if args.mode == "system" and os.geteuid() != 0 and not os.environ.get("RUNQ_UNIT_DIR"):
         raise UsageError("a system unit needs root", hint="sudo runq service install … --system, or use --user")
+    if args.all:
+        from launcher.cli.service_router import cmd_install_router
+
+        name = check_service_name(args.name or "router")
+        return cmd_install_router(args, name, _run_as(args.mode, args.run_as))
+    if args.model is None:
+        raise UsageError("which model?", hint="runq service install MODEL, or --all for every model on disk")
     prepared = _prepare(args, act=not args.dry_run)
     record, text = prepared.record, prepared.text
     for w in prepared.warnings:
@@ -228,6 +235,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if r.kind == "worker":
         print(f"  worker: ggml-rpc-server on {r.host}:{r.port} (main hosts add --rpc {r.host}:{r.port})")
         return EXIT_OK
+    if r.kind == "router":
+        from launcher.cli.service_router import router_status
+
+        return router_status(r)
     plan = _saved_plan(r)
     print(f"  model: {r.model} {r.quant}, ctx {plan.ctx:,}, {plan.predicted_tg_tps} tokens/s predicted")
     key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
@@ -317,6 +328,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     loc = service.Locations.for_mode(args.mode)
     r = service.Record.load(loc.record_path(check_service_name(args.name)))
+    if r.kind == "router":
+        from launcher.cli.service_router import verify_router
+
+        return verify_router(r, args.timeout)
     key = Path(r.api_key_file).read_text().strip() if r.api_key_file else None
     url = base_url(r.host, r.port)
     t0 = time.monotonic()

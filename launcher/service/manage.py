@@ -60,6 +60,10 @@ class Locations:
     def log_path(self, name: str) -> Path:
         return self.state_root / "runq" / name / "llama-server.log"
 
+    def preset_path(self, name: str) -> Path:
+        """A router service's model presets (llama-server --models-preset), beside its record."""
+        return self.record_dir / f"{name}.ini"
+
 
 class _Saved(BaseModel):
     # runq's own files: a newer runq may add keys (ignored), a record that does not validate is named, not a traceback.
@@ -111,6 +115,18 @@ class Placed:
         return tuple(d for d in self.devices if d.name != "CPU" and not d.remote)
 
 
+class RoutedModel(_Saved):
+    """One model of a router service: its API id, the command the router runs it with, its plan and log."""
+
+    id: str
+    model: str
+    quant: str
+    argv: list[str]
+    log_path: str
+    plan: SavedPlan
+    gpus: list[tuple[int, int]] = []
+
+
 class Record(_Saved):
     """The saved plan a service runs: what boot starts, without planning or downloading again."""
 
@@ -125,7 +141,8 @@ class Record(_Saved):
     gpus: list[tuple[int, int]]
     plan: SavedPlan | None = None  # None for a worker (older runq wrote {})
     api_key_file: str | None = None
-    kind: Literal["model", "worker"] = "model"  # a worker is `runq worker` (ggml-rpc-server): no model, no plan
+    kind: Literal["model", "worker", "router"] = "model"  # worker: `runq worker` (no model); router: `models`
+    models: list[RoutedModel] = []  # a router's models (llama-server --models-preset)
     created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     @field_validator("plan", mode="before")
@@ -252,7 +269,7 @@ def remove(loc: Locations, name: str, systemd: Systemd) -> list[str]:
     systemd.systemctl("stop", unit_name(name), check=False)
     systemd.systemctl("disable", unit_name(name), check=False)
     gone = []
-    for p in (unit, record):
+    for p in (unit, record, loc.preset_path(name)):
         if p.exists():
             p.unlink()
             gone.append(str(p))
