@@ -172,6 +172,6 @@ def router_problems(listed: Mapping[str, Sequence[str]], planned: Mapping[str, S
     """How a router's models (id -> its argv, from /models) differ from the planned ones (id -> argv)."""
     if set(listed) != set(planned):
         return [
-            f"the router lists {', '.join(sorted(listed)) or 'no model'}, runq planned {', '.join(sorted(planned))}"
+            f"the router lists {', '.join(sorted(listed)) or 'no model'}; runq planned {', '.join(sorted(planned))}"
         ]
     return [f"{i}: {d}" for i, argv in planned.items() for d in differences(argv[1:], listed[i][1:], options)]

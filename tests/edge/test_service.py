@@ -309,3 +309,27 @@ def test_a_unit_with_binds_passes_systemd_checks(llama_build: Build, tmp_path: P
     unit = tmp_path / "runq-binds.service"
     unit.write_text(render(UnitSpec(**{**spec.__dict__, "binds": ("/tmp/x/m.gguf", "/tmp/a:b c/m.gguf")})))
     check_unit(unit, "user", tmp_path)
+
+
+@needs_systemd_analyze
+def test_router_unit_dry_run_passes_systemds_checks(env: dict[str, str], tmp_path: Path) -> None:
+    """`runq service install --all --dry-run`: every model on disk in one router unit, which systemd-analyze
+    accepts; the preset beside it names each model's file (tests/e2e/test_systemd_real.py starts it for real)."""
+    hub = Path(os.environ["HF_HUB_CACHE"])
+    spec = SynthSpec(n_layer=4, n_embd=256, n_ff=256, n_ff_exp=256)
+    for repo, name in (("models--t--a-GGUF", "a-Q8_0.gguf"), ("models--t--b-GGUF", "b-Q8_0.gguf")):
+        write_model(spec, hub / repo / "snapshots" / "r1" / name)
+    r = runq(env, "service", "install", "--all", "--dry-run", "--ctx", "2048", "--port", "8123")
+    assert r.returncode == 0, r.stderr
+    unit_text, preset = re.split(r"\n\n# \S+router\.ini: ", r.stdout)  # the unit (after its path), the preset
+    assert "--models-preset" in unit_text and "--models-max 1 --host 127.0.0.1 --port 8123" in unit_text
+    assert "Environment=LLAMA_CACHE=" in unit_text and "PrivateUsers=yes" in unit_text
+    assert "ExecStartPost=" in unit_text and "service verify router --user" in unit_text
+    assert "[a-q8_0]\nm = " in preset and "[b-q8_0]\nm = " in preset
+    unit = tmp_path / "runq-router.service"
+    unit.write_text(unit_text.split("\n", 1)[1])
+    check_unit(unit, "user", tmp_path)
+    r = runq(env, "service", "install", "some-model", "--all", "--dry-run")
+    assert r.returncode == 2 and "--all serves every complete model on disk" in r.stderr
+    r = runq(env, "service", "install", "--dry-run")
+    assert r.returncode == 2 and "--all for every model on disk" in r.stderr
