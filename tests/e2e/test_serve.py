@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +213,26 @@ def test_clients_writes_aider_and_open_webui_files(
     assert f"OPENAI_API_BASE_URLS=http://127.0.0.1:{port}/v1\n" in webui and '"provider": "llama.cpp"' in webui
     r.proc.send_signal(signal.SIGTERM)
     assert r.finish(timeout=60)[0] == 130
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
+def test_a_closed_terminal_or_a_killed_runq_takes_the_router_and_its_model(
+    sig: signal.Signals, two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq]
+) -> None:
+    """SIGHUP: runq stops the router in order. SIGKILL: runq can do nothing; the router dies with it (the
+    parent-death signal) and the loaded model exits when its stdin (the router's pipe) closes."""
+    port = free_port()
+    r = RunningRunq(["serve", str(two[0].path), "--ctx", "2048", "--port", str(port)], env)
+    started.append(r)
+    r.wait_for("Serving.")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+    chat(client, "alpha")
+    kids = servers_of(r.proc.pid)
+    assert len(kids) == 2
+    r.proc.send_signal(sig)
+    code, _, _ = r.finish(timeout=60)
+    assert code == (130 if sig == signal.SIGHUP else -signal.SIGKILL)
+    t0 = time.monotonic()
+    while [k for k in kids if alive(k)] and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    assert not [k for k in kids if alive(k)]
