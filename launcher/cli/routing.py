@@ -92,7 +92,7 @@ def plan_models(args: argparse.Namespace, opts: ServerOptions, machine: Machine,
         except DoesNotFitError as e:
             if args.models:
                 raise
-            say(f"Note: left out {ask.model} {ask.quant or ''}: {e.message}")
+            say(f"Note: left out {ask.model}{' ' + ask.quant if ask.quant else ''}: {e.message}")
             continue
         model_path = ensure_model(p.target, p.quant, auto=args.auto, yes=args.yes, dry=dry)
         quirks = tuple(p.target.profile.build_quirks) if p.target.profile else ()
