@@ -1,7 +1,7 @@
 """One plan, every front end: the pipeline's guards (issue 21).
 
 - With a `runq tune` record present, `runq plan` and `runq run --dry-run` print the same command, the tuned knobs
-  in it (never a command line patched afterwards).
+  in it (never a command line patched afterwards), and `runq serve` puts that command in the model's preset.
 - `runq models`, the TUI's model list and `runq plan` agree on quant, fit badge and tokens/s, for a described
   machine and for this one once calibrated.
 - `runq tune` refuses the same bad inputs as `runq plan`, with the same message, before anything slow.
@@ -82,6 +82,14 @@ def test_plan_and_run_print_the_same_tuned_command(
         assert flag not in argv, argv
     code, out, err = run(capsys, "plan", path, "--ctx", "4096")
     assert code == 0 and "measured fastest here" in out, out
+    # `runq serve`'s router runs the same command: the model's preset section is that argv, tuned knobs included.
+    from launcher.llama.preset import section_of
+
+    code, out, err = run(capsys, "serve", path, "--ctx", "4096", "--dry-run")
+    assert code == 0, err
+    lines = out.split("[qwen3moe-q8]\n", 1)[1].split("\n\n")[0].splitlines()
+    printed = dict(x.split(" = ", 1) for x in lines if " = " in x and not x.startswith("log-file"))
+    assert printed == dict(section_of("qwen3moe-q8", argv).options)
 
 
 AGREE_ON = ("gpt-oss-20b", "qwen3.6-35b-a3b", "qwen3-next-80b-a3b", "deepseek-v3.1")
