@@ -166,7 +166,7 @@ def cmd_install(args: argparse.Namespace) -> int:
         from launcher.cli.service_router import cmd_install_router
 
         name = check_service_name(args.name or "router")
-        return cmd_install_router(args, name, _run_as(args.mode, args.run_as))
+        return cmd_install_router(args, name, _run_as(args.mode, args.run_as), runq_paths())
     if args.model is None:
         raise UsageError("which model?", hint="runq service install MODEL, or --all for every model on disk")
     prepared = _prepare(args, act=not args.dry_run)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from launcher.service.manage import Locations, Record
 
 
-def cmd_install_router(args: argparse.Namespace, name: str, run_as: str | None) -> int:
+def cmd_install_router(args: argparse.Namespace, name: str, run_as: str | None, runq_paths: list[str]) -> int:
+    """`runq_paths`: where runq itself lives (its Python and package), bound in when under /tmp."""
     from launcher.cli.routing import routing
     from launcher.service import manage as service
     from launcher.service.unit import unit_name
@@ -44,7 +45,9 @@ def cmd_install_router(args: argparse.Namespace, name: str, run_as: str | None) 
                          hint="set XDG_STATE_HOME to a plainer path")  # fmt: skip
     ns = argparse.Namespace(**{**vars(args), "models": [], "auto": True, "no_calibrate": True})
     r = routing(ns, opts, loc.preset_path(name), log_dir, dry=args.dry_run)
-    record, text = _record_and_unit(args, name, run_as, loc, r, opts)
+    record, text, tmp = _record_and_unit(args, name, run_as, loc, r, opts, runq_paths)
+    if tmp:
+        print(f"Warning: {tmp}", file=sys.stderr)
     if args.dry_run:
         print(f"# {loc.unit_path(name)}")
         sys.stdout.write(text)
@@ -81,15 +84,18 @@ def cmd_install_router(args: argparse.Namespace, name: str, run_as: str | None) 
 
 
 def _record_and_unit(args: argparse.Namespace, name: str, run_as: str | None, loc: Locations, r: Routing,
-                     opts: Any) -> tuple[Record, str]:  # fmt: skip
+                     opts: Any, runq_paths: list[str]) -> tuple[Record, str, str | None]:  # fmt: skip
+    """The record, the unit's text and what to warn about paths under /tmp (bound in read-only)."""
+    from launcher.model.shards import shard_names
     from launcher.service.manage import Record, RoutedModel, SavedPlan
-    from launcher.service.unit import UnitSpec, render
+    from launcher.service.unit import UnitSpec, private_tmp_paths, private_tmp_warning, render
     from launcher.view import plan as render_plan
 
     log_dir = loc.log_path(name).parent
     need: dict[int, int] = {}  # per GPU, what the largest model there needs free (one model at a time)
     models = []
     reads: list[str] = [r.argv[0], str(loc.preset_path(name)), sys.executable]
+    hidden: list[str] = [str(Path(r.argv[0]).parent), str(loc.preset_path(name)), *runq_paths]  # bound if in /tmp
     for s in r.models:
         plan = s.planned.plan
         gpus = [(int(d.name.removeprefix("CUDA")), d.used_bytes + d.margin_bytes) for d in plan.gpu_devices]
@@ -100,7 +106,11 @@ def _record_and_unit(args: argparse.Namespace, name: str, run_as: str | None, lo
                                   plan=SavedPlan.model_validate(render_plan.plan_json(plan))))  # fmt: skip
         profile = s.planned.target.profile
         template = profile.template_path() if profile else None
-        reads += [s.argv[s.argv.index("-m") + 1], *([str(template)] if template else [])]
+        model = s.argv[s.argv.index("-m") + 1]
+        reads += [model, *([str(template)] if template else [])]
+        hidden += [*shard_names(model), *([str(template)] if template else [])]
+    key = [opts.api_key_file] if opts.api_key_file else []
+    binds = private_tmp_paths([*hidden, *key])
     record = Record(
         name=name, mode=args.mode, model=f"(router: {len(models)} models)", quant="", host=opts.host, port=opts.port,
         argv=r.argv, log_path=str(log_dir), gpus=sorted(need.items()), api_key_file=opts.api_key_file, kind="router",
@@ -109,11 +119,11 @@ def _record_and_unit(args: argparse.Namespace, name: str, run_as: str | None, lo
     spec = UnitSpec(
         name=name, description=f"runq: model router on {opts.host}:{opts.port}", exec_start=r.argv,
         runq=[sys.executable, "-m", "launcher"], mode=args.mode, run_as=run_as, gpus=tuple(sorted(need.items())),
-        state_dir=f"runq/{name}", read_paths=(*reads, *([opts.api_key_file] if opts.api_key_file else [])),
+        state_dir=f"runq/{name}", read_paths=(*reads, *key), binds=binds,
         mlock=any("mlock" in s.planned.plan.load_mode for s in r.models), environment=(f"LLAMA_CACHE={log_dir}",),
         write_paths=(str(log_dir),) if args.mode == "user" else (),
     )  # fmt: skip
-    return record, render(spec)
+    return record, render(spec), private_tmp_warning(binds)
 
 
 def _key(r: Record) -> str | None:
