@@ -86,6 +86,7 @@ def plan_models(args: argparse.Namespace, opts: ServerOptions, machine: Machine,
     calibrate = not dry and not args.no_calibrate
     served: list[Served] = []
     bins: dict[Path, list[str]] = {}
+    builds: dict[tuple[str, ...], Path] = {}
     for ask in asks(args):
         try:
             p = plan(ask, machine, calibrate=calibrate, say=say)
@@ -96,8 +97,10 @@ def plan_models(args: argparse.Namespace, opts: ServerOptions, machine: Machine,
             continue
         model_path = ensure_model(p.target, p.quant, auto=args.auto, yes=args.yes, dry=dry)
         quirks = tuple(p.target.profile.build_quirks) if p.target.profile else ()
-        binaries = ensure_binaries(args.llama_bin, args.source, allowed=args.auto or bool(args.llama_bin), dry=dry,
-                                   quirks=quirks)  # fmt: skip
+        if quirks not in builds:  # one build per set of quirks (a dry run says "would build" once)
+            builds[quirks] = ensure_binaries(args.llama_bin, args.source, allowed=args.auto or bool(args.llama_bin),
+                                             dry=dry, quirks=quirks)  # fmt: skip
+        binaries = builds[quirks]
         bins.setdefault(binaries, []).append(id_source(p))
         argv = command(p, server=opts, model=str(Path(model_path).absolute()), bin_dir=binaries)
         served.append(Served(id_source(p), p, argv))

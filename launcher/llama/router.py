@@ -14,13 +14,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 import urllib.error
-import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.llama import procs
 from launcher.llama import server as single
 from launcher.llama.server import Server
 
@@ -31,7 +30,6 @@ STOP_MARGIN_S = 15  # the router's own unload wait (stop-timeout) plus this, the
 class Router:
     server: Server  # the router process, its log, address and key
     stop_timeout_s: float
-    loaded: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -49,12 +47,14 @@ class Router:
         """SIGTERM once (the router unloads its models), SIGKILL to the whole process group after
         stop-timeout + a margin, and to whatever is left of it anyway. The router's exit status."""
         proc = self.server.proc
-        single.procs.forget_at_exit(self.stop)
+        procs.forget_at_exit(self.stop)
         if proc.poll() is None:
+            # A model still loading has nothing to save (and would not hear the router until loaded): no long wait.
+            loading = "loading" in states(self, timeout=2).values()
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(self.stop_timeout_s + STOP_MARGIN_S)
+                proc.wait(single.LOADING_GRACE_S if loading else self.stop_timeout_s + STOP_MARGIN_S)
         kill_group(proc.pid)
         return proc.wait()
 
@@ -70,9 +70,9 @@ def start(argv: list[str], log_path: Path, host: str, port: int, api_key: str | 
     empty_cache.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LLAMA_CACHE": str(empty_cache)}
     server = single.start(argv, log_path, host, port, api_key, env=env)
-    single.procs.forget_at_exit(server.stop)
+    procs.forget_at_exit(server.stop)
     router = Router(server, stop_timeout_s)
-    single.procs.stop_at_exit(router.stop)
+    procs.stop_at_exit(router.stop)
     return router
 
 
@@ -86,10 +86,11 @@ def wait_healthy(router: Router, timeout: float) -> float:
     return took
 
 
-def states(router: Router) -> dict[str, str]:
+def states(router: Router, timeout: float = 5) -> dict[str, str]:
     """{model id: its status value}; {} when the router does not answer right now."""
     try:
-        return {str(m.get("id")): str((m.get("status") or {}).get("value", "?")) for m in router.models(timeout=5)}
+        models = router.models(timeout=timeout)
+        return {str(m.get("id")): str((m.get("status") or {}).get("value", "?")) for m in models}
     except (OSError, ValueError, urllib.error.URLError):
         return {}
 
@@ -97,17 +98,3 @@ def states(router: Router) -> dict[str, str]:
 def served_args(models: list[dict[str, Any]]) -> dict[str, list[str]]:
     """{model id: the argv the router runs it with (binary first)}, from /models."""
     return {str(m.get("id")): [str(a) for a in (m.get("status") or {}).get("args", [])] for m in models}
-
-
-def quoted(model: str) -> str:
-    return urllib.parse.quote(model, safe="")
-
-
-def wait_for(router: Router, predicate: Any, timeout: float, poll_s: float = 0.5) -> bool:
-    """Poll states() until predicate(states) is true or `timeout` passes; False then."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate(states(router)):
-            return True
-        time.sleep(poll_s)
-    return False

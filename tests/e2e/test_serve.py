@@ -3,6 +3,7 @@ router runs each model with exactly the command `runq run MODEL --server` prints
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -232,6 +233,36 @@ def test_a_closed_terminal_or_a_killed_runq_takes_the_router_and_its_model(
     r.proc.send_signal(sig)
     code, _, _ = r.finish(timeout=60)
     assert code == (130 if sig == signal.SIGHUP else -signal.SIGKILL)
+    t0 = time.monotonic()
+    while [k for k in kids if alive(k)] and time.monotonic() - t0 < 60:
+        time.sleep(0.05)
+    assert not [k for k in kids if alive(k)]
+
+
+def test_sigterm_while_a_model_loads(
+    two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq]
+) -> None:
+    """A request starts a model; runq gets SIGTERM as soon as that model's process exists (most likely still
+    loading): the router and the model are gone, and runq exits 130."""
+    import threading
+
+    port = free_port()
+    r = RunningRunq(["serve", str(two[1].path), "--ctx", "2048", "--port", str(port)], env)
+    started.append(r)
+    r.wait_for("Serving.")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+
+    def ask() -> None:
+        with contextlib.suppress(openai.APIError):
+            chat(client, "beta")
+
+    threading.Thread(target=ask, daemon=True).start()
+    t0 = time.monotonic()
+    while len(kids := servers_of(r.proc.pid)) < 2:
+        assert time.monotonic() - t0 < 60, "the router started no model"
+        time.sleep(0.005)
+    r.proc.send_signal(signal.SIGTERM)
+    assert r.finish(timeout=60)[0] == 130
     t0 = time.monotonic()
     while [k for k in kids if alive(k)] and time.monotonic() - t0 < 60:
         time.sleep(0.05)
