@@ -68,12 +68,20 @@ def asks(args: argparse.Namespace) -> list[Ask]:
 
 
 def id_source(p: Planned) -> str:
-    """What a model's API id is made from: NAME-QUANT for a catalog or Hub model, the file's name for a file."""
-    t = p.target
-    if t.model_path is None and t.profile is not None:
-        return f"{t.profile.name}-{p.quant}"
-    name = Path(t.key).name  # as given (a Hugging Face cache file is a link to a blob)
-    return name.split("-00001-of-")[0].removesuffix(".gguf")
+    """A model's API id: the name `runq run MODEL --server` gives it (llama/argv.model_alias: the catalog name, or
+    the file's name as given), so a client set up for one works with the other."""
+    from launcher.llama.argv import model_alias
+    from launcher.pipeline.plan import model_path
+
+    return model_alias(p.target.profile, str(p.target.key if p.target.model_path else model_path(p)))
+
+
+def with_quants(served: list[Served]) -> list[Served]:
+    """Two quants of one model on disk: each id gets its quant (`deepseek-v3.1-UD-Q2_K_XL`)."""
+    from collections import Counter
+
+    seen = Counter(s.id for s in served)
+    return [replace(s, id=f"{s.id}-{s.planned.quant.removesuffix('.gguf')}") if seen[s.id] > 1 else s for s in served]
 
 
 def plan_models(args: argparse.Namespace, opts: ServerOptions, machine: Machine, *, dry: bool) -> list[Served]:
@@ -110,6 +118,7 @@ def plan_models(args: argparse.Namespace, opts: ServerOptions, machine: Machine,
         raise UsageError(f"these models need different llama.cpp builds ({which}): one router runs one", hint=hint)
     if not served:
         raise DoesNotFitError("none of the models on disk fits this machine", hint="see `runq models --local`")
+    served = with_quants(served)
     ids = unique_ids(s.id for s in served)
     return [replace(s, id=i) for s, i in zip(served, ids, strict=True)]
 

@@ -22,7 +22,7 @@ from launcher.errors import UsageError
 # Flags the router sets for each child itself (or must not pass on): never in a section.
 ROUTER_OWNED = frozenset({"--host", "--port", "--api-key", "--api-key-file", "-a", "--alias"})
 JOINED = frozenset({"-ot", "--override-tensor"})  # repeated on runq's command line, one comma-joined value in a preset
-SECTION_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")
+SECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 _FLAG = re.compile(r"-{1,2}[A-Za-z][\w-]*")
 _KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.-]*")  # preset.cpp's key grammar
 DEFAULT_STOP_TIMEOUT_S = 30  # the router's default is 10 s before SIGKILL; a big model may need longer to unload
@@ -37,9 +37,9 @@ class Section:
 
 
 def model_id(text: str) -> str:
-    """A section name the router keeps as written and clients can type: lower case, [a-z0-9._-], no ':' (the
-    router would rewrite a `name:TAG`)."""
-    clean = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")
+    """A section name the router keeps as written and clients can type: [A-Za-z0-9._-], no ':' (the router would
+    rewrite a `name:TAG`)."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
     return clean[:80] or "model"
 
 
@@ -89,7 +89,7 @@ def section_of(name: str, argv: Sequence[str], *, log_file: str | None = None) -
     """The preset section for one model from its llama-server argv (binary first, as pipeline.command renders
     it): the router-owned flags dropped, every `-ot` joined into one value, the model's own log file added."""
     if not SECTION_ID.fullmatch(name):
-        raise UsageError(f"{name!r} is not a model id the router keeps as written", hint="use [a-z0-9._-]")
+        raise UsageError(f"{name!r} is not a model id the router keeps as written", hint="use [A-Za-z0-9._-]")
     options: dict[str, str] = {}
     for flag, value in pairs(argv[1:]):
         if flag in ROUTER_OWNED:

@@ -138,8 +138,8 @@ def test_server_runs_the_plan_exactly(
     r, port, out, answer = serve_verified(run_models[arch].path, env, running)
     assert "experts of layers" in out and "on the CPU" in out
     # what a client needs: the address, the key, the model's name as /v1/models lists it
-    model = run_models[arch].path.name
-    assert f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" in out and f"models: {model}" in out
+    model = {"deepseek2": "deepseek-v3.1", "qwen3moe": "qw"}[arch]  # its --alias: the profile's name, or the file's
+    assert f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" in out and f"models: {model}\n" in out
     assert answer["choices"][0]["message"]["role"] == "assistant"  # type: ignore[index]
     if arch == "deepseek2":  # the profile's fixed template, as llama-server renders it
         msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]

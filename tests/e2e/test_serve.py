@@ -196,11 +196,11 @@ def test_clients_writes_aider_and_open_webui_files(
     out = tmp_path / "clients"
     c = runq(env, "clients", "--url", f"http://127.0.0.1:{port}", "--dir", str(out))
     assert c.returncode == 0, c.stderr
-    assert "deepseek-v3.1-ud-tq1_0: context 2,048 tokens, min_p 0.01, temperature 0.6, top_p 0.95" in c.stdout
+    assert "deepseek-v3.1: context 2,048 tokens, min_p 0.01, temperature 0.6, top_p 0.95" in c.stdout
     settings = yaml.safe_load((out / ".aider.model.settings.yml").read_text())
     assert all(set(entry) <= AIDER_SETTINGS for entry in settings)
     by_name = {e["name"]: e for e in settings}
-    ds_entry = by_name["openai/deepseek-v3.1-ud-tq1_0"]
+    ds_entry = by_name["openai/deepseek-v3.1"]
     assert ds_entry["use_temperature"] == 0.6 and ds_entry["extra_params"] == {
         "top_p": 0.95,
         "extra_body": {"min_p": 0.01},

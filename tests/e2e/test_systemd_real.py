@@ -134,11 +134,11 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
     install = ["service", "install", "--all", "--port", str(port), "--ctx", "2048", "--yes"]
     r = runq(env, *install)
     assert r.returncode == 0, r.stdout + r.stderr + manager.console()
-    assert f"Running: http://127.0.0.1:{port}" in r.stdout and "models: other-q8_0, tiny-q8_0" in r.stdout
+    assert f"Running: http://127.0.0.1:{port}" in r.stdout and "models: other-Q8_0, tiny-Q8_0" in r.stdout
     assert manager.show("runq-router.service")["ActiveState"] == "active"
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
-    assert sorted(m.id for m in client.models.list()) == ["other-q8_0", "tiny-q8_0"]
-    for name in ("tiny-q8_0", "other-q8_0"):
+    assert sorted(m.id for m in client.models.list()) == ["other-Q8_0", "tiny-Q8_0"]
+    for name in ("tiny-Q8_0", "other-Q8_0"):
         for seed in (11, 12, 13):  # a reply may end inside a UTF-8 sequence (random weights): another seed
             try:
                 answer = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}],
@@ -149,17 +149,17 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
         assert answer.model == name
     status = runq(env, "service", "status", "router")
     assert status.returncode == 0, status.stderr
-    assert "other-q8_0: loaded" in status.stdout and "tiny-q8_0: unloaded" in status.stdout  # --models-max 1
+    assert "other-Q8_0: loaded" in status.stdout and "tiny-Q8_0: unloaded" in status.stdout  # --models-max 1
     assert re.search(r"CPU\s+weights\s+\S+ \S+\s+\S+ \S+\s+[+-]\d", status.stdout), status.stdout
     logs = runq(env, "service", "logs", "router")  # the last 200 lines: the models' own output by now
     assert logs.returncode == 0 and "llama-server" in logs.stdout, logs.stderr
     journal = subprocess.run([env["RUNQ_JOURNALCTL"], "--user-unit", "runq-router.service", "--no-pager"],
                              capture_output=True, text=True, timeout=60).stdout  # fmt: skip
-    assert "router ready after" in journal and "2 models as planned (other-q8_0, tiny-q8_0)" in journal
+    assert "router ready after" in journal and "2 models as planned (other-Q8_0, tiny-Q8_0)" in journal
     on_disk(hub, "test/third-GGUF", "third-Q8_0.gguf", TINY.with_(seed=3))
     r = runq(env, *install)  # re-plan: the same command
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(m.id for m in client.models.list()) == ["other-q8_0", "third-q8_0", "tiny-q8_0"]
+    assert sorted(m.id for m in client.models.list()) == ["other-Q8_0", "third-Q8_0", "tiny-Q8_0"]
     router = psutil.Process(int(manager.show("runq-router.service")["MainPID"]))
     procs = [router, *router.children(recursive=True)]
     gone = runq(env, "service", "remove", "router")

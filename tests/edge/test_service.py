@@ -325,7 +325,7 @@ def test_router_unit_dry_run_passes_systemds_checks(env: dict[str, str], tmp_pat
     assert "--models-preset" in unit_text and "--models-max 1 --host 127.0.0.1 --port 8123" in unit_text
     assert "Environment=LLAMA_CACHE=" in unit_text and "PrivateUsers=yes" in unit_text
     assert "ExecStartPost=" in unit_text and "service verify router --user" in unit_text
-    assert "[a-q8_0]\nm = " in preset and "[b-q8_0]\nm = " in preset
+    assert "[a-Q8_0]\nm = " in preset and "[b-Q8_0]\nm = " in preset
     unit = tmp_path / "runq-router.service"
     unit.write_text(unit_text.split("\n", 1)[1])
     check_unit(unit, "user", tmp_path)

@@ -66,11 +66,11 @@ def test_values_a_preset_cannot_hold_are_refused(value: str) -> None:
 
 
 def test_ids_are_what_the_router_keeps() -> None:
-    assert model_id("DeepSeek-V3.1:UD-Q2_K_XL") == "deepseek-v3.1-ud-q2_k_xl"  # no ':' (the router rewrites it)
+    assert model_id("DeepSeek-V3.1:UD-Q2_K_XL") == "DeepSeek-V3.1-UD-Q2_K_XL"  # no ':' (the router rewrites it)
     assert model_id("---") == "model"
-    assert unique_ids(["A", "a", "b", "A"]) == ["a", "a-2", "b", "a-3"]
+    assert unique_ids(["A", "a", "b", "A"]) == ["A", "a", "b", "A-2"]
     with pytest.raises(UsageError):
-        section_of("Bad:Name", ["/b/llama-server"])
+        section_of("bad:name", ["/b/llama-server"])
 
 
 def test_the_routers_command_carries_no_model_flag() -> None:
