@@ -153,9 +153,13 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
     assert re.search(r"CPU\s+weights\s+\S+ \S+\s+\S+ \S+\s+[+-]\d", status.stdout), status.stdout
     logs = runq(env, "service", "logs", "router")  # the last 200 lines: the models' own output by now
     assert logs.returncode == 0 and "llama-server" in logs.stdout, logs.stderr
-    journal = subprocess.run([env["RUNQ_JOURNALCTL"], "--user-unit", "runq-router.service", "--no-pager"],
-                             capture_output=True, text=True, timeout=60).stdout  # fmt: skip
-    assert "router ready after" in journal and "2 models as planned (other-Q8_0, tiny-Q8_0)" in journal
+
+    def journal() -> str:
+        return subprocess.run([env["RUNQ_JOURNALCTL"], "--user-unit", "runq-router.service", "--no-pager"],
+                              capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+
+    wait_until("ExecStartPost's line in the journal", lambda: "router ready after" in journal(), timeout=30)
+    assert "2 models as planned (other-Q8_0, tiny-Q8_0)" in journal()
     on_disk(hub, "test/third-GGUF", "third-Q8_0.gguf", TINY.with_(seed=3))
     r = runq(env, *install)  # re-plan: the same command
     assert r.returncode == 0, r.stdout + r.stderr
