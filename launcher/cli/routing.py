@@ -162,5 +162,6 @@ def routing(args: argparse.Namespace, opts: ServerOptions, preset: Path, log_dir
                f"--all`) command; edits here are overwritten.")  # fmt: skip
     text = presets.render_ini(sections, comment=comment)
     argv = presets.router_argv(str(binary), str(preset), models_max=args.models_max,
-                               host=opts.host, port=opts.port, api_key_file=opts.api_key_file)  # fmt: skip
+                               host=opts.host, port=opts.port, api_key_file=opts.api_key_file,
+                               api_key=opts.api_key)  # fmt: skip
     return Routing(served, args.models_max, bin_dir, text, argv, options)

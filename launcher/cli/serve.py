@@ -48,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"[dry-run] would write {run_dir / 'presets.ini'}:")
         sys.stdout.write(r.preset_text)
-        print(f"[dry-run] would run: {shell_quote(r.argv)}")
+        print(f"[dry-run] would run: {shell_quote([a if a != key else '<api key>' for a in r.argv])}")
         return EXIT_OK
     from launcher.service.manage import write_atomic
 

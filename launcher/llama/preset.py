@@ -113,12 +113,13 @@ def render_ini(sections: Sequence[Section], *, comment: str, stop_timeout_s: int
     return "\n".join(lines) + "\n"
 
 
-def router_argv(
-    binary: str, preset: str, *, models_max: int, host: str, port: int, api_key_file: str | None = None
-) -> list[str]:
+def router_argv(binary: str, preset: str, *, models_max: int, host: str, port: int, api_key_file: str | None = None,
+                api_key: str | None = None) -> list[str]:  # fmt: skip
     """The router's own command: only router flags (anything else would override every model's section)."""
     argv = [binary, "--models-preset", preset, "--models-max", str(models_max), "--host", host, "--port", str(port)]
-    return argv + (["--api-key-file", api_key_file] if api_key_file else [])
+    if api_key_file:
+        return [*argv, "--api-key-file", api_key_file]
+    return [*argv, "--api-key", api_key] if api_key else argv
 
 
 # --- what the router made of a section -------------------------------------------------------------------------

@@ -150,6 +150,8 @@ def test_dry_run_prints_the_preset_and_the_command(two: tuple[SynthModel, SynthM
     command = r.stdout.split("[dry-run] would run: ", 1)[1]
     assert "--models-preset" in command and "--models-max 1 --host 127.0.0.1 --port 18099" in command
     assert "-ngl" not in command  # the router's own flags would override every model's
+    r = runq(env, "serve", str(two[0].path), "--ctx", "2048", "--dry-run", "--api-key", "k3y")
+    assert r.returncode == 0 and "--api-key '<api key>'" in r.stdout and "k3y" not in r.stdout, r.stdout
     assert not list(Path(env["RUNQ_CACHE_DIR"], "logs").glob(f"serve-*-{os.getpid()}"))
 
 

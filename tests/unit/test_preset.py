@@ -77,6 +77,8 @@ def test_the_routers_command_carries_no_model_flag() -> None:
     argv = router_argv("/b/llama-server", "/p.ini", models_max=1, host="127.0.0.1", port=8080, api_key_file="/k")
     assert argv == ["/b/llama-server", "--models-preset", "/p.ini", "--models-max", "1", "--host", "127.0.0.1",
                     "--port", "8080", "--api-key-file", "/k"]  # fmt: skip
+    keyed = router_argv("/b/llama-server", "/p.ini", models_max=2, host="0.0.0.0", port=1, api_key="s")
+    assert keyed[-2:] == ["--api-key", "s"]  # a key given on the command line protects the router too
 
 
 def test_commands_compare_under_llama_cpps_spellings() -> None:
