@@ -75,10 +75,6 @@ def _fixed_type(name: str, shape: tuple[int, ...]) -> GGMLType | None:
     return F32 if any(k in kind for k in _F32_KINDS) else None
 
 
-def _fixed_f32(name: str, shape: tuple[int, ...]) -> bool:
-    return _fixed_type(name, shape) is not None
-
-
 def _ladder(quant: QuantSpec) -> list[GGMLType]:
     """The types a quant's experts draw from: Unsloth's UD-Q1_0 quants go below IQ1_S with ggml's Q1_0."""
     return [Q1_0, *LADDER] if "Q1_0" in quant.name.upper() and "TQ1_0" not in quant.name.upper() else LADDER

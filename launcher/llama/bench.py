@@ -48,10 +48,6 @@ class BenchResult:
                 return tuple(float(x) for x in t.get("samples_ts") or [t["avg_ts"]])
         return ()
 
-    def tps_by(self, key: str) -> dict[Any, float]:
-        """Generation tokens/s keyed by a field (e.g. "n_threads" or "model_filename")."""
-        return {t[key]: float(t["avg_ts"]) for t in self.tests if t.get("n_gen", 0) > 0}
-
 
 def best_tps(test: dict[str, Any]) -> float:
     """The fastest of a test's repetitions (llama-bench's samples_ts), or its average when there are none: on a

@@ -133,20 +133,6 @@ class SpeedModel:
                 )
         return pts[-1]
 
-    def seconds_per_token(self, n_layer: int, per_device: Mapping[str, int], threads: int) -> float:
-        """Decode time per token for the bytes each device reads ("CPU" or a GPU name)."""
-        cpu = self.cpu_at(threads)
-        gpu_bw = dict(self.gpu_bandwidth)
-        on_gpu = any(dev != "CPU" and n for dev, n in per_device.items())
-        layer_s = self.gpu_layer_s if (on_gpu and self.gpu_layer_s is not None) else cpu.layer_s
-        seconds = n_layer * layer_s
-        for dev, n in per_device.items():
-            if dev == "CPU":
-                seconds += n / cpu.bandwidth
-            else:
-                seconds += n / gpu_bw.get(dev, min(gpu_bw.values(), default=0.9e12))
-        return seconds
-
     def fastest_threads(self, most: int, n_layer: int, cpu_bytes: int, *, on_gpu: bool = False) -> int:
         """The thread count (a measured one up to `most`, or `most`) these constants predict decodes a model
         fastest: more threads is not faster where the calibration measured it slower. Ties: more threads."""

@@ -15,7 +15,11 @@ from launcher.machine.spec import CPU, Machine
 from launcher.machine.speed import CpuPoint, Observation, SpeedModel
 from launcher.measure import calibrate
 from launcher.measure.synth import SynthModel
+from launcher.model.ggml_types import TYPES_BY_NAME
+from launcher.model.hparams import HParams
+from launcher.model.tensors import ModelTensor, Role, TensorSet
 from launcher.plan.place import plan
+from launcher.plan.predict import predict_tg
 from launcher.plan.types import Request
 
 # The four calibration models (bytes read per token, layers) and this machine's true constants per thread count.
@@ -35,7 +39,15 @@ def _calibration(**kw: Any) -> list[Observation]:
 
 
 def _predict(m: SpeedModel, shape: tuple[int, int], threads: int) -> float:
-    return 1.0 / m.seconds_per_token(shape[1], {"CPU": shape[0]}, threads)
+    """The planner's own decode prediction (predict_tg) with these constants, for a model of this shape (bytes
+    read per token, layers) on the CPU."""
+    nbytes, n_layer = shape
+    t = ModelTensor("blk.0.attn_q.weight", (nbytes,), TYPES_BY_NAME["I8"], nbytes, 0, 0, 0, Role.ATTENTION)
+    hp = HParams(arch="qwen3moe", name=None, n_layer=n_layer, n_ctx_train=4096, n_embd=256, n_vocab=1000,
+                 n_head=(4,) * n_layer, n_head_kv=(2,) * n_layer, key_length=64, value_length=64,
+                 n_ff=(0,) * n_layer, n_expert=8, n_expert_used=2, n_expert_shared=0, n_ff_exp=256, n_dense_lead=0,
+                 kv_lora_rank=0, q_lora_rank=0, sliding_window=0, file_type=None)  # fmt: skip
+    return predict_tg(TensorSet((t,)), hp, {t.name: "CPU"}, {}, threads, None, speed=m)
 
 
 def test_disagreeing_repetitions_cannot_poison_the_constants() -> None:

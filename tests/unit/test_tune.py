@@ -15,7 +15,7 @@ from launcher.machine.speed import CpuPoint, Observation, SpeedModel
 from launcher.measure import tune
 from launcher.measure.tune import Knobs, Measured, Space
 from launcher.plan.place import plan
-from launcher.plan.predict import bytes_per_token
+from launcher.plan.predict import bytes_per_token, predict_tg
 from launcher.plan.types import Request
 
 
@@ -66,11 +66,20 @@ def test_fit_takes_a_prior_layer_cost_when_shapes_cannot_separate_it() -> None:
     assert with_tiny.cpu[0].bandwidth == pytest.approx(10e9, rel=1e-6)
 
 
-def test_thread_interpolation_and_prediction() -> None:
+def test_thread_interpolation_and_prediction(models: dict) -> None:
+    from launcher.model.shards import open_local
+
     m = SpeedModel(cpu=(CpuPoint(1, 8e9, 10e-6), CpuPoint(4, 20e9, 40e-6)), calibrated_at="2026-11-27")
     assert m.cpu_at(4).bandwidth == 20e9 and m.cpu_at(16).bandwidth == 20e9  # more threads than measured
     assert m.cpu_at(2).bandwidth == pytest.approx(12e9) and m.cpu_at(2).layer_s == pytest.approx(20e-6)
-    assert m.seconds_per_token(10, {"CPU": 2_000_000_000}, 4) == pytest.approx(0.1 + 10 * 40e-6)
+    # The planner's own prediction with these constants: every layer's cost plus the bytes read over the
+    # bandwidth for the thread count (measured, interpolated, or the most measured).
+    g = open_local(models["qwen3moe-q8"].path)
+    on_cpu = {t.name: "CPU" for t in g.tensors.tensors}
+    per_token = bytes_per_token(g.tensors, g.hparams, on_cpu)["CPU"]
+    for threads, bandwidth, layer_s in ((4, 20e9, 40e-6), (2, 12e9, 20e-6), (16, 20e9, 40e-6)):
+        tps = predict_tg(g.tensors, g.hparams, on_cpu, {}, threads, None, speed=m)
+        assert 1 / tps == pytest.approx(g.hparams.n_layer * layer_s + per_token / bandwidth)
 
 
 def test_planner_uses_the_machine_speed_and_says_so(models: dict) -> None:
