@@ -1,13 +1,18 @@
-"""Shared fixtures: generated GGUF models (never committed) and an isolated runq home."""
+"""Shared fixtures: generated GGUF models (never committed), an isolated runq home, the llama.cpp build and the
+environment that finds it, runq processes cleaned up after each test."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from launcher.llama.build import Build
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
+from tests.helpers import RunningRunq
 
 # Every generated model the reader, classifier and planner tests run over.
 MODEL_SPECS: dict[str, tuple[SynthSpec, int]] = {
@@ -78,3 +83,26 @@ def llama_build() -> Build:
         build = load_build(Path(json.loads(out.getvalue())["bin_dir"]).parent)
     assert build is not None
     return build
+
+
+@pytest.fixture
+def env(llama_build: Build) -> dict[str, str]:
+    """This process's environment (the test's RUNQ_HOME) with the shared llama.cpp build's cache."""
+    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+
+
+@pytest.fixture
+def running() -> Iterator[list[RunningRunq]]:
+    """runq processes a test starts: whatever is left of them (and their llama-servers) is killed after it."""
+    started: list[RunningRunq] = []
+    yield started
+    for r in started:
+        try:
+            kids = [c for c in psutil.Process(r.proc.pid).children(recursive=True) if "llama-server" in c.name()]
+        except psutil.NoSuchProcess:
+            kids = []
+        for kid in kids:
+            kid.kill()
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()

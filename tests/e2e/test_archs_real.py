@@ -19,7 +19,7 @@ from launcher.model.tensors import Role
 from launcher.plan.memory import cpu_only_compute_bytes, kv_layout
 from launcher.plan.projection import parse_fit_print
 from launcher.units import MiB
-from tests.e2e.test_run import RunningRunq, env, running, serve_verified  # noqa: F401  (fixtures)
+from tests.helpers import RunningRunq, serve_verified
 from tests.support.sparse_models import write_sparse_quant
 
 BASE = SynthSpec(n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16, n_head_kv=2, head_dim=64)
@@ -116,8 +116,8 @@ def test_generated_late_2026_models_carry_their_features(arch_models: dict[str, 
 def test_each_architecture_loads_generates_and_verifies(
     arch: str,
     arch_models: dict[str, SynthModel],
-    env: dict[str, str],  # noqa: F811
-    running: list[RunningRunq],  # noqa: F811
+    env: dict[str, str],
+    running: list[RunningRunq],
 ) -> None:
     r, _, out, answer = serve_verified(arch_models[arch].path, env, running)
     assert "on the CPU" in out

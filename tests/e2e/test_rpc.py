@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,15 +22,10 @@ from launcher.measure.synth import SynthModel, SynthSpec, write_model
 from launcher.model.shards import open_local
 from launcher.plan import memory
 from launcher.units import GiB
-from tests.e2e.test_run import RunningRunq, post
+from tests.helpers import RUNQ_CMD, RunningRunq, post, runq_proc, spawn
 
 SPEC = SynthSpec(arch="deepseek2", n_layer=8, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
 CTX = 4096
-
-
-@pytest.fixture
-def env(llama_build: Build) -> dict[str, str]:
-    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +36,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> SynthModel:
 class Worker:
     def __init__(self, port: int, env: dict[str, str], *extra: str) -> None:
         self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", "worker", "--port", str(port), "--threads", "1", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+        self.proc = spawn([*RUNQ_CMD, "worker", "--port", str(port), "--threads", "1", *extra], env)
         self.out: list[str] = []
 
     def wait_ready(self, timeout: float = 60) -> str:
@@ -226,11 +216,8 @@ def test_worker_stops_cleanly_and_takes_its_server_along(env: dict[str, str], wo
 
 def test_unreachable_worker_is_named_and_left_out(model: SynthModel, env: dict[str, str]) -> None:
     dead = free_port()
-    r = subprocess.run(
-        [sys.executable, "-m", "launcher", "plan", str(model.path), "--gpu", "none", "--ram", "64GiB",
-         "--rpc", f"127.0.0.1:{dead}"],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    r = runq_proc("plan", str(model.path), "--gpu", "none", "--ram", "64GiB", "--rpc", f"127.0.0.1:{dead}",
+                  env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"Warning: worker 127.0.0.1:{dead} is unreachable" in r.stderr and "planning without it" in r.stderr
     assert "Error:" not in r.stderr  # runq goes on: it is not an error
@@ -242,11 +229,8 @@ def test_plan_uses_what_the_worker_really_has(model: SynthModel, env: dict[str, 
     w = Worker(free_port(), env)
     workers.append(w)
     w.wait_ready()
-    r = subprocess.run(
-        [sys.executable, "-m", "launcher", "plan", str(model.path), "--gpu", "none", "--json",
-         "--ram", ram_for_one_expert_layer(model.path), "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(CTX)],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    r = runq_proc("plan", str(model.path), "--gpu", "none", "--json", "--ram", ram_for_one_expert_layer(model.path),
+                  "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(CTX), env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
     dev = next(d for d in p["devices"] if d["remote"])
@@ -263,11 +247,8 @@ def test_service_waits_for_its_workers_and_names_a_short_one(
     w.wait_ready()
     ep = f"127.0.0.1:{w.port}"
     # A service planned across this host and the worker waits for the worker before llama-server starts.
-    r = subprocess.run(
-        [sys.executable, "-m", "launcher", "service", "render", str(model.path), "--gpu", "none",
-         "--ram", ram_for_one_expert_layer(model.path), "--rpc", ep, "--ctx", str(CTX)],
-        capture_output=True, text=True, env=env, timeout=60,
-    )  # fmt: skip
+    r = runq_proc("service", "render", str(model.path), "--gpu", "none", "--ram", ram_for_one_expert_layer(model.path),
+                  "--rpc", ep, "--ctx", str(CTX), env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     pre = next(x for x in r.stdout.splitlines() if "wait-workers" in x)
     assert f"--need {ep}/0:" in pre
@@ -277,8 +258,7 @@ def test_service_waits_for_its_workers_and_names_a_short_one(
     def wait(*need: str) -> subprocess.CompletedProcess[str]:
         argv = ["service", "wait-workers", *[f"--need={n}" for n in need], "--llama-bin", str(llama_build.bin_dir),
                 "--timeout", "1"]  # fmt: skip
-        return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
-                              timeout=60)  # fmt: skip
+        return runq_proc(*argv, env=env, timeout=60)
 
     ok = wait(f"{ep}/0:{GiB}")
     assert ok.returncode == 0 and "workers ready" in ok.stdout, ok.stderr
@@ -307,16 +287,12 @@ def test_a_description_adds_what_llama_cpp_cannot_tell(env: dict[str, str], work
     w.wait_ready()
     ep = f"127.0.0.1:{w.port}"
 
-    def runq(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
-                              timeout=60)  # fmt: skip
-
-    r = runq("hw", "--json", "--rpc", ep, "--worker", f"at={ep},ram=1GiB,net=10Gbit")
+    r = runq_proc("hw", "--json", "--rpc", ep, "--worker", f"at={ep},ram=1GiB,net=10Gbit", env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     (worker,) = json.loads(r.stdout)["workers"]
     assert worker["endpoint"] == ep and not worker["described"] and worker["net_bytes_s"] == 1.25e9
     assert worker["devices"][0]["free_bytes"] > 2 * GiB  # what the worker reported, not the description's 1 GiB
-    r = runq("hw", "--rpc", ep)
+    r = runq_proc("hw", "--rpc", ep, env=env, timeout=60)
     assert re.search(rf"Worker\s+{re.escape(ep)}: RPC0 CPU\+RAM \S+ GiB free", r.stdout), r.stdout
-    r = runq("hw", "--rpc", ep, "--worker", f"at={ep},gpu=24GiB,ram=64GiB")
+    r = runq_proc("hw", "--rpc", ep, "--worker", f"at={ep},gpu=24GiB,ram=64GiB", env=env, timeout=60)
     assert r.returncode == 2 and "describes 2 devices, the worker lends 1" in r.stderr

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
-import psutil
 import pytest
 
 from launcher.catalog.profiles import templates_dir
 from launcher.errors import UsageError
 from launcher.llama import log as llama_log
-from launcher.llama.build import Build
 from launcher.llama.server import free_port
-from launcher.measure.synth import SynthModel, SynthSpec, write_model
-from launcher.model.shards import open_local
-from launcher.plan.choose import gpu_for_half_the_experts
+from launcher.measure.synth import SynthModel, write_model
 from launcher.plan.inputs import split_extra
-
-SPEC = SynthSpec(arch="deepseek2", n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
-
-
-@pytest.fixture
-def env(llama_build: Build) -> dict[str, str]:
-    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+from tests.helpers import SPEC, RunningRunq, post, runq_proc, serve_verified
 
 
 @pytest.fixture(scope="module")
@@ -45,90 +27,6 @@ def run_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SynthModel
         "deepseek2": write_model(SPEC, d / "DeepSeek-V3.1-UD-TQ1_0.gguf"),
         "qwen3moe": write_model(SPEC.with_(arch="qwen3moe", n_head_kv=2, head_dim=64), d / "qw.gguf"),
     }
-
-
-def half_the_experts_gpu(path: Path, ctx: int = 4096, ubatch: int = 512) -> str:
-    """A GPU size (in bytes) with room for the non-expert weights and about half the expert layers (the demo's)."""
-    m = open_local(path)
-    return f"{gpu_for_half_the_experts(m.tensors, m.hparams, ctx, ubatch)}B"
-
-
-class RunningRunq:
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher", *argv],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.out: list[str] = []
-
-    def wait_for(self, text: str, timeout: float = 120) -> None:
-        t0 = time.monotonic()
-        assert self.proc.stdout is not None
-        while time.monotonic() - t0 < timeout:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            self.out.append(line)
-            if text in line:
-                return
-        err = self.proc.stderr.read() if self.proc.poll() is not None else ""  # type: ignore[union-attr]
-        raise AssertionError(f"{text!r} not seen; stdout: {''.join(self.out)} stderr: {err}")
-
-    def llama_server(self) -> psutil.Process:
-        kids = [c for c in psutil.Process(self.proc.pid).children(recursive=True) if "llama-server" in c.name()]
-        assert len(kids) == 1
-        return kids[0]
-
-    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.out) + out, err
-
-
-@pytest.fixture
-def running(env: dict[str, str]) -> Iterator[list[RunningRunq]]:
-    started: list[RunningRunq] = []
-    yield started
-    for r in started:
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
-
-
-def post(url: str, body: dict[str, object]) -> dict[str, object]:
-    """POST JSON. Random weights now and then end a reply inside a multi-byte character, which llama-server
-    answers with HTTP 500 ("invalid UTF-8 byte"): such a request is sent again with another seed."""
-    for seed in (11, 12, 13):
-        data = json.dumps({**body, "seed": seed} if "messages" in body else body).encode()
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            if e.code != 500 or b"UTF-8" not in e.read() or seed == 13:
-                raise
-    raise AssertionError("unreachable")
-
-
-def serve_verified(
-    path: Path, env: dict[str, str], running: list[RunningRunq]
-) -> tuple[RunningRunq, int, str, dict[str, object]]:
-    """`runq run --server --verify-tensors` on a pretend GPU that holds about half the experts; once it serves,
-    runq's override check must have passed, and one chat request is answered. Returns the running runq, its
-    port, runq's output and the answer."""
-    port = free_port()
-    gpu = half_the_experts_gpu(path)
-    argv = ["run", str(path), "--server", "--port", str(port), "--verify-tensors", "--gpu", gpu, "--ram", "16GiB"]
-    r = RunningRunq([*argv, "--ctx", "4096", "--ubatch", "512"], env)
-    running.append(r)
-    r.wait_for("Serving.")
-    out = "".join(r.out)
-    assert "override lines: exactly the" in out and "planned tensors were moved" in out
-    answer = post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                  {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8})  # fmt: skip
-    return r, port, out, answer
 
 
 @pytest.mark.parametrize("arch", ["deepseek2", "qwen3moe"])
@@ -176,31 +74,27 @@ def test_killed_server_is_reported(
 def test_port_in_use_corrupt_model_missing_binary(
     run_models: dict[str, SynthModel], env: dict[str, str], tmp_path: Path
 ) -> None:
-    def runq(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env)
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        r = runq("run", str(run_models["qwen3moe"].path), "--server", "--port", str(busy))
+        r = runq_proc("run", str(run_models["qwen3moe"].path), "--server", "--port", str(busy), env=env)
     assert r.returncode == 4 and f"Error: port {busy} on 127.0.0.1 is already in use" in r.stderr
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(run_models["qwen3moe"].path.read_bytes()[:5000])
-    r = runq("run", str(bad), "--server")
+    r = runq_proc("run", str(bad), "--server", env=env)
     assert r.returncode == 1 and "past the end of the file" in r.stderr and "Traceback" not in r.stderr
-    r = runq("run", str(run_models["qwen3moe"].path), "--server", "--llama-bin", str(tmp_path / "nowhere"))
+    r = runq_proc(
+        "run", str(run_models["qwen3moe"].path), "--server", "--llama-bin", str(tmp_path / "nowhere"), env=env
+    )
     assert r.returncode == 4 and "llama.cpp binary not found" in r.stderr
-    r = runq("run", str(run_models["qwen3moe"].path), "--server", "--host", "0.0.0.0")
+    r = runq_proc("run", str(run_models["qwen3moe"].path), "--server", "--host", "0.0.0.0", env=env)
     assert r.returncode == 2 and "would let anyone on the network use the model" in r.stderr
 
 
 def test_dry_run_prints_the_command_and_starts_nothing(run_models: dict[str, SynthModel], env: dict[str, str]) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "launcher", str(run_models["deepseek2"].path), "--server", "--dry-run", "--port", "9",
-         "--", "-c", "2048", "--no-warmup"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    r = runq_proc(str(run_models["deepseek2"].path), "--server", "--dry-run", "--port", "9",
+                  "--", "-c", "2048", "--no-warmup", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     cmd = next(line for line in r.stdout.splitlines() if line.startswith("[dry-run] would run: "))
     assert "llama-server" in cmd and " -c 2048 " in cmd and cmd.endswith("--no-warmup")
@@ -208,7 +102,7 @@ def test_dry_run_prints_the_command_and_starts_nothing(run_models: dict[str, Syn
 
 
 def test_demo_end_to_end(env: dict[str, str]) -> None:
-    r = subprocess.run([sys.executable, "-m", "launcher", "demo"], capture_output=True, text=True, env=env, timeout=300)
+    r = runq_proc("demo", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gibberish by design" in r.stdout
     assert "the model answered" in r.stdout

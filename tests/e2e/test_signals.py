@@ -4,13 +4,11 @@ runq crashing. Real llama-server processes (the CPU build) on generated models."
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,29 +17,12 @@ import pytest
 from launcher.llama.build import Build
 from launcher.llama.server import free_port
 from launcher.measure.synth import SynthModel, write_model
-from tests.e2e.test_run import SPEC, RunningRunq
+from tests.helpers import SPEC, RunningRunq, runq_proc, wait_until
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> SynthModel:
     return write_model(SPEC.with_(arch="qwen3moe", n_head_kv=2, head_dim=64), tmp_path_factory.mktemp("sig") / "q.gguf")
-
-
-@pytest.fixture
-def env(llama_build: Build) -> dict[str, str]:
-    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
-
-
-@pytest.fixture
-def runqs() -> Iterator[list[RunningRunq]]:
-    started: list[RunningRunq] = []
-    yield started
-    for r in started:
-        for kid in _kids(r.proc.pid):
-            kid.kill()
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
 
 
 def port_free(host: str, port: int) -> bool:
@@ -85,21 +66,21 @@ def _gone(p: psutil.Process, timeout: float) -> float | None:
     return None
 
 
-def _start(model: SynthModel, env: dict[str, str], runqs: list[RunningRunq]) -> tuple[RunningRunq, int]:
+def _start(model: SynthModel, env: dict[str, str], running: list[RunningRunq]) -> tuple[RunningRunq, int]:
     port = free_port()
     r = RunningRunq(["run", str(model.path), "--server", "--port", str(port), "--ctx", "2048"], env)
-    runqs.append(r)
+    running.append(r)
     return r, port
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 @pytest.mark.parametrize("phase", ["loading", "serving"])
 def test_llama_server_dies_with_runq(
-    sig: signal.Signals, phase: str, model: SynthModel, env: dict[str, str], runqs: list[RunningRunq]
+    sig: signal.Signals, phase: str, model: SynthModel, env: dict[str, str], running: list[RunningRunq]
 ) -> None:
     """While loading, llama-server is frozen (SIGSTOP: a load that does not react to SIGTERM, like a 250 GB read
     from a slow disk) so the signal surely lands before it is ready; runq must still end it within seconds."""
-    r, port = _start(model, env, runqs)
+    r, port = _start(model, env, running)
     server = _spawned_server(r)
     if phase == "loading":
         server.suspend()
@@ -115,11 +96,7 @@ def test_llama_server_dies_with_runq(
         assert code == 130, err
     if phase == "loading":
         assert "llama-server is ready" not in out
-    for _ in range(50):  # the port is free again (a killed socket can take a moment)
-        if port_free("127.0.0.1", port):
-            break
-        time.sleep(0.1)
-    assert port_free("127.0.0.1", port)
+    wait_until(lambda: port_free("127.0.0.1", port), "the port free again", timeout=30)  # a killed socket: a moment
     print(f"\n{sig.name} to runq while {phase}: llama-server gone {took:.2f} s later")
 
 
@@ -145,8 +122,7 @@ raise RuntimeError("a bug")
 
 def test_port_zero_is_refused(model: SynthModel, env: dict[str, str]) -> None:
     """Port 0 would make llama-server bind a random port that runq then polls forever."""
-    r = subprocess.run([sys.executable, "-m", "launcher", "run", str(model.path), "--server", "--port", "0"],
-                       capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    r = runq_proc("run", str(model.path), "--server", "--port", "0", env=env, timeout=60)
     assert r.returncode == 2 and "Error: --port 0: must be between 1 and 65,535" in r.stderr
     from launcher.errors import UsageError
     from launcher.llama import server as runner

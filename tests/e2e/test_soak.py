@@ -5,7 +5,6 @@ and runq's verification of the placement still holds against the log at the end.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -16,14 +15,13 @@ import psutil
 
 from launcher.catalog.sources import ModelSource
 from launcher.llama import log as llama_log
-from launcher.llama.build import Build
 from launcher.llama.server import free_port
 from launcher.machine.spec import MachineSpec
 from launcher.measure.synth import write_model
 from launcher.model.shards import open_local
 from launcher.plan.choose import choose
 from launcher.plan.types import Request
-from tests.e2e.test_run import SPEC, RunningRunq, half_the_experts_gpu
+from tests.helpers import SPEC, RunningRunq, half_the_experts_gpu
 
 CLIENTS = 8
 REQUESTS = 200
@@ -41,11 +39,10 @@ def _chat(port: int, i: int) -> dict[str, object]:
         return json.loads(r.read())
 
 
-def test_soak_200_requests_from_8_clients(llama_build: Build, tmp_path: Path) -> None:
+def test_soak_200_requests_from_8_clients(env: dict[str, str], tmp_path: Path) -> None:
     path = write_model(SPEC.with_(arch="qwen3moe", n_head_kv=2, head_dim=64), tmp_path / "soak.gguf").path
     gpu = half_the_experts_gpu(path, ctx=4096)
     port = free_port()
-    env = {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
     argv = ["run", str(path), "--server", "--port", str(port), "--verify-tensors", "--gpu", gpu, "--ram", "16GiB",
             "--ctx", "4096", "--ubatch", "512"]  # fmt: skip
     r = RunningRunq(argv, env)

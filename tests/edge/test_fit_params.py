@@ -14,9 +14,7 @@ from launcher.model.shards import open_local
 from launcher.plan.place import plan
 from launcher.plan.types import Plan, Request
 from launcher.units import GiB, MiB
-from tests.unit.test_planner import machine_with_ram
-
-SHAPE = {"n_layer": 6, "n_embd": 512, "n_ff": 1024, "n_ff_exp": 256, "n_expert": 16, "n_expert_used": 4, "n_head": 8}
+from tests.helpers import SHAPE, machine_with_ram
 
 
 @pytest.fixture(scope="module")

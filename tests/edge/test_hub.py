@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -16,22 +16,18 @@ from launcher.catalog.sources import ModelSource
 from launcher.hub.layout import RemoteFile, group_quants, match_profile, missing_warning, quant_tag
 from launcher.llama.build import Build
 from launcher.machine.spec import MachineSpec
-from launcher.measure.synth import SynthSpec, write_model
+from launcher.measure.synth import write_model
 from launcher.model.shards import open_local
 from launcher.plan.choose import choose
 from launcher.plan.types import Request
+from tests.helpers import TINY, RunningRunq, runq_proc, write_tiny_profile
 from tests.support.hubserver import HubServer, Repo
 from tests.support.sparse_models import write_sparse_quant
 
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
+
 DS = require_profile("deepseek-v3.1")
-TINY = SynthSpec(arch="deepseek2", n_layer=5, n_embd=256, n_ff=256, n_ff_exp=256, n_expert=8)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[HubServer]:
-    s = HubServer(page_size=3)
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -53,73 +49,6 @@ def deepseek_repo(server: HubServer, tmp_path_factory: pytest.TempPathFactory) -
     out = {q: write_sparse_quant(DS, DS.quant(q), d) for q in ("UD-TQ1_0", "UD-Q2_K_XL")}
     server.repos[DS.repo] = Repo({str(p.relative_to(d)): p for ps in out.values() for p in ps})
     return out
-
-
-def tiny_profile_toml(repo: str, sizes: dict[str, int]) -> str:
-    s = TINY
-    return f"""
-name = "tiny"
-display_name = "Tiny"
-repo = "{repo}"
-default_ctx = 2048
-[arch]
-name = "deepseek2"
-n_layer = {s.n_layer}
-n_embd = {s.n_embd}
-n_vocab = 382
-context_length = {s.n_ctx_train}
-n_head = {s.n_head}
-n_head_kv = 1
-key_length = {s.kv_lora_rank + s.qk_rope_dim}
-value_length = {s.kv_lora_rank}
-key_length_mla = {s.qk_nope_dim + s.qk_rope_dim}
-value_length_mla = {s.v_head_dim}
-q_lora_rank = {s.q_lora_rank}
-kv_lora_rank = {s.kv_lora_rank}
-rope_dim = {s.qk_rope_dim}
-n_ff = {s.n_ff}
-n_ff_exp = {s.n_ff_exp}
-n_expert = {s.n_expert}
-n_expert_used = {s.n_expert_used}
-n_expert_shared = 1
-n_dense_lead = {s.n_dense_lead}
-[[quants]]
-name = "F16"
-path = "Tiny-F16.gguf"
-size_bytes = {sizes["F16"]}
-[[quants]]
-name = "UD-Q8_0"
-path = "UD-Q8_0/Tiny-UD-Q8_0-00001-of-00003.gguf"
-size_bytes = {sizes["UD-Q8_0"]}
-"""
-
-
-@pytest.fixture
-def online(server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    """Environment of a user online against the local hub (in-process and for subprocesses)."""
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    import huggingface_hub.constants as hfc
-
-    # huggingface_hub reads these two when it is first imported; the tests switch them per test.
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "ENDPOINT", server.endpoint)
-    server.log.clear()
-    return dict(os.environ)
-
-
-def write_tiny_profile(repo: str, tiny_repo: dict[str, list[Path]], name: str = "tiny") -> None:
-    sizes = {q: sum(p.stat().st_size for p in ps) for q, ps in tiny_repo.items()}
-    d = Path(os.environ["RUNQ_HOME"]) / "config" / "profiles"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"{name}.toml").write_text(tiny_profile_toml(repo, sizes).replace('name = "tiny"', f'name = "{name}"', 1))
-
-
-def runq(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher", *args], capture_output=True, text=True, env=env or dict(os.environ),
-        timeout=300,
-    )  # fmt: skip
 
 
 # --- layout (pure) ----------------------------------------------------------------------------------
@@ -200,17 +129,17 @@ def test_remote_headers_read_a_sliver_and_plan_like_local_files(
 def test_plan_uses_remote_headers_then_the_cache_offline(
     online: dict[str, str], deepseek_repo: dict[str, list[Path]]
 ) -> None:
-    r = runq("plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--json")
+    r = runq_proc("plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["quant"] == "UD-Q2_K_XL" and data["exact"] is True
     assert data["sizes"].startswith("exact: 2 of 2 quants from the GGUF headers")
     assert [c["quant"] for c in data["candidates"]] == ["UD-TQ1_0", "UD-Q2_K_XL"]  # what the repo really has
     offline = {**online, "HF_HUB_OFFLINE": "1"}
-    r = runq("plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--json", env=offline)
+    r = runq_proc("plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--json", env=offline)
     data = json.loads(r.stdout)
     assert data["exact"] is True and "cached headers (offline)" in data["sizes"]
-    r = runq("plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--estimate", "--json", env=offline)
+    r = runq_proc("plan", "deepseek-v3.1", "--gpu", "24GiB", "--ram", "256GiB", "--estimate", "--json", env=offline)
     assert json.loads(r.stdout)["exact"] is False
 
 
@@ -221,7 +150,7 @@ def test_pull_downloads_exactly_one_quant(
     online: dict[str, str], tiny_repo: dict[str, list[Path]], server: HubServer
 ) -> None:
     write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
-    r = runq("pull", "tiny", "--quant", "Q8_0")
+    r = runq_proc("pull", "tiny", "--quant", "Q8_0")
     assert r.returncode == 0, r.stderr
     assert "[3/3] UD-Q8_0/Tiny-UD-Q8_0-00003-of-00003.gguf" in r.stdout
     assert "Ready: " in r.stdout and "3 file(s)" in r.stdout
@@ -235,10 +164,10 @@ def test_pull_downloads_exactly_one_quant(
     assert isinstance(cached, str) and Path(cached).read_bytes() == tiny_repo["UD-Q8_0"][0].read_bytes()
     # Once there, a second pull downloads nothing and says so.
     server.log.clear()
-    r = runq("pull", "tiny", "--quant", "UD-Q8_0")
+    r = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
     assert r.returncode == 0 and "3 already here, 0 B to download" in r.stdout
     assert not [x for x in server.log if x.bytes_sent]
-    r = runq("models", "--local", "--json")
+    r = runq_proc("models", "--local", "--json")
     quants = json.loads(r.stdout)["quants"]
     assert [(q["repo"], q["quant"], q["complete"], q["files"]) for q in quants] == [
         ("runq/Tiny-GGUF", "UD-Q8_0", True, 3)
@@ -252,7 +181,7 @@ def test_network_failure_mid_file_continues_where_it_stopped(
     src2 = tiny_repo["UD-Q8_0"][1]
     shard2 = f"UD-Q8_0/{src2.name}"
     server.cut_after[shard2] = src2.stat().st_size // 2  # the connection drops half-way through shard 2
-    r = runq("pull", "tiny", "--quant", "UD-Q8_0", "--dir", str(tmp_path / "models"))
+    r = runq_proc("pull", "tiny", "--quant", "UD-Q8_0", "--dir", str(tmp_path / "models"))
     assert r.returncode == 0, r.stderr
     resumed = [x for x in server.log if x.path == shard2 and x.range]
     assert resumed and int(resumed[0].range.removeprefix("bytes=").split("-")[0]) >= 1 << 20  # type: ignore[union-attr]
@@ -271,7 +200,7 @@ def test_interrupted_download_is_continued_by_the_next_run(
     (dest / q8[0].name).write_bytes(q8[0].read_bytes())  # finished in the earlier run
     half = q8[1].stat().st_size // 2
     (dest / (q8[1].name + ".runq-partial")).write_bytes(q8[1].read_bytes()[:half])
-    r = runq("pull", "tiny", "--quant", "UD-Q8_0", "--dir", str(tmp_path / "models"))
+    r = runq_proc("pull", "tiny", "--quant", "UD-Q8_0", "--dir", str(tmp_path / "models"))
     assert r.returncode == 0, r.stderr
     assert "1 already here" in r.stdout and "Continuing interrupted downloads" in r.stdout
     assert server.bytes_for(f"UD-Q8_0/{q8[0].name}") == 0
@@ -289,10 +218,10 @@ def test_a_corrupt_part_is_detected_and_kept_aside(
     dest = tmp_path / "models"
     dest.mkdir()
     (dest / (f16.name + ".runq-partial")).write_bytes(b"\0" * 4096)  # not what the Hub has
-    r = runq("pull", "tiny", "--quant", "F16", "--dir", str(dest))
+    r = runq_proc("pull", "tiny", "--quant", "F16", "--dir", str(dest))
     assert r.returncode == 1 and "do not match the Hub's sha256" in r.stderr and "Traceback" not in r.stderr
     assert not (dest / f16.name).exists() and (dest / (f16.name + ".runq-partial.corrupt")).exists()
-    r = runq("pull", "tiny", "--quant", "F16", "--dir", str(dest))  # the next run starts that file afresh
+    r = runq_proc("pull", "tiny", "--quant", "F16", "--dir", str(dest))  # the next run starts that file afresh
     assert r.returncode == 0, r.stderr
     assert (dest / f16.name).read_bytes() == f16.read_bytes()
 
@@ -301,7 +230,7 @@ def test_pull_refuses_when_the_disk_is_too_small(
     online: dict[str, str], tiny_repo: dict[str, list[Path]], server: HubServer
 ) -> None:
     write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
-    r = runq("pull", "tiny", "--quant", "F16", "--disk-free", "100MB")
+    r = runq_proc("pull", "tiny", "--quant", "F16", "--disk-free", "100MB")
     assert r.returncode == 1
     assert "Error: not enough disk space" in r.stderr and "MB still to download" in r.stderr
     assert "Hint: free some space, or download elsewhere with --dir" in r.stderr
@@ -315,25 +244,25 @@ def test_truncated_or_missing_shards_are_reported(tiny_repo: dict[str, list[Path
         (d / p.name).write_bytes(p.read_bytes())
     shard2 = d / tiny_repo["UD-Q8_0"][1].name
     shard2.write_bytes(shard2.read_bytes()[:-1000])
-    r = runq("models", "--local", "--dir", str(tmp_path / "models"), "--json")
+    r = runq_proc("models", "--local", "--dir", str(tmp_path / "models"), "--json")
     (q,) = json.loads(r.stdout)["quants"]
     assert not q["complete"] and "truncated" in q["problem"]
     shard2.unlink()
-    r = runq("models", "--local", "--dir", str(tmp_path / "models"))
+    r = runq_proc("models", "--local", "--dir", str(tmp_path / "models"))
     assert "2/3 files" in r.stdout and "1 of 3 shards missing" in r.stdout
 
 
 def test_hub_errors_are_clear(online: dict[str, str], tiny_repo: dict[str, list[Path]]) -> None:
     write_tiny_profile("runq/Nope-GGUF", tiny_repo, name="nope")
-    r = runq("pull", "nope", "--quant", "F16")
+    r = runq_proc("pull", "nope", "--quant", "F16")
     assert r.returncode == 1 and "Error: runq/Nope-GGUF was not found on http://127.0.0.1" in r.stderr
     write_tiny_profile("runq/Gated-GGUF", tiny_repo, name="gated")
-    r = runq("pull", "gated", "--quant", "F16")
+    r = runq_proc("pull", "gated", "--quant", "F16")
     assert r.returncode == 1 and "Error: runq/Gated-GGUF is gated" in r.stderr and "HF_TOKEN" in r.stderr
-    r = runq("pull", "gated", "--quant", "F16", env={**online, "HF_TOKEN": "hf_test"})
+    r = runq_proc("pull", "gated", "--quant", "F16", env={**online, "HF_TOKEN": "hf_test"})
     assert r.returncode == 0, r.stderr
     offline = {**online, "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
-    r = runq("pull", "nope", "--quant", "F16", env=offline)
+    r = runq_proc("pull", "nope", "--quant", "F16", env=offline)
     assert r.returncode == 1 and "cannot reach http://127.0.0.1:9" in r.stderr
 
 
@@ -341,7 +270,7 @@ def test_bad_user_profile_names_the_file(tmp_path: Path) -> None:
     d = Path(os.environ["RUNQ_HOME"]) / "config" / "profiles"
     d.mkdir(parents=True)
     (d / "broken.toml").write_text('name = "broken"\n')
-    r = runq("models")  # reported and left out: a broken profile of yours does not block runq
+    r = runq_proc("models")  # reported and left out: a broken profile of yours does not block runq
     assert r.returncode == 0 and "deepseek-v3.1" in r.stdout
     assert f"Warning: left out your profile {d / 'broken.toml'}: display_name: Field required" in r.stderr
     assert parse_profile  # the same validation as packaged profiles
@@ -355,7 +284,6 @@ def test_auto_from_nothing_to_a_verified_server(
     import urllib.request
 
     from launcher.llama.server import free_port
-    from tests.e2e.test_run import RunningRunq
 
     write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
     port = free_port()
@@ -380,6 +308,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+async def until(pilot: Pilot[object], done: Callable[[], bool], timeout: float = 120) -> None:
+    """Let the app run until done() (a task screen has reported back): slow on a loaded machine, never wrong."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        await pilot.pause(0.05)
+
+
 @pytest.mark.anyio
 async def test_tui_download_and_build_tasks(
     online: dict[str, str], tiny_repo: dict[str, list[Path]], server: HubServer, llama_build: Build,
@@ -397,17 +332,11 @@ async def test_tui_download_and_build_tasks(
         await pilot.pause()
         done: list[bool | None] = []
         app.push_screen(DownloadTask("tiny", "UD-Q8_0"), done.append)
-        for _ in range(200):
-            await pilot.pause(0.05)
-            if done:
-                break
+        await until(pilot, lambda: bool(done))
         assert done == [True], (type(app.screen).__name__, [str(n.message) for n in app._notifications])
         assert {r.path for r in server.log if r.bytes_sent} == {f"UD-Q8_0/{p.name}" for p in tiny_repo["UD-Q8_0"]}
         app.push_screen(BuildTask(), done.append)  # cached: finds the build at once
-        for _ in range(200):
-            await pilot.pause(0.05)
-            if len(done) == 2:
-                break
+        await until(pilot, lambda: len(done) == 2)
         assert done == [True, True], [str(n.message) for n in app._notifications]
 
 
@@ -441,10 +370,7 @@ async def test_tui_download_is_the_same_pull_verification_included(
         await pilot.pause()
         done: list[bool | None] = []
         app.push_screen(DownloadTask("damaged", "UD-Q8_0"), done.append)
-        for _ in range(200):
-            await pilot.pause(0.05)
-            if done:
-                break
+        await until(pilot, lambda: bool(done))
         assert done == [False]
         assert isinstance(app.screen, ErrorDialog)
         message = str(app.screen.query_one("#error-message", Static).render())
@@ -474,10 +400,7 @@ async def test_tui_download_checks_the_disk_first(
         await pilot.pause()
         done: list[bool | None] = []
         app.push_screen(DownloadTask("deepseek-v3.1", "UD-Q2_K_XL"), done.append)
-        for _ in range(200):
-            await pilot.pause(0.05)
-            if done:
-                break
+        await until(pilot, lambda: bool(done))
         assert done == [False] and isinstance(app.screen, ErrorDialog)
         assert "not enough disk space" in str(app.screen.query_one("#error-message", Static).render())
     assert not [r for r in server.log if r.bytes_sent and r.path.endswith(".gguf") and not r.range]
@@ -490,7 +413,7 @@ def test_hub_quant_is_projected_on_a_replica_of_its_cached_headers(
     online: dict[str, str], deepseek_repo: dict[str, list[Path]], llama_build: Build
 ) -> None:
     argv = ["plan", "deepseek-v3.1", "--quant", "UD-Q2_K_XL", "--ctx", "32768", "--gpu", "24GiB", "--ram", "512GiB"]
-    r = runq(*argv, "--json", "--llama-bin", str(llama_build.bin_dir))
+    r = runq_proc(*argv, "--json", "--llama-bin", str(llama_build.bin_dir))
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["exact"] is True and "llama.cpp projection, build 0c1e570" in data["sizes"]

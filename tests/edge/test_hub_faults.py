@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +18,13 @@ import pytest
 
 from launcher.measure.synth import write_model
 from launcher.paths import hf_repo_dir
-from tests.edge.test_hub import TINY, runq, tiny_profile_toml
+from tests.helpers import RUNQ_CMD, TINY, runq_proc, spawn, tiny_profile_toml, wait_until
 from tests.support.hubserver import Fault, HubServer, Repo
 
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[HubServer]:
-    s = HubServer(page_size=50)
-    yield s
-    s.close()
+HUB_PAGE_SIZE = 50  # the local Hub lists a repo in one page (tests/edge/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +33,6 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     q8 = write_model(TINY, d / "UD-Q8_0" / "Tiny-UD-Q8_0.gguf", shards=3).paths
     f16 = write_model(TINY.with_(weight_type="F16"), d / "Tiny-F16.gguf").paths
     return {f"UD-Q8_0/{p.name}": p for p in q8} | {"Tiny-F16.gguf": f16[0]}
-
-
-@pytest.fixture
-def online(server: HubServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "ENDPOINT", server.endpoint)
-    server.log.clear()
-    server.faults.clear()
-    server.url_ttl = None
-    server.on_blob = None
-    return dict(os.environ)
 
 
 @pytest.fixture
@@ -67,6 +49,9 @@ def repo(server: HubServer, tiny_files: dict[str, Path], online: dict[str, str])
     d.mkdir(parents=True, exist_ok=True)
     (d / "tiny.toml").write_text(tiny_profile_toml(name, sizes))
     yield name, r
+    for f in server.faults:  # a failed test never leaves a download held
+        if f.hold is not None:
+            f.hold.set()
     server.faults.clear()
 
 
@@ -94,19 +79,25 @@ def changed_copy(src: Path, dest: Path) -> Path:
 
 
 def test_two_concurrent_pulls_share_the_cache_safely(
-    repo: tuple[str, Repo], server: HubServer, tiny_files: dict[str, Path]
+    repo: tuple[str, Repo], server: HubServer, tiny_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """Two `runq pull` of one quant at once: one downloads each file, the other waits on huggingface_hub's lock
-    file for it, and both end with the exact bytes (before: one mixed file under the shard's sha, a traceback)."""
+    file for it, and both end with the exact bytes (before: one mixed file under the shard's sha, a traceback).
+    The Hub holds the downloads until one pull says it waits for the other."""
     name, r = repo
-    server.faults.append(Fault(r"^/cdn/", status=None, delay=1.5, times=-1, method="GET"))  # slow enough to overlap
-    cmd = [sys.executable, "-m", "launcher", "pull", "tiny", "--quant", "UD-Q8_0"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err
-        assert "Traceback" not in err and "Ready: " in out
-    assert any("Waiting: another download of UD-Q8_0/" in err for _, err in outs)
+    held = threading.Event()
+    server.faults.append(Fault(r"^/cdn/", status=None, times=-1, method="GET", ranged=False, hold=held))
+    cmd = [*RUNQ_CMD, "pull", "tiny", "--quant", "UD-Q8_0"]
+    logs = [(tmp_path / f"pull{i}.out", tmp_path / f"pull{i}.err") for i in (1, 2)]
+    procs = []
+    for o, e in logs:
+        with o.open("w") as out, e.open("w") as err:
+            procs.append(spawn(cmd, stdout=out, stderr=err))
+    wait_until(lambda: any("Waiting: another download of UD-Q8_0/" in e.read_text() for _, e in logs), "a waiting pull")
+    held.set()
+    for p, (o, e) in zip(procs, logs, strict=True):
+        assert p.wait(timeout=120) == 0, e.read_text()
+        assert "Traceback" not in e.read_text() and "Ready: " in o.read_text()
     for n in (1, 2, 3):
         assert snapshot_bytes(name, shard(n)) == tiny_files[shard(n)].read_bytes()
     cache = Path(os.environ["HF_HUB_CACHE"])
@@ -125,23 +116,23 @@ def test_a_hub_answering_503_falls_back_to_the_cache_and_says_so(repo: tuple[str
     """A fully downloaded model plans and dry-runs while the Hub answers 503 to everything; one never listed
     plans from estimates, and says so loudly."""
     server.faults.append(Fault(r".", status=503, times=-1))
-    r = runq("plan", "tiny", "--gpu", "none", "--ram", "8GiB", "--json")
+    r = runq_proc("plan", "tiny", "--gpu", "none", "--ram", "8GiB", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["exact"] is False
     assert "Warning: the Hub could not be used" in r.stderr and "sizes are ESTIMATED" in r.stderr
     server.faults.clear()
-    r = runq("pull", "tiny", "--quant", "UD-Q8_0")
+    r = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
     assert r.returncode == 0, r.stderr
     server.faults.append(Fault(r".", status=503, times=-1))
     t0 = time.monotonic()
-    r = runq("plan", "tiny", "--quant", "UD-Q8_0", "--gpu", "none", "--ram", "8GiB", "--json")
+    r = runq_proc("plan", "tiny", "--quant", "UD-Q8_0", "--gpu", "none", "--ram", "8GiB", "--json")
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["quant"] == "UD-Q8_0" and data["exact"] is True
     assert "cached headers (" in data["sizes"] and "answered 503" in data["sizes"]
     assert "Warning: the Hub could not be used" in r.stderr and "listing cached earlier" in r.stderr
-    r = runq("run", "tiny", "--quant", "UD-Q8_0", "--dry-run", "--gpu", "none", "--ram", "8GiB")
+    r = runq_proc("run", "tiny", "--quant", "UD-Q8_0", "--dry-run", "--gpu", "none", "--ram", "8GiB")
     assert r.returncode == 0, r.stderr
     assert "would download" not in r.stderr
     cmd = next(line for line in r.stdout.splitlines() if line.startswith("[dry-run] would run:"))
@@ -151,7 +142,7 @@ def test_a_hub_answering_503_falls_back_to_the_cache_and_says_so(repo: tuple[str
 
 def test_metadata_503_is_retried(repo: tuple[str, Repo], server: HubServer, tiny_files: dict[str, Path]) -> None:
     server.faults.append(Fault(r"/resolve/.*-00002-of-00003", status=503, times=2, method="HEAD"))
-    r = runq("pull", "tiny", "--quant", "UD-Q8_0")
+    r = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
     assert r.returncode == 0, r.stderr
     assert server.faults[0].hits == 2
     assert snapshot_bytes(repo[0], shard(2)) == tiny_files[shard(2)].read_bytes()
@@ -165,7 +156,7 @@ def test_expired_signed_urls_are_resolved_again(
     server.url_ttl = 0.5
     src = tiny_files[shard(2)]
     server.cut_after[shard(2)] = src.stat().st_size // 2
-    r = runq("pull", "tiny", "--quant", "UD-Q8_0", "--dir", str(tmp_path / "m"))
+    r = runq_proc("pull", "tiny", "--quant", "UD-Q8_0", "--dir", str(tmp_path / "m"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m" / shard(2)).read_bytes() == src.read_bytes()
     resolves = [x for x in server.log if x.method == "GET" and x.path == "resolve:" + shard(2)]
@@ -205,15 +196,15 @@ def test_an_upstream_update_of_the_same_size_is_fetched(
 ) -> None:
     name, r = repo
     extra = ["--dir", str(tmp_path / "m")] if where == "dir" else []
-    assert runq("pull", "tiny", "--quant", "F16", *extra).returncode == 0
+    assert runq_proc("pull", "tiny", "--quant", "F16", *extra).returncode == 0
     new = changed_copy(tiny_files["Tiny-F16.gguf"], tmp_path / "Tiny-F16.gguf")
     r.update("Tiny-F16.gguf", new)
-    out = runq("pull", "tiny", "--quant", "F16", *extra)
+    out = runq_proc("pull", "tiny", "--quant", "F16", *extra)
     assert out.returncode == 0, out.stderr
     assert "0 already here" in out.stdout
     got = (tmp_path / "m" / "Tiny-F16.gguf").read_bytes() if extra else snapshot_bytes(name, "Tiny-F16.gguf")
     assert got == new.read_bytes()
-    again = runq("pull", "tiny", "--quant", "F16", *extra)
+    again = runq_proc("pull", "tiny", "--quant", "F16", *extra)
     assert "1 already here, 0 B to download" in again.stdout
 
 
@@ -225,7 +216,7 @@ def test_a_file_changed_mid_pull_stops_before_downloading_it(
     r_sha1, r_sha2 = r.sha[shard(1)], r.sha[shard(2)]
     new = changed_copy(tiny_files[shard(3)], tmp_path / "shard3.gguf")
     server.on_blob = lambda path: r.update(shard(3), new) if path == shard(1) else None
-    out = runq("pull", "tiny", "--quant", "UD-Q8_0")
+    out = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert f"Error: {shard(3)} changed on the Hub during the download" in out.stderr
     assert "lists the repo afresh" in out.stderr
@@ -240,11 +231,11 @@ def test_a_missing_shard_is_found_before_downloading_the_others(
 ) -> None:
     name, r = repo
     del r.files[shard(2)]  # not in the listing
-    out = runq("pull", "tiny", "--quant", "UD-Q8_0")
+    out = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
     assert out.returncode == 1 and f"{shard(2)} not there" in out.stderr and "Traceback" not in out.stderr
     r.files[shard(2)] = tiny_files[shard(2)]
     r.hidden.add(shard(3))  # listed, but the Hub has no such file
-    out = runq("pull", "tiny", "--quant", "UD-Q8_0")
+    out = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
     assert out.returncode == 1 and f"Error: {shard(3)} is not in {name} any more" in out.stderr
     assert not [x for x in server.log if x.bytes_sent]  # nothing downloaded either time
 
@@ -278,7 +269,7 @@ def test_stale_parts_and_corrupt_copies_are_removed_when_safe(
     lock.acquire()
     try:
         assert dl.stale_files(name, set(r.sha.values())) == sorted([files["orphan"], files["corrupt"]])
-        out = runq("pull", "tiny", "--quant", "UD-Q8_0")
+        out = runq_proc("pull", "tiny", "--quant", "UD-Q8_0")
         assert out.returncode == 0, out.stderr
     finally:
         lock.release()
@@ -292,13 +283,13 @@ def test_header_reads_retry_then_fall_back_loudly(repo: tuple[str, Repo], server
     from launcher.paths import cache_dir
 
     server.faults.append(Fault(r"^/cdn/.*Tiny-F16", status=503, times=2, method="GET"))
-    r = runq("plan", "tiny", "--gpu", "none", "--ram", "8GiB", "--json")
+    r = runq_proc("plan", "tiny", "--gpu", "none", "--ram", "8GiB", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["sizes"].startswith("exact: 2 of 2 quants")  # retried, not estimated
     for p in (cache_dir() / "hub").rglob("*.hdr"):
         p.unlink()
     server.faults[:] = [Fault(r"^/cdn/.*Tiny-F16", status=503, times=-1, method="GET")]
-    r = runq("plan", "tiny", "--gpu", "none", "--ram", "8GiB", "--json")
+    r = runq_proc("plan", "tiny", "--gpu", "none", "--ram", "8GiB", "--json")
     assert r.returncode == 0, r.stderr
     assert "estimated for the rest" in json.loads(r.stdout)["sizes"]
     assert "Warning: the GGUF headers of 1 quant(s) could not be read from the Hub" in r.stderr
@@ -306,58 +297,75 @@ def test_header_reads_retry_then_fall_back_loudly(repo: tuple[str, Repo], server
     assert server.faults[0].hits == 4  # tried 4 times
 
 
-def test_ctrl_c_during_header_reads_acts_at_once(repo: tuple[str, Repo], server: HubServer) -> None:
-    server.faults.append(Fault(r"^/cdn/", status=None, delay=30, times=-1, method="GET"))  # a Hub that stalls
-    p = subprocess.Popen([sys.executable, "-m", "launcher", "plan", "tiny", "--gpu", "none", "--ram", "8GiB"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+def test_ctrl_c_during_header_reads_acts_at_once(repo: tuple[str, Repo], server: HubServer, tmp_path: Path) -> None:
+    """A Hub that stalls (header reads held until the test ends): Ctrl-C ends runq at once, not after the read's
+    60 s timeout."""
+    server.faults.append(Fault(r"^/cdn/", status=None, times=-1, method="GET", hold=threading.Event()))
+    p = spawn([*RUNQ_CMD, "plan", "tiny", "--gpu", "none", "--ram", "8GiB"])
     try:
-        for _ in range(300):
-            if server.faults[0].hits:
-                break
-            time.sleep(0.05)
-        assert server.faults[0].hits, "the header read never started"
-        time.sleep(0.3)
+        wait_until(lambda: server.faults[0].hits, "the header read never started")
         t0 = time.monotonic()
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=20)
+        _, err = p.communicate(timeout=60)
         took = time.monotonic() - t0
     finally:
         if p.poll() is None:
             p.kill()
     assert p.returncode == 130 and "Traceback" not in err
-    assert took < 5, f"took {took:.1f} s after Ctrl-C"
+    assert took < 30, f"took {took:.1f} s after Ctrl-C"  # half the read's timeout: it did not wait for the read
     print(f"\nCtrl-C during header reads: runq exited {took:.2f} s after the signal")
 
 
+def _said(path: Path, text: str) -> None:
+    """Wait until a running process has written `text` to its output file."""
+    wait_until(lambda: text in path.read_text(errors="replace"), f"{text!r} in {path.name}")
+
+
+# huggingface_hub downloading one file (argv[1]) of a repo, saying at INFO when it waits for another's lock.
+HF_DOWNLOAD = (
+    "import sys; from huggingface_hub import constants, hf_hub_download; from huggingface_hub.utils import logging; "
+    "logging.set_verbosity_info(); constants.FILELOCK_LOG_EVERY_SECONDS = 0.5; "
+    "print(hf_hub_download(sys.argv[1], sys.argv[2]))"
+)
+
+
 def test_runq_and_huggingface_hub_wait_for_each_other(
-    repo: tuple[str, Repo], server: HubServer, tiny_files: dict[str, Path]
+    repo: tuple[str, Repo], server: HubServer, tiny_files: dict[str, Path], tmp_path: Path
 ) -> None:
     """The lock file is huggingface_hub's own: a `hf_hub_download` of a file runq is downloading waits and then
-    finds it done, and runq waits for one huggingface_hub is downloading. Each file crosses the wire once."""
+    finds it done, and runq waits for one huggingface_hub is downloading. Each file crosses the wire once.
+
+    The Hub holds each download until the other side has said that it waits (no head start to race)."""
     name, _ = repo
-    server.faults.append(Fault(r"^/cdn/", status=None, delay=2, times=-1, method="GET"))
-    hf = [sys.executable, "-c", "import sys; from huggingface_hub import hf_hub_download; "
-          f"print(hf_hub_download({name!r}, sys.argv[1]))"]  # fmt: skip
-    pull = [sys.executable, "-m", "launcher", "pull", "tiny", "--quant", "UD-Q8_0"]
+    hf = [sys.executable, "-c", HF_DOWNLOAD, name]
+    out = {k: tmp_path / k for k in ("pull.out", "pull.err", "hf.out", "hf.err", "pull2.err", "hf3.err")}
 
     def started(path: str) -> None:
-        for _ in range(200):
-            if any(x.path == "fault:/cdn/" + f"{name}/{path}" for x in server.log):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no download of {path} started")
+        wait_until(lambda: any(x.path == f"fault:/cdn/{name}/{path}" for x in server.log), f"a download of {path}")
 
-    first = subprocess.Popen(pull, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held = threading.Event()
+    server.faults.append(Fault(r"^/cdn/.*UD-Q8_0", status=None, times=-1, method="GET", ranged=False, hold=held))
+    with out["pull.out"].open("w") as o, out["pull.err"].open("w") as e:
+        first = spawn([*RUNQ_CMD, "pull", "tiny", "--quant", "UD-Q8_0"], stdout=o, stderr=e)
     started(shard(1))
-    other = subprocess.run([*hf, shard(1)], capture_output=True, text=True, timeout=120)  # runq holds the lock
-    assert other.returncode == 0, other.stderr
-    assert Path(other.stdout.strip()).read_bytes() == tiny_files[shard(1)].read_bytes()
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 0, err
-    hf3 = subprocess.Popen([*hf, "Tiny-F16.gguf"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with out["hf.out"].open("w") as o, out["hf.err"].open("w") as e:
+        other = spawn([*hf, shard(1)], stdout=o, stderr=e)
+    _said(out["hf.err"], "Still waiting to acquire lock")  # runq holds the lock
+    held.set()
+    assert other.wait(timeout=120) == 0, out["hf.err"].read_text()
+    assert Path(out["hf.out"].read_text().strip()).read_bytes() == tiny_files[shard(1)].read_bytes()
+    assert first.wait(timeout=120) == 0, out["pull.err"].read_text()
+
+    held = threading.Event()
+    server.faults[:] = [Fault(r"^/cdn/.*Tiny-F16", status=None, times=-1, method="GET", ranged=False, hold=held)]
+    with out["hf3.err"].open("w") as e:
+        hf3 = spawn([*hf, "Tiny-F16.gguf"], stdout=subprocess.DEVNULL, stderr=e)
     started("Tiny-F16.gguf")
-    r = runq("pull", "tiny", "--quant", "F16")  # huggingface_hub holds the lock now
-    assert r.returncode == 0 and "Waiting: another download of Tiny-F16.gguf" in r.stderr, r.stderr
-    assert hf3.wait(timeout=120) == 0
+    with out["pull2.err"].open("w") as e:
+        second = spawn([*RUNQ_CMD, "pull", "tiny", "--quant", "F16"], stdout=subprocess.DEVNULL, stderr=e)
+    _said(out["pull2.err"], "Waiting: another download of Tiny-F16.gguf")  # huggingface_hub holds the lock now
+    held.set()
+    assert second.wait(timeout=120) == 0, out["pull2.err"].read_text()
+    assert hf3.wait(timeout=120) == 0, out["hf3.err"].read_text()
     for path in (shard(1), shard(2), shard(3), "Tiny-F16.gguf"):
         assert server.bytes_for(path) == tiny_files[path].stat().st_size, path  # once

@@ -6,14 +6,13 @@ Against the local Hub (tests/hubserver.py) through the real huggingface_hub clie
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from launcher.measure.synth import SynthSpec, write_model
 from launcher.model.shards import open_local
-from tests.edge.test_hub import online, runq  # noqa: F401  (the environment pointing at the local Hub)
+from tests.helpers import runq_proc
 from tests.support.hubserver import HubServer, Repo
 
 REPO = "runq/Outside-GGUF"  # not in the catalog
@@ -28,11 +27,7 @@ SPEC = SynthSpec(
 )
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[HubServer]:
-    s = HubServer(page_size=2)
-    yield s
-    s.close()
+HUB_PAGE_SIZE = 2  # the repo tree in pages of two entries (tests/edge/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +41,10 @@ def outside_repo(server: HubServer, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_a_repo_outside_the_catalog_plans_exactly_from_its_headers(
-    online: dict[str, str],  # noqa: F811
+    online: dict[str, str],
     outside_repo: dict[str, list[Path]],
 ) -> None:
-    r = runq("plan", REPO, "--gpu", "24GiB", "--ram", "64GiB", "--json")
+    r = runq_proc("plan", REPO, "--gpu", "24GiB", "--ram", "64GiB", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["exact"] is True and data["sizes"].startswith("exact: 2 of 2 quants")
@@ -71,11 +66,11 @@ def test_a_repo_outside_the_catalog_plans_exactly_from_its_headers(
 
 
 def test_pull_works_for_a_repo_outside_the_catalog(
-    online: dict[str, str],  # noqa: F811
+    online: dict[str, str],
     outside_repo: dict[str, list[Path]],
     server: HubServer,
 ) -> None:
-    r = runq("pull", REPO, "--quant", "Q8_0")
+    r = runq_proc("pull", REPO, "--quant", "Q8_0")
     assert r.returncode == 0, r.stderr
     assert "2 file(s)" in r.stdout and "Ready: " in r.stdout
     downloaded = {x.path for x in server.log if x.method == "GET" and x.bytes_sent and not x.range}
@@ -83,24 +78,24 @@ def test_pull_works_for_a_repo_outside_the_catalog(
 
 
 def test_a_repo_without_gguf_files_or_a_missing_repo_is_a_clear_error(
-    online: dict[str, str],  # noqa: F811
+    online: dict[str, str],
     server: HubServer,
     tmp_path: Path,
 ) -> None:
     (tmp_path / "README.md").write_text("no weights\n")
     server.repos["runq/Empty"] = Repo({"README.md": tmp_path / "README.md"})
-    r = runq("plan", "runq/Empty", "--gpu", "24GiB", "--ram", "64GiB")
+    r = runq_proc("plan", "runq/Empty", "--gpu", "24GiB", "--ram", "64GiB")
     assert r.returncode != 0 and "has no GGUF files" in r.stderr and "Traceback" not in r.stderr
-    r = runq("plan", "runq/Does-Not-Exist-GGUF", "--gpu", "24GiB", "--ram", "64GiB")
+    r = runq_proc("plan", "runq/Does-Not-Exist-GGUF", "--gpu", "24GiB", "--ram", "64GiB")
     assert r.returncode != 0 and "Error:" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_a_typo_gets_a_suggestion() -> None:
-    r = runq("plan", "deepseek-v31", "--gpu", "24GiB", "--ram", "256GiB")
+    r = runq_proc("plan", "deepseek-v31", "--gpu", "24GiB", "--ram", "256GiB")
     assert r.returncode == 2
     assert "did you mean deepseek-v3.1" in r.stderr and "Traceback" not in r.stderr
-    r = runq("plan", "gpt-oss-12b", "--estimate", "--gpu", "24GiB", "--ram", "64GiB")
+    r = runq_proc("plan", "gpt-oss-12b", "--estimate", "--gpu", "24GiB", "--ram", "64GiB")
     assert r.returncode == 2 and "did you mean gpt-oss-120b" in r.stderr
-    r = runq("plan", "kimi", "--estimate", "--gpu", "80GiB", "--ram", "512GiB", "--json")  # an alias
+    r = runq_proc("plan", "kimi", "--estimate", "--gpu", "80GiB", "--ram", "512GiB", "--json")  # an alias
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["model"] == "Kimi-K2.5"

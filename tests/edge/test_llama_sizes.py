@@ -29,10 +29,8 @@ from launcher.plan.place import plan
 from launcher.plan.projection import ESTIMATE, parse_fit_print
 from launcher.plan.types import Request
 from launcher.units import GiB, MiB
-from tests.edge.test_fit_params import SHAPE
-from tests.edge.test_hub import runq
+from tests.helpers import SHAPE, machine, machine_with_ram, runq_proc
 from tests.support.sparse_models import write_sparse_quant
-from tests.unit.test_planner import machine, machine_with_ram
 
 DS = require_profile("deepseek-v3.1")
 BUILD = "0c1e570"
@@ -152,17 +150,17 @@ def test_a_model_llama_cpp_cannot_read_falls_back_to_the_estimate_with_its_error
 def test_plan_cli_says_which_numbers_are_llama_cpp_s(llama_build: Build, shapes: dict[str, Path]) -> None:
     env = dict(os.environ)
     argv = ["plan", str(shapes["qwen3moe"]), "--ctx", "8192", "--gpu", "2GiB", "--ram", "16GiB"]
-    r = runq(*argv, "--json", "--llama-bin", str(llama_build.bin_dir), env=env)
+    r = runq_proc(*argv, "--json", "--llama-bin", str(llama_build.bin_dir), env=env)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     gpu, cpu = data["devices"]
     assert gpu["kv_source"] == cpu["kv_source"] == f"llama.cpp projection, build {BUILD}"
     assert gpu["compute_source"] == "runq estimate" and gpu["weights_source"] == "GGUF header"
     assert f"KV cache and compute: llama.cpp projection, build {BUILD}" in data["sizes"]
-    text = runq(*argv, "--llama-bin", str(llama_build.bin_dir), env=env).stdout
+    text = runq_proc(*argv, "--llama-bin", str(llama_build.bin_dir), env=env).stdout
     sources = f"sources: weights: GGUF header; KV cache: llama.cpp projection, build {BUILD}; compute: runq estimate"
     assert sources in text
-    r = runq(*argv, "--json", "--no-projection", "--llama-bin", str(llama_build.bin_dir), env=env)
+    r = runq_proc(*argv, "--json", "--no-projection", "--llama-bin", str(llama_build.bin_dir), env=env)
     assert {d["kv_source"] for d in json.loads(r.stdout)["devices"]} == {"runq estimate"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,16 @@ from launcher.llama.build import Build
 from launcher.llama.rpc import worker_argv
 from launcher.llama.server import free_port
 from launcher.service.unit import render, worker_unit_spec
-from tests.edge.test_service import FAKE_SYSTEMCTL, GOLDEN, RUNQ, calls, check_unit
+from tests.helpers import (
+    GOLDEN,
+    GOLDEN_RUNQ,
+    calls,
+    check_unit,
+    fake_systemd_env,
+    needs_systemd_analyze,
+    runq_proc,
+    wait_until,
+)
 
 COMBOS = [("user", False), ("system", True)]
 
@@ -25,7 +33,7 @@ def spec_for(mode: str, gpu: bool, binary: str = "", runq: list[str] | None = No
     devices = ["CUDA0", "CUDA1", "CPU"] if gpu else []
     argv = worker_argv(Path(binary), "10.0.0.2" if gpu else "127.0.0.1", 50052, 16, gpu, devices)
     return worker_unit_spec("worker-50052", argv, mode, "llama" if mode == "system" else None, 2 if gpu else 0,
-                            runq or RUNQ)  # fmt: skip
+                            runq or GOLDEN_RUNQ)  # fmt: skip
 
 
 @pytest.mark.parametrize(("mode", "gpu"), COMBOS)
@@ -39,7 +47,7 @@ def test_golden_worker_units(mode: str, gpu: bool) -> None:
     assert ("DeviceAllow=/dev/nvidia1 rw" in text) == gpu and ("service wait-gpu" in text) == gpu
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
+@needs_systemd_analyze
 @pytest.mark.parametrize(("mode", "gpu"), COMBOS)
 def test_worker_units_pass_systemd_checks(mode: str, gpu: bool, llama_build: Build, tmp_path: Path) -> None:
     spec = spec_for(mode, gpu, str(llama_build.binary("ggml-rpc-server")), [sys.executable, "-m", "launcher"])
@@ -49,23 +57,12 @@ def test_worker_units_pass_systemd_checks(mode: str, gpu: bool, llama_build: Bui
 
 
 def test_install_worker_starts_it_and_remove_stops_it(llama_build: Build, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent),
-        "RUNQ_SYSTEMCTL": str(FAKE_SYSTEMCTL),
-        "RUNQ_UNIT_DIR": str(tmp_path / "units"),
-        "RUNQ_STATE_DIR": str(tmp_path / "state"),
-        "FAKE_SYSTEMD_DIR": str(tmp_path / "fake-systemd"),
-    }
+    env = fake_systemd_env(llama_build, tmp_path)
     port = free_port()
 
-    def runq(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
-                              timeout=120)  # fmt: skip
-
-    r = runq("service", "install-worker", "--port", str(port), "--dry-run")
+    r = runq_proc("service", "install-worker", "--port", str(port), "--dry-run", env=env, timeout=120)
     assert r.returncode == 0 and "ggml-rpc-server" in r.stdout and not (tmp_path / "units").exists()
-    r = runq("service", "install-worker", "--port", str(port), "--yes", "--threads", "1")
+    r = runq_proc("service", "install-worker", "--port", str(port), "--yes", "--threads", "1", env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"--rpc 127.0.0.1:{port}" in r.stdout
     unit = tmp_path / "units" / f"runq-worker-{port}.service"
@@ -74,16 +71,14 @@ def test_install_worker_starts_it_and_remove_stops_it(llama_build: Build, tmp_pa
     # The fake systemctl really started ExecStart: llama.cpp lists the worker's device through --rpc.
     server = Path(json.loads((Path(env["RUNQ_HOME"]) / "config" / "services" / f"worker-{port}.json").read_text())
                   ["argv"][0]).parent / "llama-server"  # fmt: skip
-    import time
 
-    for _ in range(100):
-        listed = subprocess.run([str(server), "--rpc", f"127.0.0.1:{port}", "--list-devices"], capture_output=True,
-                                text=True, timeout=30)  # fmt: skip
-        if "RPC0:" in listed.stdout:
-            break
-        time.sleep(0.1)
-    assert f"RPC0: 127.0.0.1:{port}" in listed.stdout
-    r = runq("service", "status", f"worker-{port}")
+    def listed() -> str:
+        return subprocess.run([str(server), "--rpc", f"127.0.0.1:{port}", "--list-devices"], capture_output=True,
+                              text=True, timeout=30).stdout  # fmt: skip
+
+    wait_until(lambda: "RPC0:" in listed(), "the worker's device listed through --rpc", every=0.1)
+    assert f"RPC0: 127.0.0.1:{port}" in listed()
+    r = runq_proc("service", "status", f"worker-{port}", env=env, timeout=120)
     assert r.returncode == 0 and "ggml-rpc-server on 127.0.0.1" in r.stdout, r.stderr
-    r = runq("service", "remove", f"worker-{port}")
+    r = runq_proc("service", "remove", f"worker-{port}", env=env, timeout=120)
     assert r.returncode == 0 and not unit.exists(), r.stderr

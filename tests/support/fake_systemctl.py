@@ -48,6 +48,12 @@ def stop(unit: str) -> None:
     (state / f"{unit}.pid").unlink(missing_ok=True)
 
 
+def _defaults() -> None:
+    """What systemd gives a service: every signal at its default, whatever the test runner inherited (nohup)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start(unit: str) -> int:
     for line in (unit_dir / unit).read_text().splitlines():  # what systemd does for StateDirectory=
         if line.startswith("StateDirectory="):
@@ -57,7 +63,7 @@ def start(unit: str) -> int:
             return 1
     (main,) = commands(unit, "ExecStart")
     log = (state / f"{unit}.out").open("ab")
-    proc = subprocess.Popen(main, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(main, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_defaults)
     (state / f"{unit}.pid").write_text(str(proc.pid))
     for post in commands(unit, "ExecStartPost"):
         r = subprocess.run(post, capture_output=True, text=True)

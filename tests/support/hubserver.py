@@ -5,10 +5,10 @@ Routes: GET /api/models/{repo}/tree/{rev}[/{path}] (paginated with a Link header
 X-Repo-Commit / X-Linked-Size / X-Linked-Etag), HEAD/GET /cdn/{sha}/{path} with Range. Gated and missing repos
 answer with the X-Error-Code headers huggingface_hub maps to its exceptions.
 
-Faults for the reliability tests: `faults` (a status such as 503, an empty 200 body, or a stall, on the requests
-whose URL path matches), `url_ttl` (signed CDN URLs that expire, answering 403 after), `Repo.update` (an upstream
-change: new bytes, new sha256, new commit), `Repo.hidden` (listed, but 404 on resolve), `on_blob` (a hook run as a
-download starts, e.g. to change a file mid-pull).
+Faults for the reliability tests: `faults` (a status such as 503, an empty 200 body, a stall, or an answer held
+until the test releases it, on the requests whose URL path matches), `url_ttl` (signed CDN URLs that expire,
+answering 403 after), `Repo.update` (an upstream change: new bytes, new sha256, new commit), `Repo.hidden` (listed,
+but 404 on resolve), `on_blob` (a hook run as a download starts, e.g. to change a file mid-pull).
 """
 
 from __future__ import annotations
@@ -54,14 +54,21 @@ def _identity(f: Path) -> str:
 @dataclass
 class Fault:
     """Answer the requests whose URL path matches `match` (a regex) with `status` (0: a 200 with an empty body;
-    None: the normal answer) after `delay` seconds, `times` times (-1: always)."""
+    None: the normal answer) after `delay` seconds, `times` times (-1: always). With `hold`, the answer waits until
+    the test sets that event (at most HOLD_MAX_S): a download that stays in flight exactly as long as a test needs,
+    whatever the machine's load, where a delay would be a head start."""
 
     match: str
     status: int | None = 503
     times: int = 1
     delay: float = 0.0
     method: str | None = None  # only this method (HEAD, GET)
+    ranged: bool | None = None  # only requests with a Range header (header reads) or without (whole downloads)
     hits: int = 0
+    hold: threading.Event | None = None
+
+
+HOLD_MAX_S = 600  # a held answer goes out after this long even if the test never releases it (a failed test)
 
 
 @dataclass
@@ -120,8 +127,9 @@ class HubServer:
     def _fault(self, h: BaseHTTPRequestHandler, path: str) -> bool:
         """Play the first matching fault; True when it answered the request."""
         with self.lock:
+            ranged = "Range" in h.headers
             fault = next((f for f in self.faults if f.times != 0 and re.search(f.match, path)
-                          and f.method in (None, h.command)), None)  # fmt: skip
+                          and f.method in (None, h.command) and f.ranged in (None, ranged)), None)  # fmt: skip
             if fault is None:
                 return False
             fault.times -= 1 if fault.times > 0 else 0
@@ -129,6 +137,8 @@ class HubServer:
         self.log.append(Request(h.command, "fault:" + path, h.headers.get("Range"), 0))
         if fault.delay:
             time.sleep(fault.delay)
+        if fault.hold is not None:
+            fault.hold.wait(HOLD_MAX_S)
         if fault.status is None:
             return False
         if fault.status == 0:

@@ -144,13 +144,13 @@ def test_commands_follow_what_the_build_accepts(models) -> None:  # type: ignore
     from launcher.plan import memory
     from launcher.plan.place import plan
     from launcher.plan.types import Request
-    from tests.unit.test_planner import _gpu_for
+    from tests.helpers import gpu_for
 
     m = open_local(models["deepseek2-q8"].path)
     t, hp = m.tensors, m.hparams
     half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
     room = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(2048) + memory.gpu_compute_bytes(hp, 2048, 512) + half
-    p = plan(_gpu_for(room), t, hp, Request(ctx=2048, ubatch=512))
+    p = plan(gpu_for(room), t, hp, Request(ctx=2048, ubatch=512))
     assert p.load_mode == "none"
     new = plan_flags(p)
     assert "--fit" in new and "-lm" in new and "-cram" in new

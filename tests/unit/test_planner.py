@@ -10,7 +10,7 @@ import pytest
 from launcher.catalog.profiles import require_profile
 from launcher.catalog.sources import ModelSource, profile_sources
 from launcher.errors import DoesNotFitError, UsageError
-from launcher.machine.spec import CPU, GPU, Machine, MachineSpec
+from launcher.machine.spec import Machine
 from launcher.measure.synth import SynthModel
 from launcher.model.arch_shapes import Shape, tensor_shapes
 from launcher.model.ggml_types import TYPES_BY_NAME
@@ -24,14 +24,9 @@ from launcher.plan.place import plan
 from launcher.plan.predict import predict_tg
 from launcher.plan.types import Request
 from launcher.units import GiB, MiB
+from tests.helpers import gpu_for, machine
 
 DS = require_profile("deepseek-v3.1")
-
-
-def machine(*gpus_gib: float, ram_gib: float, cores: int = 16) -> Machine:
-    return MachineSpec.model_validate(
-        {"gpus": [{"memory": f"{g}GiB", "name": "RTX 4090"} for g in gpus_gib], "ram": f"{ram_gib}GiB", "cores": cores}
-    ).to_machine()
 
 
 def ds_choice(m: Machine, **req: object):  # type: ignore[no-untyped-def]
@@ -156,17 +151,6 @@ def _source(model: SynthModel) -> ModelSource:
     return ModelSource(model.path.name, m.tensors, m.hparams, exact=True, size_bytes=m.file_bytes)
 
 
-def machine_with_ram(ram: int, gpus: tuple[GPU, ...] = ()) -> Machine:
-    return Machine(gpus=gpus, ram_total_bytes=ram, ram_available_bytes=ram, cpu=CPU(physical_cores=2, logical_cores=2))
-
-
-def _gpu_for(extra_bytes: int) -> Machine:
-    """One GPU with exactly `extra_bytes` beyond runq's fixed margins."""
-    cap = mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_bytes
-    return Machine(gpus=(GPU(0, "test GPU", cap, cap),), ram_total_bytes=64 * GiB, ram_available_bytes=64 * GiB,
-                   cpu=CPU(physical_cores=8, logical_cores=8))  # fmt: skip
-
-
 def _effective(p, tensors: TensorSet) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """What llama.cpp would do with the plan's -ngl and -ot."""
     n_layer = p.n_layer
@@ -183,7 +167,7 @@ def _effective(p, tensors: TensorSet) -> dict[str, str]:  # type: ignore[no-unty
 def test_more_vram_never_puts_more_on_cpu(any_model: SynthModel, ubatch: int) -> None:
     src = _source(any_model)
     req = Request(ctx=2048, ubatch=ubatch)
-    base = plan(_gpu_for(0), src.tensors, src.hparams, req)
+    base = plan(gpu_for(0), src.tensors, src.hparams, req)
     need = (
         mem.gpu_compute_bytes(src.hparams, 2048, ubatch)
         + src.tensors.total_bytes
@@ -193,7 +177,7 @@ def test_more_vram_never_puts_more_on_cpu(any_model: SynthModel, ubatch: int) ->
     steps = 24
     for i in range(steps + 2):
         extra = need * i // steps
-        p = plan(_gpu_for(extra), src.tensors, src.hparams, req)
+        p = plan(gpu_for(extra), src.tensors, src.hparams, req)
         cpu_weights = p.cpu.weights_bytes
         if prev_cpu is not None:
             assert cpu_weights <= prev_cpu
@@ -211,7 +195,7 @@ def test_more_vram_never_puts_more_on_cpu(any_model: SynthModel, ubatch: int) ->
 def test_user_overrides_are_kept_first(models: dict[str, SynthModel]) -> None:
     src = _source(models["deepseek2-q8"])
     mine = Override(r"blk\.1\.ffn_down_exps", "CPU")
-    p = plan(_gpu_for(GiB), src.tensors, src.hparams, Request(ctx=2048, user_overrides=(mine,)))
+    p = plan(gpu_for(GiB), src.tensors, src.hparams, Request(ctx=2048, user_overrides=(mine,)))
     assert p.overrides[0] == mine
     assert p.placement["blk.1.ffn_down_exps.weight"] == "CPU"
     assert p.placement["blk.1.ffn_up_exps.weight"] == "CUDA0"
@@ -219,7 +203,7 @@ def test_user_overrides_are_kept_first(models: dict[str, SynthModel]) -> None:
 
 def test_pinned_ngl_is_respected(models: dict[str, SynthModel]) -> None:
     src = _source(models["qwen3moe-q8"])
-    p = plan(_gpu_for(GiB), src.tensors, src.hparams, Request(ctx=2048, ngl=2))
+    p = plan(gpu_for(GiB), src.tensors, src.hparams, Request(ctx=2048, ngl=2))
     assert p.ngl == 2
     assert p.placement["blk.0.attn_q.weight"] == "CPU"
     assert p.placement["blk.2.attn_q.weight"] == "CUDA0"

@@ -245,14 +245,11 @@ def test_aliases_and_names_are_unique() -> None:
 
 def test_runq_models_lists_the_catalog_for_the_described_machine() -> None:
     import json
-    import subprocess
-    import sys
 
-    def runq(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "launcher", "models", "--gpu", "24GiB", "--ram", "64GiB", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    from tests.helpers import runq_proc
 
-    r = runq("--json")
+    described = ("models", "--gpu", "24GiB", "--ram", "64GiB")
+    r = runq_proc(*described, "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) >= 16 and {x["name"] for x in rows} >= {n for names in FAMILIES.values() for n in names}
@@ -264,7 +261,7 @@ def test_runq_models_lists_the_catalog_for_the_described_machine() -> None:
     assert gpt["smallest"]["quant"] == "UD-Q4_K_XL" and gpt["largest"] == {"quant": "F16", "size_bytes": 65_369_017_728}
     assert gpt["best"]["quant"] == "F16" and gpt["on_disk"] == "no"
     assert next(x for x in rows if x["name"] == "kimi-k2.5")["best"] is None
-    text = runq().stdout
+    text = runq_proc(*described).stdout
     assert "gpt-oss-120b" in text and "60.9 GiB" in text and " GB" not in text  # binary units, like the rest of runq
     assert f"{len(fitting)} of {len(rows)} fit" in text
 

@@ -12,7 +12,7 @@ from launcher.plan.place import plan
 from launcher.plan.projection import ESTIMATE, DeviceRow, Projection, SizeBook, distribute, parse_fit_print
 from launcher.plan.types import CPU, Request
 from launcher.units import GiB, MiB
-from tests.unit.test_planner import machine
+from tests.helpers import machine
 
 DS = require_profile("deepseek-v3.1")
 QWEN3_235B = HParams("qwen3moe", None, 94, 262144, 4096, 151936, (64,) * 94, (4,) * 94, 128, 128, (0,) * 94,
