@@ -1,5 +1,6 @@
 """Shared fixtures: generated GGUF models (never committed), an isolated runq home, the llama.cpp build and the
-environment that finds it, runq processes cleaned up after each test."""
+environment that finds it, runq processes cleaned up after each test; and the `llama` marker, put on every test
+whose fixtures reach `llama_build` (`pytest -m "not llama"` runs the rest without a build)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,14 @@ def llama_build() -> Build:
         build = load_build(Path(json.loads(out.getvalue())["bin_dir"]).parent)
     assert build is not None
     return build
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `llama` every test that needs the llama.cpp build: its fixture closure (direct or through `env`,
+    `cache`, …) holds llama_build."""
+    for item in items:
+        if "llama_build" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.llama)
 
 
 @pytest.fixture
