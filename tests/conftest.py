@@ -5,6 +5,9 @@ whose fixtures reach `llama_build` (`pytest -m "not llama"` runs the rest withou
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +118,19 @@ def running() -> Iterator[list[RunningRunq]]:
         if r.proc.poll() is None:
             r.proc.kill()
             r.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """runq's wheel, built from a clean copy of the sources (no stale build/ directory can leak into it)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("wheel")
+    src = out / "src"
+    for d in ("launcher", "profiles", "templates"):
+        shutil.copytree(root / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(root / f, src / f)
+    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return next(out.glob("runq-*.whl"))
