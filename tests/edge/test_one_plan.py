@@ -15,7 +15,6 @@ import shlex
 
 import pytest
 
-from launcher.cli.main import main
 from launcher.llama.binaries import binaries_here
 from launcher.llama.build import Build
 from launcher.machine.probe import probe
@@ -24,12 +23,7 @@ from launcher.measure import calibrate, store
 from launcher.measure.synth import SynthModel
 from launcher.measure.tune import Knobs, Measured
 from launcher.pipeline.target import resolve
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.helpers import runq_main
 
 
 @pytest.fixture
@@ -58,7 +52,6 @@ def test_plan_and_run_print_the_same_tuned_command(
     absent: tuple[str, ...],
     built: Build,
     models: dict[str, SynthModel],
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = str(models["qwen3moe-q8"].path)
     target = resolve(path)
@@ -68,11 +61,11 @@ def test_plan_and_run_print_the_same_tuned_command(
     store.save(probe(cpu_details=False), here.key, store.model_key(target), target.sources[0].name, "balanced",
                measured, [measured])  # fmt: skip
 
-    code, out, err = run(capsys, "plan", path, "--ctx", "4096", "--json")
+    code, out, err = runq_main("plan", path, "--ctx", "4096", "--json")
     assert code == 0, err
     planned = json.loads(out)
     assert planned["measured"] and planned["measured"].startswith("tuned ")
-    code, out, err = run(capsys, "run", path, "--ctx", "4096", "--server", "--dry-run")
+    code, out, err = runq_main("run", path, "--ctx", "4096", "--server", "--dry-run")
     assert code == 0, err
     assert planned["argv"] == _dry_run_argv(out)
     argv = planned["argv"]
@@ -80,7 +73,7 @@ def test_plan_and_run_print_the_same_tuned_command(
         assert argv[argv.index(flag) + 1] == value, argv
     for flag in absent:
         assert flag not in argv, argv
-    code, out, err = run(capsys, "plan", path, "--ctx", "4096")
+    code, out, err = runq_main("plan", path, "--ctx", "4096")
     assert code == 0 and "measured fastest here" in out, out
     # `runq serve`'s router runs the same command: the model's preset section is that argv, tuned knobs included.
     from launcher.llama.preset import section_of
@@ -108,15 +101,15 @@ def _machine(flags: list[str]) -> object:
     return resolve_machine(ns)
 
 
-def _agree(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def _agree(flags: list[str]) -> None:
     from launcher.tui.data import model_rows
 
-    code, out, err = run(capsys, "models", *flags, "--json")
+    code, out, err = runq_main("models", *flags, "--json")
     assert code == 0, err
     listed = {r["name"]: r["best"] for r in json.loads(out)}
     tui = {r.key: r for r in model_rows(_machine(flags))}  # type: ignore[arg-type]
     for name in AGREE_ON:
-        code, out, err = run(capsys, "plan", name, *flags, "--json")
+        code, out, err = runq_main("plan", name, *flags, "--json")
         if code == 3:  # nothing fits: all three say so
             assert listed[name] is None and tui[name].fit == "does not fit", (name, listed[name])
             continue
@@ -130,15 +123,11 @@ def _agree(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("flags", [["--gpu", "24GiB", "--ram", "64GiB"], ["--gpu", "none", "--ram", "512GiB"]])
-def test_models_tui_and_plan_agree_for_a_described_machine(
-    flags: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    _agree(flags, capsys)
+def test_models_tui_and_plan_agree_for_a_described_machine(flags: list[str]) -> None:
+    _agree(flags)
 
 
-def test_models_tui_and_plan_agree_once_this_machine_is_calibrated(
-    built: Build, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_models_tui_and_plan_agree_once_this_machine_is_calibrated(built: Build) -> None:
     here = binaries_here()
     assert here is not None
     machine = probe(cpu_details=False)
@@ -146,9 +135,9 @@ def test_models_tui_and_plan_agree_once_this_machine_is_calibrated(
     obs = [Observation(t, n, n * 10_000_000, 1 / (n * 10_000_000 / 4e9 + n * 50e-6), (), "calibrate")
            for t in range(1, machine.cores + 1) for n in (4, 16)]  # fmt: skip
     calibrate.record(machine, here.key, obs, {"took_s": 0.0})
-    code, out, _ = run(capsys, "plan", "gpt-oss-20b", "--json")
+    code, out, _ = runq_main("plan", "gpt-oss-20b", "--json")
     assert code == 0 and json.loads(out)["speed_source"].startswith("calibrated"), out[:300]
-    _agree([], capsys)
+    _agree([])
 
 
 @pytest.mark.parametrize(
@@ -156,16 +145,14 @@ def test_models_tui_and_plan_agree_once_this_machine_is_calibrated(
     [["--ctx", "5"], ["--ctx", "999999999999"], ["--quant", "Q9_9"]],
     ids=["ctx-too-small", "ctx-too-large", "quant-on-a-file"],
 )
-def test_tune_refuses_what_plan_refuses(
-    bad: list[str], built: Build, models: dict[str, SynthModel], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_tune_refuses_what_plan_refuses(bad: list[str], built: Build, models: dict[str, SynthModel]) -> None:
     path = str(models["qwen3moe-q8"].path)
-    code_p, _, err_p = run(capsys, "plan", path, *bad)
-    code_t, _, err_t = run(capsys, "tune", path, *bad)
+    code_p, _, err_p = runq_main("plan", path, *bad)
+    code_t, _, err_t = runq_main("tune", path, *bad)
     assert code_p == code_t == 2, (err_p, err_t)
     assert err_p.splitlines()[0] == err_t.splitlines()[0] and err_p.startswith("Error: "), (err_p, err_t)
 
 
-def test_tune_refuses_a_bad_context_of_a_catalog_model(built: Build, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "tune", "deepseek-v3.1", "--ctx", "5")
+def test_tune_refuses_a_bad_context_of_a_catalog_model(built: Build) -> None:
+    code, _, err = runq_main("tune", "deepseek-v3.1", "--ctx", "5")
     assert code == 2 and err.startswith("Error: --ctx 5: too small"), err
