@@ -57,12 +57,14 @@ def default_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
-def runq_proc(*argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def runq_proc(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 300, **run: Any
+) -> subprocess.CompletedProcess[str]:
     """`python -m launcher ARGV` to its end, in `env` (default: this process's environment, which the fixtures set
-    up: RUNQ_HOME, the Hugging Face cache)."""
+    up: RUNQ_HOME, the Hugging Face cache); `run` goes to subprocess.run (e.g. stdin=)."""
     return subprocess.run(
         [*RUNQ_CMD, *argv], capture_output=True, text=True, env=dict(os.environ) if env is None else env,
-        timeout=timeout, preexec_fn=default_signals,
+        timeout=timeout, preexec_fn=default_signals, **run,
     )  # fmt: skip
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from launcher.machine import speed
 from launcher.measure import calibrate as calibration
 from launcher.measure import tune
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
-from tests.helpers import runq_main, spawn, wait_until
+from tests.helpers import RUNQ_CMD, runq_main, spawn, wait_until
 
 TINY = SynthSpec(arch="qwen3moe", n_layer=4, n_embd=256, n_ff_exp=128, n_expert=8, n_head=4, n_head_kv=2, head_dim=64)
 FAST = ["--pp", "64", "--tg", "16", "-r", "1"]
@@ -156,7 +155,7 @@ def test_first_tune_calibrates_and_ctrl_c_keeps_what_was_measured(
 ) -> None:
     fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)  # this machine, never calibrated
     env = {**os.environ, "RUNQ_CACHE_DIR": str(fresh), "RUNQ_AUTO_CALIBRATE": "1", "RUNQ_CALIBRATE_PASSES": "1"}
-    argv = [sys.executable, "-m", "launcher", "tune", str(tiny.path), "--budget", "5m", *FAST]
+    argv = [*RUNQ_CMD, "tune", str(tiny.path), "--budget", "5m", *FAST]
     proc = spawn(argv, env)
     assert proc.stderr is not None
     lines = []

@@ -78,7 +78,7 @@ def test_plan_and_run_print_the_same_tuned_command(
     # `runq serve`'s router runs the same command: the model's preset section is that argv, tuned knobs included.
     from launcher.llama.preset import section_of
 
-    code, out, err = run(capsys, "serve", path, "--ctx", "4096", "--dry-run")
+    code, out, err = runq_main("serve", path, "--ctx", "4096", "--dry-run")
     assert code == 0, err
     lines = out.split("[qwen3moe-q8]\n", 1)[1].split("\n\n")[0].splitlines()
     printed = dict(x.split(" = ", 1) for x in lines if " = " in x and not x.startswith("log-file"))

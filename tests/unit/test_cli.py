@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import gguf
 import pytest
 
 from launcher.measure.synth import SynthModel
-from tests.helpers import runq_main
+from tests.helpers import runq_main, runq_proc
 
 
 def test_help_and_no_arguments() -> None:
@@ -100,8 +99,8 @@ def test_inspect_errors(models: dict[str, SynthModel], tmp_path: Path) -> None:
 
 
 def test_python_dash_m(models: dict[str, SynthModel]) -> None:
-    r = subprocess.run([sys.executable, "-m", "launcher", "--version"], capture_output=True, text=True, check=True)
-    assert r.stdout.startswith("runq ")
+    r = runq_proc("--version")  # python -m launcher
+    assert r.returncode == 0 and r.stdout.startswith("runq ")
 
 
 @pytest.mark.parametrize("terminal", ["neither", "input only"])
@@ -112,8 +111,7 @@ def test_tui_without_a_terminal_says_so_and_exits_2(terminal: str) -> None:
     master, slave = os.openpty()
     try:
         stdin = slave if terminal == "input only" else subprocess.DEVNULL
-        r = subprocess.run([sys.executable, "-m", "launcher", "tui", "--gpu", "24GiB", "--ram", "64GiB"],
-                           stdin=stdin, capture_output=True, text=True, timeout=60)  # fmt: skip
+        r = runq_proc("tui", "--gpu", "24GiB", "--ram", "64GiB", stdin=stdin, timeout=60)
     finally:
         os.close(slave)
         os.close(master)
