@@ -119,12 +119,14 @@ def post(url: str, body: dict[str, object]) -> dict[str, object]:
     raise AssertionError("unreachable")
 
 
-def wait_until(done: Callable[[], object], what: str, timeout: float = 120, every: float = 0.05) -> None:
-    """Poll `done()` until it is true; the timeout only bounds a hang (a loaded machine is slow, never wrong)."""
-    deadline = time.monotonic() + timeout
+def wait_until(done: Callable[[], object], what: str, timeout: float = 120, every: float = 0.05) -> float:
+    """Poll `done()` until it is true; seconds it took. The timeout only bounds a hang (a loaded machine is slow,
+    never wrong)."""
+    t0 = time.monotonic()
     while not done():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        assert time.monotonic() - t0 < timeout, f"{what}: not within {timeout:.0f} s"
         time.sleep(every)
+    return time.monotonic() - t0
 
 
 # --- generated models and described machines ----------------------------------------------------------------
@@ -135,6 +137,29 @@ SPEC = SynthSpec(arch="deepseek2", n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256
 TINY = SynthSpec(arch="deepseek2", n_layer=5, n_embd=256, n_ff=256, n_ff_exp=256, n_expert=8)
 # Mid-sized shapes for comparing with llama.cpp's own projection: big enough that buffers are not rounding.
 SHAPE = {"n_layer": 6, "n_embd": 512, "n_ff": 1024, "n_ff_exp": 256, "n_expert": 16, "n_expert_used": 4, "n_head": 8}
+
+
+# The RPC tests' model (8 layers: room to split across this host and two workers) and its context.
+RPC_SPEC = SynthSpec(arch="deepseek2", n_layer=8, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
+RPC_CTX = 4096
+
+
+def ram_for_one_expert_layer(path: Path, ctx: int = RPC_CTX, ubatch: int = 512) -> str:
+    """A RAM size that holds this host's part (every non-expert weight, KV, compute, 1 GiB prompt cache, the
+    4 GiB margin) and about one expert layer: the rest has to go to the workers."""
+    from launcher.model.shards import open_local
+    from launcher.plan import memory
+
+    m = open_local(path)
+    t, hp = m.tensors, m.hparams
+    fixed = (
+        t.non_expert_bytes()
+        + memory.kv_layout(hp).bytes_for(ctx)
+        + memory.cpu_only_compute_bytes(hp, ctx, ubatch)
+        + memory.SERVER_CACHE_RAM_MIN_BYTES
+    )
+    layer = max(t.expert_bytes(il) for il in t.expert_layers)
+    return f"{memory.RAM_MARGIN_MIN_BYTES + fixed + layer * 3 // 2}B"
 
 
 def half_the_experts_gpu(path: Path, ctx: int = 4096, ubatch: int = 512) -> str:

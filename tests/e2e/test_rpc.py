@@ -18,19 +18,14 @@ import pytest
 from launcher.llama.build import Build
 from launcher.llama.rpc import default_devices, exposure_warning, parse_list_devices, worker_argv
 from launcher.llama.server import free_port
-from launcher.measure.synth import SynthModel, SynthSpec, write_model
-from launcher.model.shards import open_local
-from launcher.plan import memory
+from launcher.measure.synth import SynthModel, write_model
 from launcher.units import GiB
-from tests.helpers import RUNQ_CMD, RunningRunq, post, runq_proc, spawn
-
-SPEC = SynthSpec(arch="deepseek2", n_layer=8, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
-CTX = 4096
+from tests.helpers import RPC_CTX, RPC_SPEC, RUNQ_CMD, RunningRunq, post, ram_for_one_expert_layer, runq_proc, spawn
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> SynthModel:
-    return write_model(SPEC, tmp_path_factory.mktemp("rpc") / "DeepSeek-V3.1-UD-TQ1_0.gguf")
+    return write_model(RPC_SPEC, tmp_path_factory.mktemp("rpc") / "DeepSeek-V3.1-UD-TQ1_0.gguf")
 
 
 class Worker:
@@ -71,21 +66,6 @@ def workers(env: dict[str, str]) -> Iterator[list[Worker]]:
                 w.proc.wait()
 
 
-def ram_for_one_expert_layer(path: Path, ubatch: int = 512) -> str:
-    """A RAM size that holds this host's part (every non-expert weight, KV, compute, 1 GiB prompt cache, the
-    4 GiB margin) and about one expert layer: the rest has to go to the workers."""
-    m = open_local(path)
-    t, hp = m.tensors, m.hparams
-    fixed = (
-        t.non_expert_bytes()
-        + memory.kv_layout(hp).bytes_for(CTX)
-        + memory.cpu_only_compute_bytes(hp, CTX, ubatch)
-        + memory.SERVER_CACHE_RAM_MIN_BYTES
-    )
-    layer = max(t.expert_bytes(il) for il in t.expert_layers)
-    return f"{memory.RAM_MARGIN_MIN_BYTES + fixed + layer * 3 // 2}B"
-
-
 def test_worker_pieces() -> None:
     assert worker_argv(Path("/b/ggml-rpc-server"), "127.0.0.1", 50052, 8, True, ["CUDA0", "CPU"]) == [
         "/b/ggml-rpc-server", "--host", "127.0.0.1", "--port", "50052", "--threads", "8", "--cache",
@@ -116,7 +96,7 @@ def test_two_workers_serve_a_model_planned_across_them(
     port = free_port()
     ram = ram_for_one_expert_layer(model.path)
     argv = ["run", str(model.path), "--server", "--port", str(port), "--verify-tensors", "--gpu", "none",
-            "--ram", ram, "--rpc", rpc, "--ctx", str(CTX), "--ubatch", "512"]  # fmt: skip
+            "--ram", ram, "--rpc", rpc, "--ctx", str(RPC_CTX), "--ubatch", "512"]  # fmt: skip
     r = RunningRunq(argv, env)
     try:
         r.wait_for("Serving.", timeout=180)
@@ -165,7 +145,7 @@ def test_one_worker_verified_like_with_like_and_quiet(
     port = free_port()
     ram = ram_for_one_expert_layer(model.path)
     argv = ["run", str(model.path), "--server", "--port", str(port), "--verify-tensors", "--gpu", "none",
-            "--ram", ram, "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(CTX)]  # fmt: skip
+            "--ram", ram, "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(RPC_CTX)]  # fmt: skip
     r = RunningRunq(argv, env)
     try:
         r.wait_for("Serving.", timeout=180)
@@ -230,7 +210,7 @@ def test_plan_uses_what_the_worker_really_has(model: SynthModel, env: dict[str, 
     workers.append(w)
     w.wait_ready()
     r = runq_proc("plan", str(model.path), "--gpu", "none", "--json", "--ram", ram_for_one_expert_layer(model.path),
-                  "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(CTX), env=env, timeout=60)  # fmt: skip
+                  "--rpc", f"127.0.0.1:{w.port}", "--ctx", str(RPC_CTX), env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
     dev = next(d for d in p["devices"] if d["remote"])
@@ -248,7 +228,7 @@ def test_service_waits_for_its_workers_and_names_a_short_one(
     ep = f"127.0.0.1:{w.port}"
     # A service planned across this host and the worker waits for the worker before llama-server starts.
     r = runq_proc("service", "render", str(model.path), "--gpu", "none", "--ram", ram_for_one_expert_layer(model.path),
-                  "--rpc", ep, "--ctx", str(CTX), env=env, timeout=60)  # fmt: skip
+                  "--rpc", ep, "--ctx", str(RPC_CTX), env=env, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     pre = next(x for x in r.stdout.splitlines() if "wait-workers" in x)
     assert f"--need {ep}/0:" in pre
@@ -270,7 +250,7 @@ def test_service_waits_for_its_workers_and_names_a_short_one(
 
 def test_run_killed_outright_takes_llama_server_along(model: SynthModel, env: dict[str, str]) -> None:
     r = RunningRunq(["run", str(model.path), "--server", "--port", str(free_port()), "--gpu", "none",
-                     "--ram", "16GiB", "--ctx", str(CTX)], env)  # fmt: skip
+                     "--ram", "16GiB", "--ctx", str(RPC_CTX)], env)  # fmt: skip
     try:
         r.wait_for("Serving.", timeout=120)
         server = r.llama_server()

@@ -8,10 +8,7 @@ import os
 import re
 import shlex
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -23,7 +20,7 @@ from launcher.llama.capabilities import run_text
 from launcher.llama.preset import differences, parse_options
 from launcher.llama.server import free_port, http_json
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
-from tests.e2e.test_run import RunningRunq
+from tests.helpers import RunningRunq, runq_proc
 
 TINY = SynthSpec(n_layer=4, n_embd=256, n_ff=256, n_ff_exp=256)
 
@@ -33,16 +30,6 @@ def two(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthModel, SynthMode
     d = tmp_path_factory.mktemp("serve")
     return (write_model(TINY, d / "alpha.gguf"),
             write_model(TINY.with_(arch="qwen3moe", n_head_kv=2, head_dim=64), d / "beta.gguf"))  # fmt: skip
-
-
-@pytest.fixture
-def env(llama_build: Build) -> dict[str, str]:
-    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
-
-
-def runq(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
 
 
 def servers_of(pid: int) -> list[psutil.Process]:
@@ -59,18 +46,6 @@ def alive(p: psutil.Process) -> bool:
         return False
 
 
-@pytest.fixture
-def started() -> Iterator[list[RunningRunq]]:
-    runs: list[RunningRunq] = []
-    yield runs
-    for r in runs:
-        for kid in servers_of(r.proc.pid):
-            kid.kill()
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
-
-
 def chat(client: openai.OpenAI, model: str, **more: object) -> object:
     """A chat request; random weights now and then end a reply inside a UTF-8 sequence (HTTP 500): another seed."""
     for seed in (11, 12, 13):
@@ -85,7 +60,7 @@ def chat(client: openai.OpenAI, model: str, **more: object) -> object:
 
 
 def test_two_models_through_the_openai_client_then_sigterm(
-    two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq], tmp_path: Path
+    two: tuple[SynthModel, SynthModel], env: dict[str, str], running: list[RunningRunq], tmp_path: Path
 ) -> None:
     key = tmp_path / "key"
     key.write_text("s3cret\n")
@@ -93,7 +68,7 @@ def test_two_models_through_the_openai_client_then_sigterm(
     port = free_port()
     r = RunningRunq(["serve", str(two[0].path), str(two[1].path), "--ctx", "2048", "--port", str(port),
                      "--api-key-file", str(key)], env)  # fmt: skip
-    started.append(r)
+    running.append(r)
     r.wait_for("Serving.")
     out = "".join(r.out)
     assert f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" in out and f'"$(cat {key})"' in out
@@ -120,18 +95,18 @@ def test_two_models_through_the_openai_client_then_sigterm(
 
 
 def test_router_runs_what_runq_run_prints(
-    two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq], llama_build: Build
+    two: tuple[SynthModel, SynthModel], env: dict[str, str], running: list[RunningRunq], llama_build: Build
 ) -> None:
     """Each model's command in the router (its /models entry, before any load) is the one `runq run MODEL --server
     --dry-run` prints, flag for flag under llama.cpp's own spellings, less what the router sets per child."""
     port = free_port()
     r = RunningRunq(["serve", str(two[0].path), str(two[1].path), "--ctx", "2048", "--port", str(port)], env)
-    started.append(r)
+    running.append(r)
     r.wait_for("Serving.")
     listed = {m["id"]: m["status"]["args"] for m in http_json(f"http://127.0.0.1:{port}", "/models")["data"]}
     options = parse_options(run_text([str(llama_build.binary("llama-server")), "--help"]))
     for model in two:
-        dry = runq(env, "run", str(model.path), "--server", "--dry-run", "--ctx", "2048", "--port", str(port))
+        dry = runq_proc("run", str(model.path), "--server", "--dry-run", "--ctx", "2048", "--port", str(port), env=env)
         assert dry.returncode == 0, dry.stderr
         planned = shlex.split(dry.stdout.split("[dry-run] would run: ", 1)[1].splitlines()[0])
         routed = listed[model.path.stem]
@@ -144,13 +119,13 @@ def test_router_runs_what_runq_run_prints(
 
 
 def test_dry_run_prints_the_preset_and_the_command(two: tuple[SynthModel, SynthModel], env: dict[str, str]) -> None:
-    r = runq(env, "serve", str(two[0].path), str(two[1].path), "--ctx", "2048", "--dry-run", "--port", "18099")
+    r = runq_proc("serve", str(two[0].path), str(two[1].path), "--ctx", "2048", "--dry-run", "--port", "18099", env=env)
     assert r.returncode == 0, r.stderr
     assert "[alpha]\nm = " in r.stdout and "[beta]\nm = " in r.stdout and "stop-timeout = 30" in r.stdout
     command = r.stdout.split("[dry-run] would run: ", 1)[1]
     assert "--models-preset" in command and "--models-max 1 --host 127.0.0.1 --port 18099" in command
     assert "-ngl" not in command  # the router's own flags would override every model's
-    r = runq(env, "serve", str(two[0].path), "--ctx", "2048", "--dry-run", "--api-key", "k3y")
+    r = runq_proc("serve", str(two[0].path), "--ctx", "2048", "--dry-run", "--api-key", "k3y", env=env)
     assert r.returncode == 0 and "--api-key '<api key>'" in r.stdout and "k3y" not in r.stdout, r.stdout
     assert not list(Path(env["RUNQ_CACHE_DIR"], "logs").glob(f"serve-*-{os.getpid()}"))
 
@@ -158,15 +133,19 @@ def test_dry_run_prints_the_preset_and_the_command(two: tuple[SynthModel, SynthM
 def test_models_max_is_checked_against_the_plans(two: tuple[SynthModel, SynthModel], env: dict[str, str]) -> None:
     paths = [str(m.path) for m in two]
     # 6 GiB: each fits alone (the RAM margin is 4 GiB), two together do not; 32 GiB: any two fit.
-    r = runq(env, "serve", *paths, "--ctx", "2048", "--models-max", "2", "--dry-run", "--gpu", "none", "--ram", "6GiB")
+    r = runq_proc(
+        "serve", *paths, "--ctx", "2048", "--models-max", "2", "--dry-run", "--gpu", "none", "--ram", "6GiB", env=env
+    )
     assert r.returncode == 3, r.stdout + r.stderr
     assert "2 of these models loaded at once do not fit: CPU: alpha " in r.stderr and "--models-max 1" in r.stderr
-    r = runq(env, "serve", *paths, "--ctx", "2048", "--models-max", "2", "--dry-run", "--gpu", "none", "--ram", "32GiB")
+    r = runq_proc(
+        "serve", *paths, "--ctx", "2048", "--models-max", "2", "--dry-run", "--gpu", "none", "--ram", "32GiB", env=env
+    )
     assert r.returncode == 0, r.stderr
     assert "Checked: any 2 of these models fit together (CPU: " in r.stdout and "--models-max 2" in r.stdout
-    r = runq(env, "serve", *paths, "--models-max", "0", "--dry-run")
+    r = runq_proc("serve", *paths, "--models-max", "0", "--dry-run", env=env)
     assert r.returncode == 2 and "--models-max 0: must be 1 or more" in r.stderr
-    r = runq(env, "serve", *paths, "--host", "0.0.0.0", "--dry-run")  # the same exposure rule as `runq run`
+    r = runq_proc("serve", *paths, "--host", "0.0.0.0", "--dry-run", env=env)  # the same exposure rule as `runq run`
     assert r.returncode == 2 and "--api-key-file" in r.stderr
 
 
@@ -180,7 +159,7 @@ AIDER_SETTINGS = {
 
 
 def test_clients_writes_aider_and_open_webui_files(
-    two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq], tmp_path: Path
+    two: tuple[SynthModel, SynthModel], env: dict[str, str], running: list[RunningRunq], tmp_path: Path
 ) -> None:
     """Against a live router: a model with the deepseek-v3.1 profile's sampling (its file name) and one without.
     The files are checked against aider's schema here; tests/edge/test_clients.py loads them with aider's own
@@ -193,10 +172,10 @@ def test_clients_writes_aider_and_open_webui_files(
     ds.symlink_to(two[0].path)
     port = free_port()
     r = RunningRunq(["serve", str(ds), str(two[1].path), "--ctx", "2048", "--port", str(port)], env)
-    started.append(r)
+    running.append(r)
     r.wait_for("Serving.")
     out = tmp_path / "clients"
-    c = runq(env, "clients", "--url", f"http://127.0.0.1:{port}", "--dir", str(out))
+    c = runq_proc("clients", "--url", f"http://127.0.0.1:{port}", "--dir", str(out), env=env)
     assert c.returncode == 0, c.stderr
     assert "deepseek-v3.1: context 2,048 tokens, min_p 0.01, temperature 0.6, top_p 0.95" in c.stdout
     settings = yaml.safe_load((out / ".aider.model.settings.yml").read_text())
@@ -220,13 +199,13 @@ def test_clients_writes_aider_and_open_webui_files(
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL])
 def test_a_closed_terminal_or_a_killed_runq_takes_the_router_and_its_model(
-    sig: signal.Signals, two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq]
+    sig: signal.Signals, two: tuple[SynthModel, SynthModel], env: dict[str, str], running: list[RunningRunq]
 ) -> None:
     """SIGHUP: runq stops the router in order. SIGKILL: runq can do nothing; the router dies with it (the
     parent-death signal) and the loaded model exits when its stdin (the router's pipe) closes."""
     port = free_port()
     r = RunningRunq(["serve", str(two[0].path), "--ctx", "2048", "--port", str(port)], env)
-    started.append(r)
+    running.append(r)
     r.wait_for("Serving.")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
     chat(client, "alpha")
@@ -242,7 +221,7 @@ def test_a_closed_terminal_or_a_killed_runq_takes_the_router_and_its_model(
 
 
 def test_sigterm_while_a_model_loads(
-    two: tuple[SynthModel, SynthModel], env: dict[str, str], started: list[RunningRunq]
+    two: tuple[SynthModel, SynthModel], env: dict[str, str], running: list[RunningRunq]
 ) -> None:
     """A request starts a model; runq gets SIGTERM as soon as that model's process exists (most likely still
     loading): the router and the model are gone, and runq exits 130."""
@@ -250,7 +229,7 @@ def test_sigterm_while_a_model_loads(
 
     port = free_port()
     r = RunningRunq(["serve", str(two[1].path), "--ctx", "2048", "--port", str(port)], env)
-    started.append(r)
+    running.append(r)
     r.wait_for("Serving.")
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
 
@@ -261,7 +240,7 @@ def test_sigterm_while_a_model_loads(
     threading.Thread(target=ask, daemon=True).start()
     t0 = time.monotonic()
     while len(kids := servers_of(r.proc.pid)) < 2:
-        assert time.monotonic() - t0 < 60, "the router started no model"
+        assert time.monotonic() - t0 < 60, "the router running no model"
         time.sleep(0.005)
     r.proc.send_signal(signal.SIGTERM)
     assert r.finish(timeout=60)[0] == 130

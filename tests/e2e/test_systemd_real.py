@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 from launcher.llama.build import Build
 from launcher.llama.server import free_port, http_json
 from launcher.measure.synth import SynthSpec, write_model
+from tests.helpers import runq_proc, wait_until
 from tests.support import systemd_user
 
 WHY_NOT = systemd_user.why_not()
@@ -40,19 +40,6 @@ def manager() -> Iterator[systemd_user.UserManager]:
         m.stop()
 
 
-def runq(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launcher", *argv], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
-
-
-def wait_until(what: str, check: object, timeout: float = 120) -> float:
-    t0 = time.monotonic()
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() - t0 < timeout, f"{what}: not within {timeout:.0f} s"
-        time.sleep(0.05)
-    return time.monotonic() - t0
-
-
 def test_a_service_under_a_real_user_manager(
     manager: systemd_user.UserManager, llama_build: Build, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -60,7 +47,9 @@ def test_a_service_under_a_real_user_manager(
     model = write_model(TINY, manager.base / "models" / "tiny.gguf")  # not under /tmp: the unit has PrivateTmp=
     port = free_port()
     t0 = time.monotonic()
-    r = runq(env, "service", "install", str(model.path), "--name", "t1", "--port", str(port), "--ctx", "2048", "--yes")
+    r = runq_proc(
+        "service", "install", str(model.path), "--name", "t1", "--port", str(port), "--ctx", "2048", "--yes", env=env
+    )
     install_s = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr + manager.console()
     assert f"Running: http://127.0.0.1:{port}" in r.stdout
@@ -70,11 +59,11 @@ def test_a_service_under_a_real_user_manager(
     assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
     assert http_json(f"http://127.0.0.1:{port}", "/health", timeout=5)["status"] == "ok"
     # ExecStartPost (`runq service verify`) ran inside the unit's sandbox and passed: the journal says so.
-    logs = runq(env, "service", "logs", "t1")
+    logs = runq_proc("service", "logs", "t1", env=env)
     assert logs.returncode == 0, logs.stderr
     assert "t1: ready after" in logs.stdout and "weights on the CPU as planned" in logs.stdout, logs.stdout
     assert "llama-server" in logs.stdout and "load_model" in logs.stdout
-    status = runq(env, "service", "status", "t1")
+    status = runq_proc("service", "status", "t1", env=env)
     assert status.returncode == 0, status.stderr
     assert "runq-t1.service: active (running)" in status.stdout and "health: ok" in status.stdout
     # the server's own log was written from inside the sandbox: the memory table is there
@@ -94,20 +83,20 @@ def test_a_service_under_a_real_user_manager(
         new_pid = s.get("MainPID") not in ("0", str(old))
         return s.get("NRestarts") == "1" and s.get("ActiveState") == "active" and new_pid
 
-    wait_until("the restart after SIGKILL", restarted)
+    wait_until(restarted, "the restart after SIGKILL")
     restart_s = time.monotonic() - t_kill
     assert http_json(f"http://127.0.0.1:{port}", "/health", timeout=5)["status"] == "ok"
     t0 = time.monotonic()
-    again = runq(env, "service", "restart", "t1")
+    again = runq_proc("service", "restart", "t1", env=env)
     restart_cmd_s = time.monotonic() - t0
     assert again.returncode == 0 and "Restarted runq-t1.service." in again.stdout, again.stderr
     pid = int(manager.show("runq-t1.service")["MainPID"])
-    gone = runq(env, "service", "remove", "t1")
+    gone = runq_proc("service", "remove", "t1", env=env)
     assert gone.returncode == 0 and "The model files and the llama.cpp build are kept." in gone.stdout, gone.stderr
     assert not unit.exists() and model.path.exists()
     assert manager.show("runq-t1.service").get("ActiveState") in ("inactive", "failed", None)
-    wait_until("llama-server gone after remove", lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=30)  # fmt: skip
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+               "llama-server gone after remove", timeout=30)  # fmt: skip
     with capsys.disabled():
         print(
             f"\n[real systemd] manager up in {manager.started_s:.2f} s; install (plan + start + verify) "
@@ -132,7 +121,7 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
     on_disk(hub, "test/other-GGUF", "other-Q8_0.gguf", TINY.with_(arch="qwen3moe", n_head_kv=2, head_dim=64))
     port = free_port()
     install = ["service", "install", "--all", "--port", str(port), "--ctx", "2048", "--yes"]
-    r = runq(env, *install)
+    r = runq_proc(*install, env=env)
     assert r.returncode == 0, r.stdout + r.stderr + manager.console()
     assert f"Running: http://127.0.0.1:{port}" in r.stdout and "models: other-Q8_0, tiny-Q8_0" in r.stdout
     assert manager.show("runq-router.service")["ActiveState"] == "active"
@@ -147,29 +136,29 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
             except openai.InternalServerError as e:
                 assert "UTF-8" in str(e) and seed < 13
         assert answer.model == name
-    status = runq(env, "service", "status", "router")
+    status = runq_proc("service", "status", "router", env=env)
     assert status.returncode == 0, status.stderr
     assert "other-Q8_0: loaded" in status.stdout and "tiny-Q8_0: unloaded" in status.stdout  # --models-max 1
     assert re.search(r"CPU\s+weights\s+\S+ \S+\s+\S+ \S+\s+[+-]\d", status.stdout), status.stdout
-    logs = runq(env, "service", "logs", "router")  # the last 200 lines: the models' own output by now
+    logs = runq_proc("service", "logs", "router", env=env)  # the last 200 lines: the models' own output by now
     assert logs.returncode == 0 and "llama-server" in logs.stdout, logs.stderr
 
     def journal() -> str:
         return subprocess.run([env["RUNQ_JOURNALCTL"], "--user-unit", "runq-router.service", "--no-pager"],
                               capture_output=True, text=True, timeout=60).stdout  # fmt: skip
 
-    wait_until("ExecStartPost's line in the journal", lambda: "router ready after" in journal(), timeout=30)
+    wait_until(lambda: "router ready after" in journal(), "ExecStartPost's line in the journal", timeout=30)
     assert "2 models as planned (other-Q8_0, tiny-Q8_0)" in journal()
     on_disk(hub, "test/third-GGUF", "third-Q8_0.gguf", TINY.with_(seed=3))
-    r = runq(env, *install)  # re-plan: the same command
+    r = runq_proc(*install, env=env)  # re-plan: the same command
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(m.id for m in client.models.list()) == ["other-Q8_0", "third-Q8_0", "tiny-Q8_0"]
     router = psutil.Process(int(manager.show("runq-router.service")["MainPID"]))
     procs = [router, *router.children(recursive=True)]
-    gone = runq(env, "service", "remove", "router")
+    gone = runq_proc("service", "remove", "router", env=env)
     assert gone.returncode == 0 and "router.ini" in gone.stdout, gone.stdout + gone.stderr
     for p in procs:
-        wait_until("the router and its models gone", lambda p=p: not alive(p), timeout=60)  # type: ignore[misc]
+        wait_until(lambda p=p: not alive(p), "the router and its models gone", timeout=60)  # type: ignore[misc]
 
 
 def alive(p: psutil.Process) -> bool:

@@ -13,14 +13,14 @@ from launcher.pipeline.target import resolve
 from launcher.plan.choose import choose
 from launcher.plan.types import CPU, Plan, Request
 from launcher.units import MiB
-from tests.e2e.test_rpc import CTX, SPEC, ram_for_one_expert_layer
+from tests.helpers import RPC_CTX, RPC_SPEC, ram_for_one_expert_layer
 
 
 def _plan(model: SynthModel) -> tuple[Plan, object]:
     target = resolve(str(model.path))
     m = MachineSpec.model_validate({"gpus": [], "ram": ram_for_one_expert_layer(model.path), "cores": 2}).to_machine()
     m = replace(m, workers=(parse_worker_flag("ram=64GiB,at=127.0.0.1:50052", 1),))
-    chosen = choose(target.name, m, list(target.sources), Request(ctx=CTX)).chosen
+    chosen = choose(target.name, m, list(target.sources), Request(ctx=RPC_CTX)).chosen
     return chosen.plan, chosen.source.tensors
 
 
@@ -38,7 +38,7 @@ def _log(cpu_weights: float, rpc_weights: float, rpc_compute: float, plan: Plan)
 
 
 def test_a_worker_run_compares_like_with_like(tmp_path: Path) -> None:
-    model = write_model(SPEC, tmp_path / "DeepSeek-V3.1-UD-TQ1_0.gguf")
+    model = write_model(RPC_SPEC, tmp_path / "DeepSeek-V3.1-UD-TQ1_0.gguf")
     plan, tensors = _plan(model)
     rpc = next(d for d in plan.devices if d.remote)
     cpu = next(d for d in plan.devices if d.name == CPU)
