@@ -82,6 +82,7 @@ def plan_inputs(args: argparse.Namespace, *, server: bool) -> PlanInputs:
         ot=tuple(getattr(args, "ot", ())),
         threads=getattr(args, "threads", None),
         server=server,
+        parallel=getattr(args, "parallel", None),
     )
 
 

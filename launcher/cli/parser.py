@@ -306,6 +306,8 @@ def _add_plan_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--threads", "-t", type=int, metavar="N", help="CPU threads (default: physical cores)")
     g.add_argument("--cli", action="store_true", help="plan for llama-cli (chat) instead of llama-server")
+    g.add_argument("--parallel", "-np", type=int, metavar="N", help="server slots: requests served at once "
+                   "(default 1; N share the context's KV cache)")  # fmt: skip
     g.add_argument(
         "--estimate", action="store_true", help="do not read GGUF headers from the Hub: plan from published sizes"
     )

@@ -50,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     calibrate = not args.dry_run and not getattr(args, "no_calibrate", False)
     p, passthrough = plan_for(args, server=args.server, calibrate=calibrate)
     plan = p.plan
-    print(f"{p.target.name} {p.quant}: {plan.ctx:,} tokens of context, "
+    slots = f" ({plan.slots} server slot{'s' if plan.slots > 1 else ''})" if args.server else ""
+    print(f"{p.target.name} {p.quant}: {plan.ctx:,} tokens of context{slots}, "
           f"{plan.predicted_tg_tps:.1f} tokens/s predicted ({p.target.sizes}; {plan.speed_source})")  # fmt: skip
     if p.tuned:
         print(f"  {p.tuned.note}")

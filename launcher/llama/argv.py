@@ -58,8 +58,10 @@ def placement_flags(plan: Plan, dialect: Dialect = "server", flags: Mapping[str,
         args += ["--rpc", ",".join(plan.rpc)]
     if dialect != "bench":
         args += ["-c", str(plan.ctx)]
+    # -np/-kvu/-lzm: a build manifest written before runq looked for them lacks them (runq's builds have them)
+    serving = _serving(plan, dialect, lambda name: flags is None or flags.get(name, True))
     if plan.llama_default:
-        return args + _fa(plan, dialect)
+        return args + _fa(plan, dialect) + serving
     args += ["-ngl", str(plan.ngl)]
     if dialect != "bench" and has("fit"):  # on by default since late 2025: off, so llama.cpp keeps runq's placement
         args += ["--fit", "off"]
@@ -69,7 +71,20 @@ def placement_flags(plan: Plan, dialect: Dialect = "server", flags: Mapping[str,
     if plan.cache_type_v != "f16":
         args += ["-ctv", plan.cache_type_v]
     args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048)), "-t", str(plan.threads)]
-    return args + _fa(plan, dialect) + _memory(plan, dialect, has)
+    return args + _fa(plan, dialect) + _memory(plan, dialect, has) + serving
+
+
+def _serving(plan: Plan, dialect: Dialect, has: Callable[[str], bool]) -> list[str]:
+    """The server that really runs (plan/serving.py): its slots, and the lookup tables it reads on demand.
+    llama-server / llama-cli get -np (llama-server's own default is 4 slots), and -kvu for more than one so each
+    may use the whole context; llama-fit-params projects one slot (its default: it has no -kvu, runq adds the
+    difference), llama-bench has neither. -lzm goes to all three: the tables' residence follows it."""
+    args: list[str] = []
+    if dialect == "server" and has("parallel"):
+        args += ["-np", str(plan.slots)] + (["-kvu"] if plan.kv_unified and has("kv_unified") else [])
+    if plan.lazy_mode is not None and has("lazy_mode"):
+        args += ["-lzm", plan.lazy_mode]
+    return args
 
 
 def _devices(plan: Plan, dialect: Dialect) -> list[str]:

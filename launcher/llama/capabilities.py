@@ -35,6 +35,9 @@ KNOWN_FLAGS = {
     "flash_attn": ("-fa", "--flash-attn"),
     "api_key_file": ("--api-key-file",),
     "alias": ("-a", "--alias"),
+    "parallel": ("-np", "--parallel"),
+    "kv_unified": ("-kvu", "--kv-unified"),
+    "lazy_mode": ("-lzm", "--lazy-mode"),
 }
 
 _FLAG_RE = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")

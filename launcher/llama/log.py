@@ -3,6 +3,7 @@
 Lines read (llama.cpp 0c1e570):
   `load_tensors:        CUDA0 model buffer size = 7161.23 MiB`        (info)
   `llama_kv_cache:      CUDA0 KV buffer size =   38.00 MiB`           (info)
+  `llama_memory_recurrent: CPU RS buffer size = 0.11 MiB`            (info: linear-attention state, planned as KV)
   `sched_reserve:       CUDA0 compute buffer size =  340.00 MiB`      (info)
   `tensor blk.3.ffn_up_exps.weight (…) buffer type overridden to CPU`  (debug, -lv 5)
 A log may hold more than one load (a fit pass before the real one): the last one counts.
@@ -22,7 +23,8 @@ from launcher.plan.types import CPU, DevicePlan, Plan
 from launcher.units import MiB, fmt_bytes
 
 _BUF_RE = re.compile(
-    r"(load_tensors|llama_kv_cache|sched_reserve):\s+(\S+)\s+(model|KV|compute) buffer size =\s+([\d.]+) MiB"
+    r"(load_tensors|llama_kv_cache|llama_memory_recurrent|sched_reserve):\s+(\S+)\s+(model|KV|RS|compute) buffer "
+    r"size =\s+([\d.]+) MiB"
 )
 _OVERRIDE_RE = re.compile(r"tensor (\S+) \(.*\) buffer type overridden to (\S+)")
 _LOAD_START_RE = re.compile(r"load_tensors: loading model tensors")
@@ -60,7 +62,7 @@ def parse(text: str) -> Report:
         if m := _OVERRIDE_RE.search(line):
             r.overridden[m.group(1)] = m.group(2)
         elif m := _BUF_RE.search(line):
-            kind = {"model": "weights", "KV": "kv", "compute": "compute"}[m.group(3)]
+            kind = {"model": "weights", "KV": "kv", "RS": "kv", "compute": "compute"}[m.group(3)]  # RS: recurrent state
             dev = r.buffers.setdefault(_device(m.group(2)), {})
             dev[kind] = dev.get(kind, 0.0) + float(m.group(4)) * MiB
     return r
@@ -99,8 +101,9 @@ def mapped_bytes(plan: Plan, tensors: TensorSet) -> int:
     start of the CPU's first tensor to the end of its last (llama_model_loader::get_mapping_range), so the tensors
     of other devices that lie in between (a worker's experts, interleaved by layer) count too."""
     spans: dict[int, tuple[int, int]] = {}
+    lazy = set(plan.lazy_tables)  # mapped by a buffer of their own (weights_with_lazy adds them)
     for t in tensors.tensors:
-        if plan.placement.get(t.name) != CPU:
+        if plan.placement.get(t.name) != CPU or t.name in lazy:
             continue
         first, last = spans.get(t.shard, (t.offset, t.offset + t.nbytes))
         spans[t.shard] = (min(first, t.offset), max(last, t.offset + t.nbytes))
@@ -125,6 +128,9 @@ def _rows(plan: Placement, report: Report, mapped: int | None) -> list[_Row]:
         if d.name == CPU and mapped is not None and d.weights_bytes:
             weights = float(mapped)  # like with like: llama.cpp counts the mapped file range
             source = f"GGUF header: the file range mmap maps, {fmt_bytes(d.weights_bytes)} of it the CPU's tensors"
+        if d.lazy_bytes:  # llama.cpp reports the lookup tables it maps as a model buffer of the CPU's
+            weights += d.lazy_bytes
+            source += f"; with {fmt_bytes(d.lazy_bytes)} of lookup tables mapped on demand (not resident)"
         rows += [
             _Row(d.name, "weights", weights, got.get("weights", 0.0), source),
             _Row(d.name, "KV cache", d.kv_bytes, got.get("kv", 0.0), d.kv_source),

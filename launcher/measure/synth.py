@@ -80,6 +80,10 @@ class SynthSpec:
     ssm_n_group: int = 2
     ssm_dt_rank: int = 4
     layer_pattern: str = ""  # nemotron_h_moe (M/*/E/-), kimi-k3 / glm5-next (K/A): one letter per trunk layer
+    ple_rows: int = 1024  # qwen4exp: rows of its n-gram table (per_layer_token_embd, a lazy lookup table)
+    n_embd_per_layer: int = 0  # gemma4: per-layer token embeddings of this width (0: none, like the 26B)
+    lazy_type: str | None = None  # the lookup table's type (default weight_type)
+    chat_template: bool = True  # write tokenizer.chat_template (False: a GGUF without one, as some converters make)
     n_merges: int = 120
     seed: int = 0
     name: str = field(default="")
@@ -173,6 +177,8 @@ def _tensor_type(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> str:
     if "norm" in name or "conv1d" in name or name.endswith((".ssm_a", ".ssm_d")):  # 2-D gammas (hyper-connection,
         return "F32"  # PLE, mamba2 group norms), convolutions and mamba2's A / D: element-wise ops want F32
     wanted = spec.expert_type if (spec.expert_type and "_exps." in name) else spec.weight_type
+    if spec.lazy_type and name.startswith("per_layer_token_embd."):
+        wanted = spec.lazy_type
     from launcher.model.ggml_types import type_by_name
 
     return wanted if shape[0] % type_by_name(wanted).block_elems == 0 else "F16"
@@ -301,7 +307,8 @@ def _write_metadata(w: Any, spec: SynthSpec, token_type: Any) -> None:
     w.add_bos_token_id(bos)
     w.add_eos_token_id(eos)
     w.add_add_bos_token(a in DEEPSEEK_TOKENS)
-    w.add_chat_template(template)
+    if spec.chat_template:
+        w.add_chat_template(template)
     for key, value in spec.extra_kv:
         if isinstance(value, int):
             w.add_int32(key, value)

@@ -41,7 +41,8 @@ def next_shape(spec: Any) -> Shape:
             **common, n_ff_shexp=spec.n_ff_exp, full_attn_interval=spec.full_attn_interval, ssm_d_conv=4,
             ssm_d_state=spec.ssm_d_state, ssm_n_group=spec.ssm_n_group, ssm_dt_rank=spec.ssm_dt_rank,
             hc_mult=4, hc_low_rank=16, indexer_n_head=4, indexer_head_size=64, ple_layer=1, ple_ngram=ngram,
-            ple_heads_per_ngram=per, n_embd_per_layer=e // ((ngram - 1) * per), ple_rows=1024, ple_conv_kernel=4,
+            ple_heads_per_ngram=per, n_embd_per_layer=e // ((ngram - 1) * per), ple_rows=spec.ple_rows,
+            ple_conv_kernel=4,
         )  # fmt: skip
     if a in ("kimi-k3", "glm5-next"):  # nope-only MLA: glm5-next.cpp asserts n_rot == 0, kimi-k3.cpp feeds no positions
         return Shape(
@@ -62,7 +63,7 @@ def next_shape(spec: Any) -> Shape:
     if a == "gemma4":
         return Shape(
             **{**common, "n_head_kv": 1}, head_dim_swa=spec.head_dim // 2, n_head_kv_swa=spec.n_head_kv,
-            swa_pattern=3,
+            swa_pattern=3, n_embd_per_layer=spec.n_embd_per_layer,
         )  # fmt: skip
     raise ValueError(f"{a} is not a late-2026 architecture")
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from launcher.model.tensors import layer_ranges
 from launcher.plan import memory as mem
+from launcher.plan import serving
 from launcher.plan.types import CPU, DevicePlan, Request
 from launcher.plan.work import Work
 from launcher.units import fmt_bytes
@@ -55,6 +56,10 @@ def explain(w: Work, devices: Sequence[DevicePlan], load_mode: str) -> list[str]
         out.append("no GPU here: the layers run on this CPU, the experts that do not fit its RAM on the workers")
     if load_mode == "none":
         out.append("-lm none: tensors overridden to the CPU are loaded into RAM instead of memory-mapped")
+    if w.lazy and w.lazy_mode:
+        out.append(serving.lazy_note(tensors, w.lazy, w.lazy_mode, load_mode))
+    if req.server:
+        out.append(serving.slots_note(req.slots, req.ctx))
     out += _explain_tuned(req)
     return out
 

@@ -11,12 +11,15 @@ import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from launcher.errors import UsageError
+from launcher.plan import serving
 from launcher.plan.memory import KV_TYPE_BYTES
 from launcher.plan.overrides import Override, parse_user_overrides
-from launcher.plan.types import Request
+from launcher.plan.types import LazyMode, Request
+
+LAZY_MODES = ("on", "auto", "off")
 
 if TYPE_CHECKING:
     from launcher.machine.spec import Machine, Worker
@@ -38,6 +41,8 @@ PIN_FLAGS = {
     ("-ctv", "--cache-type-v"): "cache_type_v",
     ("-t", "--threads"): "threads",
     ("-ot", "--override-tensor"): "ot",
+    ("-np", "--parallel"): "parallel",
+    ("-lzm", "--lazy-mode"): "lazy_mode",
 }
 # llama.cpp flags after `--` that runq sets itself, from its own checked flags or from the plan: refused, with the
 # flag to use instead. llama.cpp takes the last of a repeated flag, so `-- --host 0.0.0.0` would otherwise win over
@@ -57,6 +62,8 @@ OWNED_FLAGS = {
     ("-cram", "--cache-ram"): "runq sizes llama-server's prompt cache from the RAM the plan leaves free",
     ("-ts", "--tensor-split"): "runq splits the layers between GPUs itself; pin tensors with --ot PATTERN=CUDAi",
     ("--rpc",): "use runq's own --rpc HOST:PORT (the plan places layers on the workers)",
+    ("-kvu", "--kv-unified", "-no-kvu", "--no-kv-unified"):
+        "runq's slots share one KV cache (each may use the whole context): choose how many with --parallel N",
     ("--jinja", "--no-jinja", "--chat-template", "--chat-template-file"):
         "runq passes the model profile's chat template (a profile in ~/.config/runq/profiles/ can name another)",
 }  # fmt: skip
@@ -79,6 +86,8 @@ class PlanInputs:
     ot: tuple[str, ...] = ()  # PATTERN=BUF, each maybe a comma-separated list
     threads: int | None = None
     server: bool = True
+    parallel: int | None = None  # llama-server slots (None: serving.DEFAULT_SLOTS)
+    lazy_mode: str | None = None  # -lzm pinned after `--` (None: runq's rule)
     flag_names: dict[str, str] = field(default_factory=dict)  # field -> the flag it came from, for messages
 
     def pinned(self, pins: dict[str, Any]) -> PlanInputs:
@@ -113,7 +122,7 @@ def split_extra(extra: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
         value = extra[i + 1]
         if field_name == "ot":
             pins.setdefault("ot", []).append(value)
-        elif field_name in ("cache_type_k", "cache_type_v"):
+        elif field_name in ("cache_type_k", "cache_type_v", "lazy_mode"):
             pins[field_name] = value
         else:
             pins[field_name] = _int_pin(flag, field_name, value)
@@ -168,6 +177,7 @@ def planning_request(inputs: PlanInputs, *, default_ctx: int, buffers: Sequence[
     check_int(inputs.threads, inputs.flag("threads", "--threads"), 1, MAX_THREADS,
               "leave it out to use the physical cores")  # fmt: skip
     user: tuple[Override, ...] = parse_user_overrides(inputs.ot, buffers)
+    slots, lazy = check_serving(inputs)
     return Request(
         ctx=inputs.ctx or default_ctx,
         cache_type_k=inputs.cache_type_k,
@@ -177,7 +187,22 @@ def planning_request(inputs: PlanInputs, *, default_ctx: int, buffers: Sequence[
         user_overrides=user,
         server=inputs.server,
         threads=inputs.threads,
+        slots=slots,
+        lazy_mode=lazy,
     )
+
+
+def check_serving(inputs: PlanInputs) -> tuple[int, LazyMode | None]:
+    """The slot count (--parallel N, or -np after --) and a pinned -lzm, checked."""
+    flag = inputs.flag("parallel", "--parallel")
+    check_int(inputs.parallel, flag, 1, serving.MAX_SLOTS, "e.g. --parallel 4: four requests served at once")
+    if not inputs.server and inputs.parallel not in (None, 1):
+        raise UsageError(f"{flag} {inputs.parallel}: a chat (llama-cli) is one conversation",
+                         hint="serve it with --server to take several requests at once")  # fmt: skip
+    if inputs.lazy_mode is not None and inputs.lazy_mode not in LAZY_MODES:
+        raise UsageError(f"{inputs.flag('lazy_mode', '-lzm')} {inputs.lazy_mode!r} is not a lazy mode",
+                         hint="on, auto or off (llama.cpp's --lazy-mode)")  # fmt: skip
+    return inputs.parallel or serving.DEFAULT_SLOTS, cast("LazyMode | None", inputs.lazy_mode)
 
 
 SLOW_UBATCH = 32  # below this llama.cpp reads the prompt a few tokens per step: many times slower

@@ -3,7 +3,7 @@
 Pure: no I/O. Change a number here when a measurement says so (and say which
 measurement); nothing else in the planner hard-codes a size or a speed.
 Sources: docs/reference/llama-cpp.md (measurements at llama.cpp 0c1e570)
-and models.md §4.
+and models.md §4. The serving server's own (slots, lazy tables) are in serving.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.model.hparams import HParams
+from launcher.plan import serving
 from launcher.units import GiB, MiB
 
 # --- margins ---------------------------------------------------------------------------------
@@ -202,8 +203,7 @@ def ram_margin(ram_total: int) -> int:
 # --- per-layer KV and compute ----------------------------------------------------------------
 
 
-# Sliding-window layers cache min(ctx, PAD(n_swa + n_ubatch, 256)) cells (llama_kv_cache_iswa, one sequence).
-SWA_PAD_CELLS = 256
+# Sliding-window layers cache min(ctx, PAD(n_swa x slots + n_ubatch, 256)) cells (llama_kv_cache_iswa): serving.py.
 # deepseek4 (llama-kv-cache-dsv4.cpp, llama_kv_cache_dsv4): besides the raw window of every layer, a compressed K
 # cache of GGML_PAD(ceil(ctx / ratio), 256) cells per ratio-4 (CSA) and ratio-128 (HCA) layer; CSA layers also
 # cache lightning-indexer keys (indexer_head_size wide) in as many cells. Compressor states are f32, a kv and a
@@ -263,8 +263,10 @@ def _dsv4_layer(hp: HParams, il: int, kb: float) -> tuple[float, tuple[int, int]
     return width * kb, (ratio, round(width * kb)), 2 * ratio * width * STATE_BYTES
 
 
-def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512) -> KVLayout:
-    """(key + value) x KV heads x element size per layer; MLA caches only the latent K.
+def kv_layout(
+    hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, *, slots: int = 1
+) -> KVLayout:
+    """(key + value) x KV heads x element size per layer, `slots` sharing one cache (serving.py); MLA: latent K only.
 
     NextN/MTP layers get no cache (llama.cpp skips them unless MTP drafting is on); recurrent layers keep a
     fixed state; sliding-window layers a window; deepseek4 a window plus caches compressed by its ratio;
@@ -294,13 +296,13 @@ def kv_layout(hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16",
         windowed.append(round(win))
         fixed.append(state)
         compressed.append(comp)
-    cells = -(-(hp.sliding_window + ubatch) // SWA_PAD_CELLS) * SWA_PAD_CELLS if hp.sliding_window else 0
+    n = slots if hp.arch in serving.PER_SLOT_STREAMS else 1  # deepseek4: every cache once per slot
     return KVLayout(
-        tuple(per),
-        tuple(windowed) if any(windowed) else (),
-        cells,
-        tuple(fixed) if any(fixed) else (),
-        tuple(compressed) if any(r for r, _ in compressed) else (),
+        tuple(b * n for b in per),
+        tuple(b * n for b in windowed) if any(windowed) else (),
+        serving.window_cells(hp.sliding_window, ubatch, slots // n),
+        tuple(b * slots for b in fixed) if any(fixed) else (),  # recurrent state: one per slot
+        tuple((r, b * n) for r, b in compressed) if any(r for r, _ in compressed) else (),
     )
 
 

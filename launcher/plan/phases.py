@@ -114,8 +114,9 @@ def _even_out(counts: list[int], spread: Callable[[list[int]], float]) -> list[i
 
 def initial_placement(w: Work) -> None:
     """Phase 2: every tensor on its layer's device; experts on the CPU until the next phases hand them out."""
+    lazy = set(w.lazy)  # llama.cpp keeps a table it reads on demand on the CPU, whatever -ot says
     for t in w.tensors.tensors:
-        if t.name in w.forced:
+        if t.name in w.forced and t.name not in lazy:
             w.placement[t.name] = w.forced[t.name]
         elif t.role in INPUT_SIDE_ROLES or t.is_expert:
             w.placement[t.name] = CPU
@@ -196,9 +197,10 @@ def cpu_device(w: Work, ngl: int, cache_ram: int | None) -> DevicePlan:
     ram_avail = w.machine.ram_available_bytes
     margin = mem.ram_margin(w.machine.ram_total_bytes or ram_avail)
     kv = w.book.kv_bytes(cpu_layers)
+    lazy = w.lazy_bytes()  # memory-mapped and read on demand: disk and page cache, not resident RAM
     return DevicePlan(
-        CPU, ram_avail, margin, w.placed_bytes(CPU), kv, compute, cache_ram or 0,
-        kv_source=w.book.kv_source, compute_source=source,
+        CPU, ram_avail, margin, w.placed_bytes(CPU) - lazy, kv, compute, cache_ram or 0,
+        kv_source=w.book.kv_source, compute_source=source, lazy_bytes=lazy,
     )  # fmt: skip
 
 

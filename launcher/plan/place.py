@@ -19,6 +19,7 @@ from launcher.machine.spec import Machine
 from launcher.model.hparams import HParams
 from launcher.model.tensors import TensorSet, loaded_tensors
 from launcher.plan import memory as mem
+from launcher.plan import serving
 from launcher.plan.explain import explain
 from launcher.plan.phases import (
     check_budgets,
@@ -42,7 +43,7 @@ def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pla
     """Place every tensor; the speed is predicted with this machine's measured constants when it has them, and
     then the threads (unless pinned) are the count those constants predict decodes fastest, not simply the
     cores: on a machine where more threads measured slower, fewer are used, and the plan says why."""
-    p = _plan(machine, tensors, hp, req)
+    p = _plan_lazy_tables(machine, tensors, hp, req)
     speed = machine.speed
     if speed is None:
         return p
@@ -54,10 +55,25 @@ def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pla
     best = speed.fastest_threads(machine.cores, hp.n_layer, per.get("CPU", 0), on_gpu=on_gpu)
     if best == p.threads:
         return p
-    q = _plan(machine, tensors, hp, replace(req, threads=best))
+    q = _plan(machine, tensors, hp, replace(req, threads=best, lazy_mode=p.lazy_mode))
     why = (f"threads {best} of {machine.cores} cores: this machine's calibration predicts {q.predicted_tg_tps:.1f}"
            f" tokens/s at {best}, {p.predicted_tg_tps:.1f} at {p.threads}")  # fmt: skip
     return replace(q, speed_source=speed.label, reasons=(*q.reasons, why))
+
+
+def _plan_lazy_tables(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
+    """llama.cpp's own --lazy-mode (auto: tables over 4 GiB read on demand, smaller ones resident), unless the CPU
+    part fits the RAM only with every lookup table read on demand (-lzm on) or the mode is pinned."""
+    p = _plan(machine, tensors, hp, req)
+    if p.fits or req.lazy_mode is not None or p.lazy_mode != "auto":
+        return p
+    if not set(serving.read_on_demand(tensors, "on")) - set(p.lazy_tables):
+        return p
+    q = _plan(machine, tensors, hp, replace(req, lazy_mode="on"))
+    if not q.fits:
+        return p
+    why = "-lzm on: the lookup tables under 4 GiB are read on demand too (llama.cpp keeps them resident by default)"
+    return replace(q, reasons=(*q.reasons, f"{why}, or the CPU part would not fit the RAM"))
 
 
 def _plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
@@ -114,7 +130,7 @@ def _gpu_expert_layer_count(p: Plan) -> int:
 def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:
     w = Work(
         machine, tensors, hp, req, ubatch,
-        book=SizeBook(hp, req.ctx, req.cache_type_k, req.cache_type_v, ubatch, req.projections),
+        book=SizeBook(hp, req.ctx, req.cache_type_k, req.cache_type_v, ubatch, req.projections, req.slots),
         forced=forced_by_user(tensors, req),
         gpus=gpu_usable(machine, req.margin_extra_bytes),
         remotes=remote_usable(
@@ -165,6 +181,9 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
         n_layer=hp.n_layer,
         rpc=tuple(dict.fromkeys(wk.endpoint for wk in machine.workers if _uses(w, wk.endpoint))),
         gpu_layers={g.name: tuple(g.layers) for g in w.layer_devs},
+        slots=req.slots,
+        lazy_mode=w.lazy_mode,
+        lazy_tables=w.lazy,
     )
 
 

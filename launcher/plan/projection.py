@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from launcher.model.hparams import HParams
 from launcher.plan import memory as mem
+from launcher.plan import serving
 from launcher.units import MiB
 
 ESTIMATE = "runq estimate"
@@ -106,10 +107,18 @@ class SizeBook:
         cache_type_v: str,
         ubatch: int,
         projections: Sequence[Projection] = (),
+        slots: int = 1,
     ) -> None:
         self.hp, self.ctx, self.ubatch = hp, ctx, ubatch
         layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch)
         estimate = tuple(layout.bytes_for(ctx, [il]) for il in range(len(layout.per_layer)))
+        # llama-fit-params projects one slot (it has no -kvu): what more slots add is serving.py's formula
+        self._swa_mask = serving.swa_mask_bytes(hp, ctx, ubatch, slots)
+        if slots > 1:
+            layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
+            more = tuple(layout.bytes_for(ctx, [il]) - e for il, e in enumerate(estimate))
+        else:
+            more = ()
         same = [p for p in projections if p.same_cache(ctx, cache_type_k, cache_type_v)]
         # Sliding-window caches pad by ubatch: a projection for this very ubatch first.
         kv_proj = next((p for p in same if p.ubatch == ubatch), same[0] if same else None)
@@ -123,9 +132,14 @@ class SizeBook:
         else:
             self._kv = estimate
             self.kv_source = ESTIMATE
+        if any(more):
+            self._kv = tuple(a + b for a, b in zip(self._kv, more, strict=True))
+            if kv_proj is not None:
+                self.kv_source += f" for 1 slot, + runq's formula for {slots} (llama-fit-params has no -kvu)"
         self._compute = next(
             (p for p in projections if p.same_cache(ctx, cache_type_k, cache_type_v) and p.ubatch == ubatch), None
         )
+        self._more = f", + runq's formula for {slots} slots" if self._swa_mask else ""  # the windows' bigger mask
 
     def kv_bytes(self, layers: Sequence[int] | range | None = None) -> int:
         chosen = range(len(self._kv)) if layers is None else layers
@@ -135,11 +149,11 @@ class SizeBook:
         """A GPU's compute buffer: llama.cpp's row for it when this machine's build projected it, else the model."""
         row = self._compute.row(name) if self._compute is not None else None
         if row is not None:
-            return row.compute_bytes, self._compute.source  # type: ignore[union-attr]
+            return row.compute_bytes + self._swa_mask, self._compute.source + self._more  # type: ignore[union-attr]
         b = mem.gpu_compute_bytes(
             self.hp, self.ctx, self.ubatch, has_output=has_output, offload_copy_bytes=offload_copy_bytes
         )
-        return b, ESTIMATE
+        return b + self._swa_mask, ESTIMATE
 
     def cpu_compute(self, *, with_gpus: bool) -> tuple[int, str]:
         """The CPU's compute buffer: llama.cpp's Host row when the projection had the same devices, else the model."""
@@ -147,7 +161,9 @@ class SizeBook:
         if p is not None and p.has_gpus == with_gpus:
             row = p.row(CPU)
             if row is not None:
-                return row.compute_bytes, p.source
+                if with_gpus:  # the CPU's own buffer beside GPUs runs no attention
+                    return row.compute_bytes, p.source
+                return row.compute_bytes + self._swa_mask, p.source + self._more
         if with_gpus:
             return mem.cpu_compute_bytes(self.hp, self.ubatch), ESTIMATE
-        return mem.cpu_only_compute_bytes(self.hp, self.ctx, self.ubatch), ESTIMATE
+        return mem.cpu_only_compute_bytes(self.hp, self.ctx, self.ubatch) + self._swa_mask, ESTIMATE

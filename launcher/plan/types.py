@@ -17,6 +17,7 @@ LARGE_UBATCH = 2048  # 3.4x faster prompt processing with experts on CPU (llama-
 CPU = "CPU"
 FlashAttn = Literal["auto", "on", "off"]
 LoadMode = Literal["mmap", "none"]
+LazyMode = Literal["auto", "on", "off"]  # llama.cpp's --lazy-mode (-lzm): which lookup tables it reads on demand
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class Request:
     load_mode: LoadMode | None = None  # -lm: mmap or none; None: none when tensors are overridden to the CPU
     llama_default: bool = False  # llama.cpp's own fit places everything (it measured fastest here)
     tuned: str | None = None  # what was measured, said in the plan's reasons ("tuned 2026-12-01: …")
+    # The server that will really run (plan/serving.py): its slots (-np; more than one share a unified KV cache)
+    # and which lookup tables llama.cpp reads on demand (-lzm; None: runq's rule).
+    slots: int = 1
+    lazy_mode: LazyMode | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,9 @@ class DevicePlan:
     remote: bool = False  # a device on a worker (llama.cpp's RPC backend)
     kv_source: str = ESTIMATE  # "runq estimate" or "llama.cpp projection, build …"
     compute_source: str = ESTIMATE
+    # Lookup tables llama.cpp reads a few rows per token from the memory-mapped file (the CPU's): on disk and in
+    # the page cache, not resident RAM, so not in used_bytes.
+    lazy_bytes: int = 0
 
     @property
     def budget_bytes(self) -> int:
@@ -95,6 +103,11 @@ class Plan:
     speed_source: str = "reference constants"  # or "calibrated on this machine, DATE" (machine/speed.py)
     flash_attn: FlashAttn = "auto"
     llama_default: bool = False  # the command leaves placement, batch and threads to llama.cpp's own fit
+    # The serving llama-server (plan/serving.py): slots (-np, unified KV cache when more than one) and the lookup
+    # tables read on demand with the -lzm mode that makes llama.cpp do so (None: the model has none).
+    slots: int = 1
+    lazy_mode: LazyMode | None = None
+    lazy_tables: tuple[str, ...] = ()
 
     @property
     def gpu_devices(self) -> tuple[DevicePlan, ...]:
@@ -120,3 +133,8 @@ class Plan:
     @property
     def cpu_bytes(self) -> int:
         return self.cpu.used_bytes
+
+    @property
+    def kv_unified(self) -> bool:
+        """Several slots share one KV cache (-kvu): each may use the whole context, as llama-server's auto does."""
+        return self.slots > 1

@@ -6,14 +6,16 @@ Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from launcher.machine.spec import Machine
 from launcher.model.hparams import HParams
 from launcher.model.tensors import INPUT_SIDE_ROLES, ModelTensor, TensorSet
 from launcher.plan import memory as mem
 from launcher.plan import overrides as ovr
+from launcher.plan import serving
 from launcher.plan.projection import SizeBook
-from launcher.plan.types import CPU, DevicePlan, Request
+from launcher.plan.types import CPU, DevicePlan, LazyMode, Request
 
 
 @dataclass
@@ -150,6 +152,21 @@ class Work:
             return DevicePlan(d.name, d.capacity, d.margin, 0, 0, 0, remote=True)
         return DevicePlan(d.name, d.capacity, d.margin, weights, 0, mem.RPC_COMPUTE_BYTES, remote=True,
                           compute_source=mem.RPC_COMPUTE_SOURCE)  # fmt: skip
+
+    @property
+    def lazy_mode(self) -> LazyMode | None:
+        """The -lzm the plan passes: llama.cpp's auto unless pinned or chosen; None for a model without tables."""
+        if not serving.lazy_tables(self.tensors):
+            return None
+        return self.req.lazy_mode or "auto"
+
+    @cached_property
+    def lazy(self) -> tuple[str, ...]:
+        """The lookup tables llama.cpp reads on demand (memory-mapped on the CPU, not resident): serving.py."""
+        return serving.read_on_demand(self.tensors, self.lazy_mode) if self.lazy_mode else ()
+
+    def lazy_bytes(self) -> int:
+        return sum(self.tensors[n].nbytes for n in self.lazy)
 
     def movable(self, il: int, experts: dict[int, list[ModelTensor]]) -> list[ModelTensor]:
         return [t for t in experts.get(il, []) if t.name not in self.forced]

@@ -81,6 +81,7 @@ class SavedDevice(_Saved):
     remote: bool = False
     kv_source: str = ESTIMATE
     compute_source: str = ESTIMATE
+    lazy_bytes: int = 0  # lookup tables llama.cpp maps and reads on demand (its CPU_Mapped buffer of their own)
 
     def device(self) -> DevicePlan:
         return DevicePlan(**self.model_dump())

@@ -19,7 +19,7 @@ from launcher.view.plan import placement_lines, source_lines
 
 if TYPE_CHECKING:
     from launcher.pipeline.plan import Planned
-    from launcher.plan.types import DevicePlan
+    from launcher.plan.types import DevicePlan, Plan
 
 BAR = 40
 # Segment styles read on dark and light terminals alike (they are backgrounds, not text colours).
@@ -40,7 +40,7 @@ def memory_bar(d: DevicePlan) -> Text:
     return bar
 
 
-def memory_text(plan: object) -> Text:
+def memory_text(plan: Plan) -> Text:
     out = Text()
     legend = Text("  ")
     for name, style in SEGMENTS:
@@ -49,12 +49,18 @@ def memory_text(plan: object) -> Text:
     legend.append("· free")
     out.append_text(legend)
     out.append("\n")
-    for d in plan.devices:  # type: ignore[attr-defined]
+    for d in plan.devices:
         out.append(f"  {d.name:<6} ")
         out.append_text(memory_bar(d))
         flag = "" if d.fits else "  DOES NOT FIT"
         out.append(f" {fmt_bytes(d.used_bytes)} of {fmt_bytes(d.budget_bytes)}{flag}\n")
         out.append(f"  {segment_numbers(d)}\n", style="dim")
+    lazy = plan.cpu.lazy_bytes
+    if lazy:  # in no device's bar: on disk, read a few rows per token (plan/serving.py)
+        out.append(f"  {'lazy':<6} ")
+        out.append(" " * max(1, round(lazy * BAR / max(plan.cpu.capacity_bytes, lazy))), style="on dark_green")
+        out.append(f" {fmt_bytes(lazy)} lookup tables, memory-mapped (-lzm {plan.lazy_mode})\n")
+        out.append("  read a few rows per token from disk: page cache, not counted in RAM\n", style="dim")
     return out
 
 

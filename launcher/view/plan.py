@@ -59,7 +59,17 @@ def memory_table(p: Plan) -> list[str]:
         sizes = (d.weights_bytes, d.kv_bytes, d.compute_bytes, d.extra_bytes, d.margin_bytes, d.free_bytes)
         cells = "".join(f"{fmt_bytes(n):>11}" for n in sizes)
         lines.append(f"    {d.name:<{width}}{cells}" + ("" if d.fits else "  DOES NOT FIT"))
+    lines += lazy_table_lines(p, width)
     return lines
+
+
+def lazy_table_lines(p: Plan, width: int = 8) -> list[str]:
+    """The lookup tables llama.cpp reads on demand, on a line of their own: they are not in any device's sums."""
+    lazy = p.cpu.lazy_bytes
+    if not lazy:
+        return []
+    return [f"    {'lazy':<{width}}{fmt_bytes(lazy):>11}  lookup tables on the CPU, memory-mapped, read a few rows per "
+            f"token (-lzm {p.lazy_mode}): disk and page cache, not counted in RAM"]  # fmt: skip
 
 
 def weights_source(c: Candidate) -> str:
@@ -161,6 +171,13 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "tensor_split": list(p.tensor_split) if p.tensor_split else None,
         "rpc": list(p.rpc),
         "gpu_layers": {k: list(v) for k, v in p.gpu_layers.items()},
+        "slots": p.slots,
+        "kv_unified": p.kv_unified,
+        "lazy_tables": {
+            "mode": p.lazy_mode,  # the -lzm passed; null: the model has no lookup tables
+            "tensors": list(p.lazy_tables),  # read on demand, memory-mapped on the CPU
+            "bytes": p.cpu.lazy_bytes,  # counted as disk and page cache, in no device's used bytes
+        },
         "devices": [
             {
                 "name": d.name,
@@ -171,6 +188,7 @@ def plan_json(p: Plan) -> dict[str, Any]:
                 "kv_bytes": d.kv_bytes,
                 "compute_bytes": d.compute_bytes,
                 "extra_bytes": d.extra_bytes,
+                "lazy_bytes": d.lazy_bytes,
                 "free_bytes": d.free_bytes,
                 "remote": d.remote,
                 "kv_source": d.kv_source,

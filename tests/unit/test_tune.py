@@ -211,8 +211,9 @@ def test_bench_and_server_commands_of_tuned_plans(models: dict) -> None:
     limited = bench_argv("llama-bench", "m.gguf", None, pp=512, tg=128, reps=2, gpus=True, fit_target_mib=130_000)
     assert limited[-2:] == ["-fitt", "130000"]
 
-    # The server command of the same plans: the baseline leaves placement, batch and threads to llama.cpp.
-    assert plan_flags(bp) == ["-c", "4096"]
+    # The server command of the same plans: the baseline leaves placement, batch and threads to llama.cpp, not the
+    # slots (llama-server's own default is 4).
+    assert plan_flags(bp) == ["-c", "4096", "-np", "1"]
     tuned = plan_flags(plan(machine, t, hp, tune.request_for(Request(ctx=4096), Knobs(2, 512, "off", "mmap"), 0)))
     assert tuned[tuned.index("-fa") + 1] == "off" and "-lm" not in tuned and "-ot" in tuned
 
