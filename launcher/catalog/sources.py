@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from launcher.catalog.chat_templates import ChatFormat
 from launcher.catalog.estimate import estimate
 from launcher.catalog.profiles import Profile, Sampling
 from launcher.model.hparams import HParams
@@ -24,6 +25,7 @@ class ModelSource:
     exact: bool
     size_bytes: int  # published or file size
     sampling: Sampling | None = None  # the GGUF's own general.sampling.* defaults, when its header was read
+    chat: ChatFormat | None = None  # its chat template (present, or the built-in its tokens match); None: not read
 
 
 def profile_sources(

@@ -171,6 +171,8 @@ def plan_for(
     planned = plan(ask, machine or resolve_machine(args), calibrate=calibrate, say=say)
     for w in planned.target.warnings:
         warn(w)
+    if planned.chat_template.warning and planned.chat_template.note:  # before anything is launched
+        warn(planned.chat_template.note)
     return planned, passthrough
 
 

@@ -32,11 +32,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     chosen = p.chosen
     values = sampling.effective(p.target.profile.sampling if p.target.profile else None, chosen.source.sampling)
     measured = p.tuned.note if p.tuned else None  # the last `runq tune` here, applied to this plan
+    tc = p.chat_template
     if args.json:
         print_json({**render_plan.choice_json(p.choice, argv, values), "sizes": sizes,
-                    "notes": list(p.machine.notes), "measured": measured})  # fmt: skip
+                    "notes": list(p.machine.notes), "measured": measured,
+                    "chat_template": {"source": tc.source, "file": str(tc.path) if tc.path else None,
+                                      "note": tc.note}})  # fmt: skip
     else:
-        print(render_plan.choice_text(p.choice, p.machine, argv, sizes, values))
+        print(render_plan.choice_text(p.choice, p.machine, argv, sizes, values, notes=[tc.note] if tc.note else []))
         if measured:
             print(f"Measured: {measured}")
     return EXIT_OK

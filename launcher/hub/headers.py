@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.catalog.chat_templates import chat_format
 from launcher.catalog.profiles import Profile
 from launcher.catalog.sampling import from_gguf
 from launcher.catalog.sources import ModelSource
@@ -225,8 +226,9 @@ def exact_sources(profile: Profile, revision: str = "main", *, network: bool = T
             continue
         model = combine(got)
         sources[name] = ModelSource(
-            name, model.tensors, model.hparams, True, m.remote.size_bytes, sampling=from_gguf(model.metadata)
-        )
+            name, model.tensors, model.hparams, True, m.remote.size_bytes, sampling=from_gguf(model.metadata),
+            chat=chat_format(model.metadata),
+        )  # fmt: skip
     where = f"the GGUF headers on {endpoint()}"
     if listing.cached:
         where = "cached headers (offline)" if offline() else f"cached headers ({listing.why})"

@@ -24,6 +24,7 @@ from launcher.errors import DoesNotFitError
 from launcher.plan.inputs import PlanInputs, ServerOptions
 
 if TYPE_CHECKING:
+    from launcher.catalog.chat_templates import TemplateChoice
     from launcher.catalog.sources import ModelSource
     from launcher.llama.binaries import Binaries
     from launcher.machine.spec import Machine
@@ -77,6 +78,15 @@ class Planned:
     @property
     def quant(self) -> str:
         return self.choice.chosen.source.name
+
+    @property
+    def chat_template(self) -> TemplateChoice:
+        """The template the launch passes: the profile's, the GGUF's own, or for a GGUF without one runq's
+        rendering of the llama.cpp built-in its tokens match (catalog/chat_templates.py)."""
+        from launcher.catalog.chat_templates import choose_template
+
+        profile = self.target.profile
+        return choose_template(profile.template_path() if profile else None, self.chosen.source.chat)
 
 
 def plan(
@@ -200,4 +210,8 @@ def command(
     launch = launch_for(binary, model or model_path(planned), planned.target.profile, server=server, extra=extra,
                         flags=binary_flags(where) if where else None,
                         gguf_sampling=planned.chosen.source.sampling)  # fmt: skip
-    return build_argv(planned.plan, launch)
+    return build_argv(planned.plan, replace(launch, template_path=_str(planned.chat_template.path)))
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None

@@ -121,6 +121,7 @@ def require_profile(model: str) -> Profile:
 
 
 def _local(path_text: str) -> ModelTarget:
+    from launcher.catalog.chat_templates import chat_format
     from launcher.catalog.sampling import from_gguf
     from launcher.model.shards import open_local
 
@@ -130,8 +131,9 @@ def _local(path_text: str) -> ModelTarget:
     profile = found[0] if found else None
     file_name = Path(path_text).name
     src = ModelSource(
-        file_name, model.tensors, model.hparams, True, model.file_bytes, sampling=from_gguf(model.metadata)
-    )
+        file_name, model.tensors, model.hparams, True, model.file_bytes, sampling=from_gguf(model.metadata),
+        chat=chat_format(model.metadata),
+    )  # fmt: skip
     trained = model.hparams.n_ctx_train or FALLBACK_CTX
     ctx = min(profile.default_ctx if profile else FALLBACK_CTX, trained)
     name = profile.display_name if profile else (model.hparams.name or file_name)

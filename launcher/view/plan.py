@@ -112,8 +112,9 @@ def placement_lines(p: Plan) -> list[str]:
 
 
 def choice_text(
-    choice: Choice, machine: Machine, argv: list[str], sizes: str = "", sampling: Sequence[SamplingValue] = ()
-) -> str:
+    choice: Choice, machine: Machine, argv: list[str], sizes: str = "", sampling: Sequence[SamplingValue] = (),
+    notes: Sequence[str] = (),
+) -> str:  # fmt: skip
     c = choice.chosen
     p = c.plan
     kind = "exact sizes from the GGUF headers" if c.source.exact else "estimated sizes: no GGUF header read yet"
@@ -129,7 +130,7 @@ def choice_text(
         lines += ["Quants (> chosen; tokens/s is a prediction from bytes read per token):"]
         lines += candidates_table(choice.candidates, c.source.name)
         lines.append("")
-    lines += ["Why:"] + [f"  - {r}" for r in (*choice.reasons, *p.reasons)]
+    lines += ["Why:"] + [f"  - {r}" for r in (*choice.reasons, *p.reasons, *notes)]
     lines += ["", "Memory per device:", *memory_table(p)]
     lines.append("    sources: " + "; ".join(source_lines(c)))
     lines += ["", "Placement:"] + [f"  {x}" for x in placement_lines(p) or ["everything on one device"]]
