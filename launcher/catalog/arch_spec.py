@@ -232,6 +232,8 @@ def shape_from_arch(a: ArchSpec) -> Shape:
 class _Recorder:
     """Collects what a GGUF writer would write, as the header reader returns it (arrays as tuples)."""
 
+    typed_arrays = False  # arch_metadata: arrays are recorded as values, without gguf's type enum
+
     def __init__(self) -> None:
         self.md: dict[str, Any] = {}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from launcher.catalog.arch_spec import shape_from_arch
+from launcher.catalog.arch_spec import ArchSpec, shape_from_arch
 from launcher.catalog.profiles import Profile, QuantSpec
 from launcher.model.arch_shapes import TensorList, tensor_shapes
 from launcher.model.ggml_types import TYPES_BY_NAME, GGMLType
@@ -128,13 +128,9 @@ def _lazy_type(quant: QuantSpec, row: int) -> GGMLType:
     return max(fits, key=lambda t: t.bits_per_weight, default=TYPES_BY_NAME["F16"])
 
 
-def _groups(shapes: TensorList, quant: QuantSpec) -> list[_Group]:
-    by_key: dict[tuple[str, tuple[int, ...]], list[str]] = {}
-    for name, s in shapes:
-        by_key.setdefault((_kind(name), s), []).append(name)
+def _groups(layout: _Layout, quant: QuantSpec) -> list[_Group]:
     out = []
-    for (kind, s), names in by_key.items():
-        role = classify(names[0])[1]
+    for (kind, s), names, role in layout.groups:
         fixed = _lazy_type(quant, s[0]) if role is Role.LAZY_TABLE else _fixed_type(names[0], s)
         out.append(_Group(kind, s, names, fixed, role is Role.ROUTED_EXPERT, _n_of(s)))
     return out
@@ -170,10 +166,41 @@ def _bits_split(groups: list[_Group], quant: QuantSpec, budget_bits: float) -> t
     return expert_bpw, rest, expert_elems
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """An architecture's tensors as every quant of its profile shares them: names and shapes, each one's (layer,
+    role) and element count, and the same-kind same-shape groups that get one mix of types."""
+
+    shapes: TensorList
+    roles: tuple[tuple[int | None, Role], ...]
+    elems: tuple[int, ...]
+    groups: tuple[tuple[tuple[str, tuple[int, ...]], list[str], Role], ...]
+
+
+_LAYOUTS: dict[str, _Layout] = {}
+
+
+def _layout(a: ArchSpec) -> _Layout:
+    """Worked out once per architecture and process (`runq models` estimates every quant of every profile)."""
+    key = a.model_dump_json()
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) >= 128:
+            _LAYOUTS.clear()
+        shapes = tensor_shapes(shape_from_arch(a))
+        by_key: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+        for name, s in shapes:
+            by_key.setdefault((_kind(name), s), []).append(name)
+        groups = tuple((k, names, classify(names[0])[1]) for k, names in by_key.items())
+        roles = tuple(classify(name) for name, _ in shapes)
+        _LAYOUTS[key] = _Layout(shapes, roles, tuple(_n_of(s) for _, s in shapes), groups)
+    return _LAYOUTS[key]
+
+
 def estimate(profile: Profile, quant: QuantSpec) -> Estimate:
     a = profile.arch
-    shapes = tensor_shapes(shape_from_arch(a))
-    groups = _groups(shapes, quant)
+    layout = _layout(a)
+    shapes = layout.shapes
+    groups = _groups(layout, quant)
     ladder = _ladder(quant)
     header = a.n_vocab * HEADER_BYTES_PER_TOKEN + len(shapes) * HEADER_BYTES_PER_TENSOR
     fixed_bytes = sum(g.fixed.nbytes(g.elems) * len(g.names) for g in groups if g.fixed is not None)
@@ -195,10 +222,9 @@ def estimate(profile: Profile, quant: QuantSpec) -> Estimate:
         types.update(zip(g.names, chosen, strict=True))
 
     tensors = []
-    for name, s in shapes:
+    for (name, s), (layer, role), n in zip(shapes, layout.roles, layout.elems, strict=True):
         t = types[name]
-        layer, role = classify(name)
-        tensors.append(ModelTensor(name, s, t, t.nbytes(_n_of(s)), shard=0, offset=0, layer=layer, role=role))
+        tensors.append(ModelTensor(name, s, t, t.nbytes(n), 0, 0, layer, role))
     return Estimate(
         tensors=TensorSet(tuple(tensors)),
         hparams=a.hparams(profile.display_name),

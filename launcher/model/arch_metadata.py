@@ -73,6 +73,9 @@ def _u32(w: Any, key: str, value: int) -> None:
 
 
 def _array(w: Any, key: str, values: list[int], sub: str) -> None:
+    if not getattr(w, "typed_arrays", True):  # a recorder of values (catalog/arch_spec.py): no gguf (numpy) import
+        w.add_array(key, list(values))
+        return
     from gguf import GGUFValueType
 
     w.add_key_value(key, list(values), GGUFValueType.ARRAY, sub_type=GGUFValueType[sub])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
@@ -158,10 +158,10 @@ class ModelTensor:
     offset: int  # absolute byte offset in that shard's file
     layer: int | None
     role: Role
+    is_expert: bool = field(init=False, repr=False, compare=False)  # role is ROUTED_EXPERT (asked millions of times)
 
-    @property
-    def is_expert(self) -> bool:
-        return self.role is Role.ROUTED_EXPERT
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_expert", self.role is Role.ROUTED_EXPERT)
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,19 @@ class TensorSet:
 
     def expert_bytes(self, layer: int | None = None) -> int:
         """Routed-expert bytes of one layer, or of the whole model when layer is None."""
-        return sum(t.nbytes for t in self.tensors if t.is_expert and (layer is None or t.layer == layer))
+        per_layer = self._expert_bytes_per_layer
+        if layer is None:
+            return sum(t.nbytes for t in self.tensors if t.is_expert)
+        return per_layer.get(layer, 0)
+
+    @cached_property
+    def largest_expert_bytes(self) -> int:
+        return max((t.nbytes for t in self.tensors if t.is_expert), default=0)
+
+    @cached_property
+    def lazy_tables(self) -> tuple[str, ...]:
+        """The row-lookup tables (Role.LAZY_TABLE), in file order."""
+        return tuple(t.name for t in self.tensors if t.role is Role.LAZY_TABLE)
 
     def non_expert_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors if not t.is_expert)
@@ -207,6 +219,10 @@ class TensorSet:
         return tuple(sorted({t.layer for t in self.tensors if t.is_expert and t.layer is not None}))
 
     def expert_bytes_per_layer(self) -> dict[int, int]:
+        return dict(self._expert_bytes_per_layer)
+
+    @cached_property
+    def _expert_bytes_per_layer(self) -> dict[int, int]:
         out: dict[int, int] = {}
         for t in self.tensors:
             if t.is_expert and t.layer is not None:

@@ -150,6 +150,12 @@ def row_json(r: CatalogRow) -> dict[str, object]:
     }
 
 
+def billions(x: float, digits: int) -> str:
+    """A parameter count in billions to `digits` significant digits, never in exponent form (Kimi-K3: 100B active
+    is '100', not '1e+02')."""
+    return f"{x:.{digits}g}" if x < 10**digits else f"{x:.0f}"
+
+
 def rows_text(rows: list[CatalogRow], machine_line: str) -> str:
     from launcher.units import fmt_bytes
 
@@ -162,7 +168,7 @@ def rows_text(rows: list[CatalogRow], machine_line: str) -> str:
         small, large = by_size[0], by_size[-1]
         best = f"{r.best} {fmt_bytes(r.best_bytes or 0)} {r.fit}, {r.tokens_per_s:.0f} t/s" if r.best else r.fit
         lines.append(
-            f"{p.name:<22} {f'{params:.4g}B/{active:.2g}B':>12}  "
+            f"{p.name:<22} {f'{billions(params, 4)}B/{billions(active, 2)}B':>12}  "
             f"{f'{small.name} {fmt_bytes(small.size_bytes)}':<21} {f'{large.name} {fmt_bytes(large.size_bytes)}':<21} "
             f"{best:<37} {r.on_disk}"
         )

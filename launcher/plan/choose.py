@@ -12,7 +12,7 @@ from launcher.errors import DoesNotFitError, UsageError
 from launcher.machine.spec import Machine
 from launcher.model.hparams import HParams
 from launcher.model.tensors import TensorSet
-from launcher.plan.place import plan
+from launcher.plan.place import beyond_every_budget, plan
 from launcher.plan.types import Plan, Request
 from launcher.units import GiB, fmt_bytes
 
@@ -79,7 +79,7 @@ def max_fitting_ctx(machine: Machine, source: ModelSource, req: Request) -> int 
         return plan(machine, source.tensors, source.hparams, replace(req, ctx=ctx)).fits
 
     lo, hi = MIN_CTX, req.ctx
-    if not fits(lo):
+    if beyond_every_budget(machine, source.tensors) or not fits(lo):
         return None
     while hi - lo > 1024:
         mid = (lo + hi) // 2 // 1024 * 1024

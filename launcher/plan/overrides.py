@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from launcher.errors import UsageError
 
@@ -166,7 +167,8 @@ def build(
     free = tgt | set(dont_care)
     forbidden = [n for n in all_names if n not in free]
     for candidate in _candidates(tgt, free, all_names):
-        if all(selects(candidate, n) for n in tgt) and not any(selects(candidate, n) for n in forbidden):
+        hits = re.compile("|".join(f"(?:{p})" for p in candidate)).search  # one search per name, not one per pattern
+        if all(hits(n) for n in tgt) and not any(hits(n) for n in forbidden):
             return candidate
     return [f"^{re.escape(n)}$" for n in sorted(tgt)]  # always exact
 
@@ -174,26 +176,22 @@ def build(
 def _candidates(tgt: set[str], free: set[str], all_names: list[str]) -> Iterable[list[str]]:
     """Pattern lists to try, shortest ideas first."""
     # Group target tensors by kind ("ffn_up_exps"), with the layers each kind is wanted in.
+    parsed = _parse(tuple(all_names))
     layers_of: dict[str, set[int]] = {}
     others: list[str] = []
     for n in tgt:
-        m = _BLK_RE.match(n)
-        if not m:
+        got = parsed.get(n) or _parse_one(n)
+        if got is None:
             others.append(n)
             continue
-        kind = m.group(2).split(".", 1)[0]
-        layers_of.setdefault(kind, set()).add(int(m.group(1)))
+        layers_of.setdefault(got[0], set()).add(got[1])
     # Layers of each kind that may be covered without harm.
     free_layers: dict[str, set[int]] = {}
     present: dict[str, set[int]] = {}
-    for n in all_names:
-        m = _BLK_RE.match(n)
-        if not m:
-            continue
-        kind = m.group(2).split(".", 1)[0]
-        present.setdefault(kind, set()).add(int(m.group(1)))
+    for n, (kind, layer) in parsed.items():
+        present.setdefault(kind, set()).add(layer)
         if n in free:
-            free_layers.setdefault(kind, set()).add(int(m.group(1)))
+            free_layers.setdefault(kind, set()).add(layer)
     other_patterns = [f"^{re.escape(n)}$" for n in sorted(others)]
 
     # Idea 1: one pattern per group of kinds that share a layer set; "every layer" needs no layer part.
@@ -217,6 +215,18 @@ def _candidates(tgt: set[str], free: set[str], all_names: list[str]) -> Iterable
     yield [
         rf"blk\.(?:{layers_regex(layers)})\.{re.escape(kind)}\." for kind, layers in sorted(layers_of.items())
     ] + other_patterns
+
+
+def _parse_one(name: str) -> tuple[str, int] | None:
+    """blk.N.KIND.suffix -> (KIND, N); None for a name outside the layers."""
+    m = _BLK_RE.match(name)
+    return (m.group(2).split(".", 1)[0], int(m.group(1))) if m else None
+
+
+@lru_cache(maxsize=8)
+def _parse(names: tuple[str, ...]) -> dict[str, tuple[str, int]]:
+    """Every layer tensor's (kind, layer): a model's names are parsed once, not once per plan and buffer."""
+    return {n: got for n in names if (got := _parse_one(n)) is not None}
 
 
 def _widen(wanted: set[int], free: set[int]) -> set[int]:

@@ -61,6 +61,15 @@ def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pla
     return replace(q, speed_source=speed.label, reasons=(*q.reasons, why))
 
 
+def beyond_every_budget(machine: Machine, tensors: TensorSet) -> bool:
+    """The weights llama.cpp keeps resident outweigh every byte of memory there is (before any margin, cache or
+    buffer): no placement, ubatch or context can make it fit, so the planner places it once to say why."""
+    lazy = sum(tensors[n].nbytes for n in serving.read_on_demand(tensors, "on"))
+    memory = machine.ram_available_bytes + sum(g.free_bytes for g in machine.gpus)
+    memory += sum(d.free_bytes for w in machine.workers for d in w.devices)
+    return tensors.total_bytes - lazy > memory
+
+
 def _plan_lazy_tables(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
     """llama.cpp's own --lazy-mode (auto: tables over 4 GiB read on demand, smaller ones resident), unless the CPU
     part fits the RAM only with every lookup table read on demand (-lzm on) or the mode is pinned."""
@@ -82,6 +91,8 @@ def _plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pl
     tensors = loaded_tensors(tensors, hp.n_layer, hp.n_layer_nextn)  # NextN/MTP layers are not loaded
     if req.ubatch is not None:
         return _place(machine, tensors, hp, req, req.ubatch)
+    if beyond_every_budget(machine, tensors):  # what weighing the ubatches would return (runq models: fast)
+        return _place(machine, tensors, hp, req, DEFAULT_UBATCH)
     small = _place(machine, tensors, hp, req, DEFAULT_UBATCH)
     if small.gpu_devices and (small.ngl < hp.n_layer + 1 or not small.fits):
         return _weigh_small_ubatch(machine, tensors, hp, req, small)

@@ -34,7 +34,7 @@ them: 99.79 MiB); llama-fit-params counts it in the Host model row (99 MiB).
 from __future__ import annotations
 
 from launcher.model.hparams import HParams
-from launcher.model.tensors import Role, TensorSet
+from launcher.model.tensors import TensorSet
 from launcher.units import GiB, fmt_bytes
 
 # --- slots ---------------------------------------------------------------------------------------------------
@@ -78,9 +78,9 @@ def slots_note(slots: int, ctx: int) -> str:
 LAZY_AUTO_MIN_BYTES = 4 * GiB  # --lazy-mode auto reads a table on demand only above this (auto_min_size)
 
 
-def lazy_tables(tensors: TensorSet) -> list[str]:
+def lazy_tables(tensors: TensorSet) -> tuple[str, ...]:
     """The model's row-lookup tables llama.cpp can read on demand."""
-    return [t.name for t in tensors.tensors if t.role is Role.LAZY_TABLE]
+    return tensors.lazy_tables
 
 
 def read_on_demand(tensors: TensorSet, mode: str) -> tuple[str, ...]:

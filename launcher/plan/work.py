@@ -141,10 +141,10 @@ class Work:
     def offload_copy_bytes(self) -> int:
         """The largest expert tensor left on the CPU: a GPU multiplies prompt batches with it, so llama.cpp copies
         it into the GPU's compute buffer (memory.py, compute buffers). Before placement: the largest expert."""
-        on_cpu = [self.tensors[n].nbytes for n, d in self.placement.items() if d == CPU and self.tensors[n].is_expert]
         if self.placement:
-            return max(on_cpu, default=0)
-        return max((t.nbytes for t in self.tensors.tensors if t.is_expert), default=0)
+            return max((t.nbytes for n, d in self.placement.items() if d == CPU and (t := self.tensors[n]).is_expert),
+                       default=0)  # fmt: skip
+        return self.tensors.largest_expert_bytes
 
     def remote_state(self, d: Dev) -> DevicePlan:
         weights = self.placed_bytes(d.name)
