@@ -255,3 +255,15 @@ def test_verification_counts_the_tables_as_llama_cpp_reports_them(files: dict[st
     weights = next(ln for ln in check.lines if "weights" in ln)
     assert "+0.0%" in weights and "lookup tables mapped on demand" in weights
     assert not any("please report" in ln for ln in check.lines), check.lines
+
+
+def test_the_tui_shows_the_tables_beside_the_bars(files: dict[str, Path]) -> None:
+    from launcher.tui.plan_screen import memory_text
+
+    m = open_local(files["qwen4exp"])
+    p = plan(cpu_machine(ram=16 * GiB), _with_table(m.tensors, 20 * GiB), m.hparams, Request(ctx=4096))
+    text = memory_text(p).plain
+    assert (
+        "lazy" in text and "20.0 GiB lookup tables, memory-mapped (-lzm auto)" in text and "not counted in RAM" in text
+    )
+    assert "lookup tables" not in memory_text(plan(cpu_machine(), m.tensors, m.hparams, Request(ctx=4096))).plain
