@@ -97,7 +97,8 @@ def lazy_note(tensors: TensorSet, names: tuple[str, ...], mode: str, load_mode: 
     why = "every lookup table" if mode == "on" else f"tables over {LAZY_AUTO_MIN_BYTES // GiB} GiB"
     mapped = "; mapped even with -lm none" if load_mode == "none" else ""
     return (
-        f"lazy tables: {shown} ({fmt_bytes(size)}) stay in the file, memory-mapped on the CPU and read a few rows "
+        f"lazy tables: {shown} ({fmt_bytes(size)}) {'stays' if len(names) == 1 else 'stay'} in the file, "
+        "memory-mapped on the CPU and read a few rows "
         f"per token (-lzm {mode}: llama.cpp reads {why} on demand{mapped}): counted as disk and page cache, "
         "not as RAM"
     )
