@@ -25,7 +25,7 @@ from launcher.plan.inputs import ServerOptions
 from launcher.plan.place import plan
 from launcher.plan.types import Request
 from launcher.units import MiB
-from tests.e2e.test_run import RunningRunq, env, running  # noqa: F401  (fixtures)
+from tests.helpers import RunningRunq
 
 BASE = SynthSpec(n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16, n_head_kv=2, head_dim=64)
 MESSAGES = [{"role": "system", "content": "SYS"}, {"role": "user", "content": " Hi "},
@@ -88,8 +88,8 @@ def _stop(r: RunningRunq) -> tuple[str, str]:
 def test_a_swa_model_serves_with_the_kv_it_was_planned(
     slots: int,
     serving_models: dict[str, SynthModel],
-    env: dict[str, str],  # noqa: F811
-    running: list[RunningRunq],  # noqa: F811
+    env: dict[str, str],
+    running: list[RunningRunq],
 ) -> None:
     """`runq run --server [--parallel 4]` on a sliding-window model: llama.cpp's KV cache within 5% of the plan,
     the slot count in the plan, the command and llama-server's own line; nothing in the table runq caused."""
@@ -117,8 +117,8 @@ def test_lazy_tables_are_mapped_and_read_on_demand(
     model: str,
     size: str,
     serving_models: dict[str, SynthModel],
-    env: dict[str, str],  # noqa: F811
-    running: list[RunningRunq],  # noqa: F811
+    env: dict[str, str],
+    running: list[RunningRunq],
 ) -> None:
     """`-- -lzm on` (qwen4exp's n-gram table, gemma4's per-layer embeddings): the plan counts the table on a line
     of its own, passes -lzm on, and llama.cpp reads it on demand (its own mapped buffer); every row of the check
@@ -198,8 +198,8 @@ def test_each_shipped_rendering_is_llama_cpps_builtin(
 def test_a_gguf_without_a_template_is_served_its_builtin(
     llama_build: Build,
     serving_models: dict[str, SynthModel],
-    env: dict[str, str],  # noqa: F811
-    running: list[RunningRunq],  # noqa: F811
+    env: dict[str, str],
+    running: list[RunningRunq],
     tmp_path: Path,
     servers: list[runner.Server],
 ) -> None:  # fmt: skip
