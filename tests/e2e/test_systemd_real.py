@@ -127,6 +127,11 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
     assert manager.show("runq-router.service")["ActiveState"] == "active"
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
     assert sorted(m.id for m in client.models.list()) == ["other-Q8_0", "tiny-Q8_0"]
+
+    def journal() -> str:
+        return subprocess.run([env["RUNQ_JOURNALCTL"], "--user-unit", "runq-router.service", "--no-pager"],
+                              capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+
     for name in ("tiny-Q8_0", "other-Q8_0"):
         for seed in (11, 12, 13):  # a reply may end inside a UTF-8 sequence (random weights): another seed
             try:
@@ -135,6 +140,8 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
                 break
             except openai.InternalServerError as e:
                 assert "UTF-8" in str(e) and seed < 13
+            except openai.APIConnectionError as e:  # say what the router and systemd said, not only the client
+                raise AssertionError(f"{name}: {e}\n{journal()[-6000:]}\n{manager.console()[-3000:]}") from e
         assert answer.model == name
     status = runq_proc("service", "status", "router", env=env)
     assert status.returncode == 0, status.stderr
@@ -142,10 +149,6 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
     assert re.search(r"CPU\s+weights\s+\S+ \S+\s+\S+ \S+\s+[+-]\d", status.stdout), status.stdout
     logs = runq_proc("service", "logs", "router", env=env)  # the last 200 lines: the models' own output by now
     assert logs.returncode == 0 and "llama-server" in logs.stdout, logs.stderr
-
-    def journal() -> str:
-        return subprocess.run([env["RUNQ_JOURNALCTL"], "--user-unit", "runq-router.service", "--no-pager"],
-                              capture_output=True, text=True, timeout=60).stdout  # fmt: skip
 
     wait_until(lambda: "router ready after" in journal(), "ExecStartPost's line in the journal", timeout=30)
     assert "2 models as planned (other-Q8_0, tiny-Q8_0)" in journal()
