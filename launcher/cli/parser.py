@@ -274,6 +274,13 @@ def add_tune_parsers(sub: Any) -> None:
     t.add_argument("--tg", type=int, default=128, metavar="N", help="generated tokens per test (default 128)")
     t.add_argument("--repetitions", "-r", type=int, default=2, metavar="N", help="runs per test (default 2)")
     t.add_argument(
+        "--depth",
+        default="auto",
+        metavar="N",
+        help="tokens of context filled before each timed turn (llama-bench -d); default auto: the plan's context "
+        "less the turn, as much of it as a quarter of each candidate's share of the budget fills; 0: an empty cache",
+    )
+    t.add_argument(
         "--gpu-limit",
         metavar="SIZE",
         help="use at most SIZE of each GPU, llama.cpp's default included "

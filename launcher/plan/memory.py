@@ -18,7 +18,9 @@ from launcher.units import GiB, MiB
 # llama.cpp's own fit keeps 1024 MiB free per device (`-fitt` default).
 GPU_MARGIN_BYTES = 1024 * MiB
 # The CUDA context and cuBLAS workspace llama.cpp creates on each GPU: not in NVML's "free" before launch.
-# Typical 300-600 MiB on Ampere/Hopper; 512 MiB until measured per card.
+# Typical 300-600 MiB on Ampere/Hopper; 512 MiB for a described GPU. With a CUDA build on this machine the pipeline
+# measures it per card (NVML's free less llama.cpp's own after its context: pipeline/fit_check.py); a worker's GPU
+# reports its free memory after its context, so only GPU_MARGIN_BYTES is kept there (plan/work.py).
 CUDA_CONTEXT_BYTES = 512 * MiB
 # System RAM kept for the OS, the page cache of what else runs, runq itself: the larger of these.
 RAM_MARGIN_MIN_BYTES = 4 * GiB
@@ -264,11 +266,18 @@ def _dsv4_layer(hp: HParams, il: int, kb: float) -> tuple[float, tuple[int, int]
 
 
 def kv_layout(
-    hp: HParams, cache_type_k: str = "f16", cache_type_v: str = "f16", ubatch: int = 512, *, slots: int = 1
+    hp: HParams,
+    cache_type_k: str = "f16",
+    cache_type_v: str = "f16",
+    ubatch: int = 512,
+    *,
+    slots: int = 1,
+    mtp: bool = False,
 ) -> KVLayout:
     """(key + value) x KV heads x element size per layer, `slots` sharing one cache (serving.py); MLA: latent K only.
 
-    NextN/MTP layers get no cache (llama.cpp skips them unless MTP drafting is on); recurrent layers keep a
+    NextN/MTP layers get no cache unless MTP drafting is on (`mtp`: llama.cpp's MTP context then caches those
+    layers, n_ctx cells each, beside the main context); recurrent layers keep a
     fixed state; sliding-window layers a window; deepseek4 a window plus caches compressed by its ratio;
     DSA (deepseek32, glm-dsa) one indexer key head per token in the layers that run their own indexer."""
     kb, vb = KV_TYPE_BYTES[cache_type_k], KV_TYPE_BYTES[cache_type_v]
@@ -283,8 +292,8 @@ def kv_layout(
         full, win, state, comp = k + v + _indexer_bytes(hp, il, trunk, kb, vb), 0.0, 0, (0, 0)
         if hp.layer_state_bytes:
             state += hp.layer_state_bytes[il]
-        if (il >= trunk and not hp.nextn_kv) or (hp.kv_layers_from_start and il >= hp.kv_layers_from_start):
-            full = 0.0  # MTP layers (llama.cpp skips them) and gemma4's layers that reuse an earlier layer's KV
+        if (il >= trunk and not (hp.nextn_kv or mtp)) or (hp.kv_layers_from_start and il >= hp.kv_layers_from_start):
+            full = 0.0  # MTP layers (llama.cpp skips them unless drafting) and gemma4's that reuse an earlier's KV
         elif _flag(hp.recurrent_layers, il):
             full, state = 0.0, state + hp.recurrent_state_bytes
         elif hp.arch == "deepseek4":  # one shared K=V head: a window of raw cells + the compressed caches
