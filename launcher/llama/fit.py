@@ -55,8 +55,9 @@ class Oracle:
 
     def placement_projects(self, p: Plan) -> bool:
         """Whether this build's projection depends on the placement flags: a GPU build, or a CPU build whose plan
-        puts everything that leaves the host on workers (llama.cpp asks them; a described local GPU it cannot)."""
-        return not self.cpu_only or (bool(p.rpc) and not p.gpu_devices)
+        runs its layers on workers' GPUs (llama.cpp asks them; a described local GPU it cannot). A worker lending
+        only RAM for experts is projected as before: the host's rows alone."""
+        return not self.cpu_only or (not p.gpu_devices and any(n.startswith("RPC") for n in p.gpu_layers))
 
 
 def build_label(binaries: Binaries) -> str:

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from launcher.model.hparams import HParams
+from launcher.plan import kv_cache, serving
 from launcher.plan import memory as mem
-from launcher.plan import serving
 from launcher.units import MiB
 
 ESTIMATE = "runq estimate"
@@ -114,16 +114,16 @@ class SizeBook:
         """`mtp`: MTP drafting is on (--spec-type draft-mtp): the NextN layers' own KV cache and a second compute
         buffer (the MTP context's) come on top; llama-fit-params cannot project those, so they are runq's."""
         self.hp, self.ctx, self.ubatch, self.mtp = hp, ctx, ubatch, mtp
-        layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch)
+        layout = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch)
         estimate = tuple(layout.bytes_for(ctx, [il]) for il in range(len(layout.per_layer)))
         # llama-fit-params projects one slot (it has no -kvu): what more slots add is serving.py's formula
         self._swa_mask = serving.swa_mask_bytes(hp, ctx, ubatch, slots)
         if slots > 1:
-            layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
+            layout = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
             more = tuple(layout.bytes_for(ctx, [il]) - e for il, e in enumerate(estimate))
         else:
             more = ()
-        mtp_layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots, mtp=True) if mtp else None
+        mtp_layout = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots, mtp=True) if mtp else None
         nextn = tuple(mtp_layout.bytes_for(ctx, [il]) for il in range(len(estimate))) if mtp_layout else ()
         same = [p for p in projections if p.same_cache(ctx, cache_type_k, cache_type_v)]
         # Sliding-window caches pad by ubatch: a projection for this very ubatch first.
@@ -143,7 +143,7 @@ class SizeBook:
             if kv_proj is not None:
                 self.kv_source += f" for 1 slot, + runq's formula for {slots} (llama-fit-params has no -kvu)"
         if nextn:  # the NextN layers' cache: what the MTP layout has beyond the trunk's
-            trunk = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
+            trunk = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
             extra = tuple(n - trunk.bytes_for(ctx, [il]) for il, n in enumerate(nextn))
             self._kv = tuple(a + b for a, b in zip(self._kv, extra, strict=True))
         # Compute depends on the placement too: the latest projection (of the flags nearest the final plan) first.

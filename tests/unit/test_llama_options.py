@@ -80,13 +80,15 @@ def test_only_option_lines_count_and_removed_stubs_are_absent() -> None:
 
 @pytest.fixture(scope="module")
 def offload_plan(models):  # type: ignore[no-untyped-def]
-    from launcher.plan import memory
+    from launcher.plan import kv_cache, memory
     from tests.helpers import gpu_for as _gpu_for
 
     m = open_local(models["deepseek2-q8"].path)
     t, hp = m.tensors, m.hparams
     half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
-    room = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(2048) + memory.gpu_compute_bytes(hp, 2048, 512) + half
+    room = (
+        t.non_expert_bytes() + kv_cache.kv_layout(hp).bytes_for(2048) + memory.gpu_compute_bytes(hp, 2048, 512) + half
+    )
     return plan(_gpu_for(room), t, hp, Request(ctx=2048, ubatch=512))
 
 

@@ -167,10 +167,10 @@ def test_search_walks_one_knob_at_a_time_and_keeps_what_was_measured_when_stoppe
 
 def _half_the_experts_vram(model: Any) -> int:
     """A GPU size that holds the model's non-expert weights, KV cache and compute at 4K, and half its expert layers."""
-    from launcher.plan import memory
+    from launcher.plan import kv_cache, memory
 
     t, hp = model.tensors, model.hparams
-    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
+    base = t.non_expert_bytes() + kv_cache.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
     half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
     return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
 
