@@ -10,8 +10,11 @@
 #   there:  bench/gpu_check.sh OUTDIR [SECONDS]
 #
 # Steps, each logged to OUTDIR and none fatal to the next: the carried build (or a CUDA build from the
-# carried source when it does not run), `runq calibrate`, `runq tune` of a generated model that needs
-# expert offload (--gpu-limit makes the GPU small enough), and bench/gpu_fit_rows.py in the time left.
+# carried source when it does not run), the CUDA context llama.cpp takes (NVML's free before it, llama.cpp's own
+# free after: what runq's GPU margin assumes is 512 MiB), `runq calibrate`, `runq tune` of a generated model that
+# needs expert offload (--gpu-limit makes the GPU small enough), bench/vs_default.py under the same limit
+# (llama.cpp's default vs runq's untuned and tuned plans at two depths), and bench/gpu_fit_rows.py in the time left.
+# vs_default was added on 2026-12-02 without a GPU to run it on: untested on a GPU so far.
 set -u
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SECONDS]}
 total=${2:-540}
@@ -56,6 +59,15 @@ print(g.build(Path('/tmp/llama-src'), arch, ('llama-fit-params', 'llama-bench'))
     echo "built ($(left) s left)"
 fi
 
+echo "== CUDA context"
+{
+    echo "NVML free before llama.cpp (MiB):"
+    nvidia-smi --query-gpu=index,memory.free --format=csv,noheader,nounits
+    echo "llama.cpp's own free after its CUDA context:"
+    "$bin/llama-fit-params" --list-devices 2>&1 | grep -E 'CUDA[0-9]+:'
+} >"$out/cuda_context.txt" 2>&1
+cat "$out/cuda_context.txt"
+
 echo "== calibrate"
 timeout 150 python3 -m launcher calibrate --llama-bin "$bin" >"$out/calibrate.txt" 2>&1
 echo "rc=$?" >>"$out/calibrate.txt"
@@ -79,6 +91,16 @@ if [ "$budget" -gt 30 ]; then
     } >>"$out/tune.txt" 2>&1
 fi
 tail -30 "$out/tune.txt"
+
+echo "== vs_default ($(left) s left)"
+vs=$(($(left) - ${RESERVE_ROWS:-120}))
+[ "$vs" -gt 200 ] && vs=200
+if [ "$vs" -gt 60 ]; then
+    timeout "$vs" python3 bench/vs_default.py --llama-bin "$bin" --gpu-limit 3GiB --models qwen3moe --rounds 2 \
+        -r 2 --depth 2048 --budget 60s --no-calibrate >"$out/vs_default.txt" 2>&1
+    echo "rc=$?" >>"$out/vs_default.txt"
+    tail -8 "$out/vs_default.txt"
+fi
 
 echo "== llama-fit-params rows ($(left) s left)"
 rows=$(($(left) - 20))

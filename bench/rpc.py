@@ -19,7 +19,7 @@ from pathlib import Path
 from launcher.llama.server import free_port
 from launcher.measure.synth import SynthSpec, write_model
 from launcher.model.shards import open_local
-from launcher.plan import memory
+from launcher.plan import kv_cache, memory
 
 SPEC = SynthSpec(arch="deepseek2", n_layer=8, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16)
 CTX = 4096
@@ -77,7 +77,7 @@ def main() -> None:
         model = write_model(SPEC, Path(d) / "DeepSeek-V3.1-UD-TQ1_0.gguf").path
         m = open_local(model)
         t, hp = m.tensors, m.hparams
-        fixed = (t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(CTX)
+        fixed = (t.non_expert_bytes() + kv_cache.kv_layout(hp).bytes_for(CTX)
                  + memory.cpu_only_compute_bytes(hp, CTX, 512) + memory.SERVER_CACHE_RAM_MIN_BYTES)  # fmt: skip
         ram = memory.RAM_MARGIN_MIN_BYTES + fixed + max(t.expert_bytes(il) for il in t.expert_layers) * 3 // 2
         tg0, pp0, _ = serve(model, a.tokens, a.runs, "--ram", "64GiB")

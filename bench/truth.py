@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.shapes import shapes
 from launcher.llama.build import cached_builds
 from launcher.model.shards import open_local
+from launcher.plan import kv_cache
 from launcher.plan import memory as mem
 from launcher.plan.projection import parse_fit_print
 
@@ -58,7 +59,7 @@ def cpu_table(binary: Path, root: Path) -> None:
                     print(f"{s.name:<34}{ctx:>7}{ub:>6}  llama.cpp failed: {e}")
                     continue
                 _, kv_l, comp_l = rows["CPU"]
-                kv_r = mem.kv_layout(hp, ubatch=ub).bytes_for(ctx)  # sliding windows pad by ubatch
+                kv_r = kv_cache.kv_layout(hp, ubatch=ub).bytes_for(ctx)  # sliding windows pad by ubatch
                 comp_r = mem.cpu_only_compute_bytes(hp, ctx, ub)
                 print(f"{s.name:<34}{ctx:>7}{ub:>6}  {kv_r // MiB:>9}{kv_l // MiB:>9}{pct(kv_r // MiB * MiB, kv_l):>8}"
                       f"  {comp_r // MiB:>12}{comp_l // MiB:>9}{pct(comp_r, comp_l):>8}")  # fmt: skip

@@ -148,13 +148,13 @@ def ram_for_one_expert_layer(path: Path, ctx: int = RPC_CTX, ubatch: int = 512) 
     """A RAM size that holds this host's part (every non-expert weight, KV, compute, 1 GiB prompt cache, the
     4 GiB margin) and about one expert layer: the rest has to go to the workers."""
     from launcher.model.shards import open_local
-    from launcher.plan import memory
+    from launcher.plan import kv_cache, memory
 
     m = open_local(path)
     t, hp = m.tensors, m.hparams
     fixed = (
         t.non_expert_bytes()
-        + memory.kv_layout(hp).bytes_for(ctx)
+        + kv_cache.kv_layout(hp).bytes_for(ctx)
         + memory.cpu_only_compute_bytes(hp, ctx, ubatch)
         + memory.SERVER_CACHE_RAM_MIN_BYTES
     )

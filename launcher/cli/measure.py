@@ -99,7 +99,7 @@ class _Ctx:
     tensors: Any
     hp: Any
     req: Any
-    bench: str
+    bench: list[str]  # llama-bench, or a multi-call `llama bench`
     model_path: str
     args: argparse.Namespace
     deadline: float
@@ -109,6 +109,9 @@ class _Ctx:
     fit_target_mib: int = 1024  # the baseline's llama.cpp -fitt: its default, or more under --gpu-limit
     count: int = 0
     interrupted: bool = False
+    found: Any = None  # the build (its tools and their --help)
+    depth: int = 0  # context filled before every timed turn (llama-bench -d)
+    baseline_flags: list[str] | None = None  # llama.cpp's own fit at the user's context, as llama-bench flags
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -131,25 +134,39 @@ def cmd_tune(args: argparse.Namespace) -> int:
     baseline = replace(start_knobs, baseline=True)
     biggest = max((tensors.expert_bytes(il) for il in tensors.expert_layers), default=0)
     planned_n = 3 + len(list(tune.planned(start_knobs, space)))  # + baseline, + the confirming pair
-    bench = str(found.bin_dir / "llama-bench")
-    ctx = _Ctx(machine, tensors, hp, planned.request, bench, str(model_path), args, start_time + budget, planned_n,
-               biggest, time.monotonic(), fit_target)  # fmt: skip
+    from launcher.cli import tune_steps
+
+    mtp = tune_steps.mtp_applies(chosen.source, found)
+    planned_n += 2 if mtp else 0
+    ctx = _Ctx(machine, tensors, hp, planned.request, found.tool("llama-bench"), str(model_path), args,
+               start_time + budget, planned_n, biggest, time.monotonic(), fit_target, found=found)  # fmt: skip
+    ctx.baseline_flags = tune_steps.baseline_flags(found, str(model_path), chosen.plan, len(machine.gpus), fit_target)
+    _check_bench(ctx, chosen.plan)
+    ctx.depth = tune_steps.choose_depth(ctx, chosen.plan, budget)
     if not args.json:
-        _say(f"Tuning {target.name} {chosen.source.name} for {args.goal} with llama-bench (pp{args.pp}, tg{args.tg},"
-             f" {args.repetitions} repetitions; at most {ctx.planned} candidates, budget {budget:.0f} s)…")  # fmt: skip
+        at = f" at {ctx.depth:,} tokens of context (-d)" if ctx.depth else " on an empty cache"
+        _say(f"Tuning {target.name} {chosen.source.name} for {args.goal} with llama-bench (pp{args.pp}, tg{args.tg}"
+             f"{at}, {args.repetitions} repetitions; at most {ctx.planned} candidates, "
+             f"budget {budget:.0f} s)…")  # fmt: skip
     measured, stopped = tune.search(start_knobs, baseline, space, args.goal, lambda k: _measure(ctx, k))
     best = tune.choose(measured, args.goal)
-    base = next((m for m in measured if m.knobs.baseline), None)
+    if not stopped and not ctx.interrupted:
+        served, best = tune_steps.mtp_step(ctx, best, args.goal, _plan_for, chosen.source)
+        measured += served
+        served, best = tune_steps.cache_step(ctx, best, args.goal, _plan_for)
+        measured += served
+    base = next((m for m in measured if m.knobs.baseline and m.via == "llama-bench"), None)
     key = tuned_store.model_key(target)
     if best is not None and limit is None:
         tuned_store.save(machine, found.key, key, chosen.source.name, args.goal, best, measured)
     if best is not None:
         _refit(real, found.key, key, measured, ctx)
     if args.json:
-        print(json.dumps({"baseline": tune.BASELINE, "chosen": best.label if best else None,
+        print(json.dumps({"baseline": tune.BASELINE, "chosen": best.label if best else None, "depth": ctx.depth,
                           "candidates": [m.as_json() for m in measured]}, indent=2))  # fmt: skip
     else:
-        _print_table(measured, best, base, args.goal, stopped, saved=limit is None)
+        _print_table(measured, best, base, args.goal, stopped, saved=limit is None, depth=ctx.depth, pp=args.pp,
+                     tg=args.tg)  # fmt: skip
     if ctx.interrupted:
         return EXIT_INTERRUPTED
     if best is None:
@@ -225,7 +242,8 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
         raise tune.Stop("the budget is spent")
     p = None if k.baseline else _plan_for(ctx, k)
     argv = bench_argv(ctx.bench, ctx.model_path, p, pp=ctx.args.pp, tg=ctx.args.tg, reps=ctx.args.repetitions,
-                      gpus=bool(ctx.machine.gpus), fit_target_mib=ctx.fit_target_mib)  # fmt: skip
+                      depth=ctx.depth, gpus=bool(ctx.machine.gpus), fit_target_mib=ctx.fit_target_mib,
+                      baseline_flags=ctx.baseline_flags, empty_too=True)  # fmt: skip
     ctx.count += 1
     if not ctx.args.json:
         done = ctx.count - 1
@@ -233,10 +251,12 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
         eta_text = f", about {min(eta, left):.0f} s left" if eta is not None else ""
         _say(f"  [{ctx.count}/{ctx.planned}{eta_text}] {k.label}")
     if p is not None and not p.fits:
-        return tune.Measured(k, tuple(argv), error="the plan does not fit: " + "; ".join(p.problems))
+        return tune.Measured(k, tuple(argv), error="the plan does not fit: " + "; ".join(p.problems), depth=ctx.depth)
     res = bench_run.run(argv, timeout_s=left, gpus=bool(ctx.machine.gpus))
-    m = tune.Measured(k, tuple(argv), res.tps(prompt=True), res.tps(prompt=False), res.peak_bytes, res.error,
-                      res.seconds, res.samples(prompt=True), res.samples(prompt=False), res.busy_share)  # fmt: skip
+    d = ctx.depth
+    m = tune.Measured(k, tuple(argv), res.tps(prompt=True, depth=d), res.tps(prompt=False, depth=d), res.peak_bytes,
+                      res.error, res.seconds, res.samples(prompt=True, depth=d), res.samples(prompt=False, depth=d),
+                      res.busy_share, depth=d, tg_empty=res.samples(prompt=False, depth=0) if d else ())  # fmt: skip
     if not ctx.args.json:
         figures = f"pp {m.pp_tps or 0:.1f} t/s, tg {m.tg_tps or 0:.1f} t/s" if not m.error else f"failed: {m.error}"
         _say(f"      {figures}")
@@ -245,42 +265,57 @@ def _measure_one(ctx: _Ctx, k: Any) -> Any:
     return m
 
 
+def _check_bench(ctx: _Ctx, start: Any) -> None:
+    """This llama-bench takes what tune will ask of it (an older one may lack -d or -fa's values): said at once,
+    naming the flag, before anything is measured."""
+    from launcher.llama.options import check_argv
+
+    argv = bench_argv(ctx.bench, ctx.model_path, start, pp=ctx.args.pp, tg=ctx.args.tg, reps=1, depth=256)
+    check_argv(argv[len(ctx.found.tool("llama-bench")) :], ctx.found.help("llama-bench"), ctx.found.label)
+
+
 def _refit(machine: Machine, build_key: str, key: str, measured: list[Any], ctx: _Ctx) -> None:
     """Feed the decode measurements back into this machine's constants (launcher/speed.py)."""
     from launcher.measure import calibrate as calibration
     from launcher.measure import tune
+    from launcher.model.tensors import loaded_tensors
     from launcher.plan.predict import bytes_per_token
 
     obs = []
     for m in measured:
-        if m.error or not m.tg_tps:
-            continue
+        if m.error or not m.tg_tps or (m.depth and not m.tg_empty) or m.via != "llama-bench":
+            continue  # at depth attention reads the cache too (the empty-cache figure is used); drafting differs
         if m.knobs.baseline:
             if machine.gpus:
                 continue  # llama.cpp's fit placed it: the bytes per device are not known here
             placement = {t.name: "CPU" for t in ctx.tensors.tensors}
         else:
             placement = _plan_for(ctx, m.knobs).placement
-        per = bytes_per_token(ctx.tensors, ctx.hp, placement)
+        loaded = loaded_tensors(ctx.tensors, ctx.hp.n_layer, ctx.hp.n_layer_nextn)  # NextN layers: not read
+        per = bytes_per_token(loaded, ctx.hp, placement)
         threads = m.knobs.threads if not m.knobs.baseline else machine.cores
         obs.append(tune.observation(m, threads, ctx.hp.n_layer, per, f"tune:{key}"))
     calibration.add_observations(machine, build_key, obs)
 
 
 def _print_table(
-    measured: list[Any], best: Any, base: Any, goal: Any, stopped: str | None, *, saved: bool = True
-) -> None:
+    measured: list[Any], best: Any, base: Any, goal: Any, stopped: str | None, *, saved: bool = True,
+    depth: int = 0, pp: int = 512, tg: int = 128,
+) -> None:  # fmt: skip
     from launcher.measure import tune
     from launcher.units import fmt_bytes
 
-    print(f"{'':2}{'candidate':<40}{'pp t/s':>9}{'tg t/s':>9}  {'peak memory':<18}note")
+    at = f" @ d{depth}" if depth else ""  # llama-bench's own label: pp512 @ d4096
+    print(f"{'':2}{'candidate':<44}{f'pp{pp}{at}':>15}{f'tg{tg}{at}':>15}  {'peak memory':<18}note")
     for m in measured:
         mark = "> " if best is not None and m is best else "  "
         peak = ", ".join(f"{d} {fmt_bytes(n)}" for d, n in sorted(m.peak_bytes.items()) if n)
-        pp = f"{m.pp_tps:.1f}" if m.pp_tps else "-"
-        tg = f"{m.tg_tps:.1f}" if m.tg_tps else "-"
+        pp_t = f"{m.pp_tps:.1f}" if m.pp_tps else "-"
+        tg_t = f"{m.tg_tps:.1f}" if m.tg_tps else "-"
         note = m.error or ("within noise" if best is not None and tune.within_noise(m, best, goal) else "")
-        print(f"{mark}{m.label:<40}{pp:>9}{tg:>9}  {peak:<18}{note}")
+        if m.via != "llama-bench":
+            note = f"through {m.via} (prompt: all {depth + pp} tokens)" + (f"; {note}" if note else "")
+        print(f"{mark}{m.label:<44}{pp_t:>15}{tg_t:>15}  {peak:<18}{note}")
     if stopped:
         print(f"Stopped early: {stopped}; what was measured is kept.")
     if best is None:

@@ -13,6 +13,7 @@ from typing import Literal
 
 from launcher.catalog.profiles import Profile, Sampling
 from launcher.catalog.sampling import to_pass
+from launcher.llama.options import Help, check_argv
 from launcher.plan.inputs import ServerOptions
 from launcher.plan.types import Plan
 
@@ -31,6 +32,9 @@ class Launch:
     log_verbosity: int | None = 4
     flags: Mapping[str, bool] | None = None  # what the binary accepts (capabilities); None: the pinned build
     alias: str | None = None  # the model id OpenAI clients see (llama-server's default is the file's path)
+    subcommand: str | None = None  # a multi-call `llama`: "serve" / "cli"
+    help: Help | None = None  # the binary's --help: runq's part of the command is checked against it
+    where: str = "the pinned build"  # how an error names the build
 
 
 def _num(x: float) -> str:
@@ -61,7 +65,7 @@ def placement_flags(plan: Plan, dialect: Dialect = "server", flags: Mapping[str,
     # -np/-kvu/-lzm: a build manifest written before runq looked for them lacks them (runq's builds have them)
     serving = _serving(plan, dialect, lambda name: flags is None or flags.get(name, True))
     if plan.llama_default:
-        return args + _fa(plan, dialect) + serving
+        return args + _fa(plan, dialect) + serving + _speed(plan, dialect)
     args += ["-ngl", str(plan.ngl)]
     if dialect != "bench" and has("fit"):  # on by default since late 2025: off, so llama.cpp keeps runq's placement
         args += ["--fit", "off"]
@@ -71,7 +75,7 @@ def placement_flags(plan: Plan, dialect: Dialect = "server", flags: Mapping[str,
     if plan.cache_type_v != "f16":
         args += ["-ctv", plan.cache_type_v]
     args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048)), "-t", str(plan.threads)]
-    return args + _fa(plan, dialect) + _memory(plan, dialect, has) + serving
+    return args + _fa(plan, dialect) + _memory(plan, dialect, has) + serving + _speed(plan, dialect)
 
 
 def _serving(plan: Plan, dialect: Dialect, has: Callable[[str], bool]) -> list[str]:
@@ -84,6 +88,19 @@ def _serving(plan: Plan, dialect: Dialect, has: Callable[[str], bool]) -> list[s
         args += ["-np", str(plan.slots)] + (["-kvu"] if plan.kv_unified and has("kv_unified") else [])
     if plan.lazy_mode is not None and has("lazy_mode"):
         args += ["-lzm", plan.lazy_mode]
+    return args
+
+
+def _speed(plan: Plan, dialect: Dialect) -> list[str]:
+    """What runs beside the placement, only where a measurement chose it (tune): MTP drafting, a GPU expert
+    cache. llama-server / llama-cli only (llama-bench has no speculative decoding; fit-params cannot count it)."""
+    if dialect != "server":
+        return []
+    args: list[str] = []
+    if plan.spec_type != "none":
+        args += ["--spec-type", plan.spec_type]
+    if plan.moe_cache_mib:
+        args += ["--moe-cache-mib", str(plan.moe_cache_mib)]
     return args
 
 
@@ -143,6 +160,38 @@ def fit_flags(plan: Plan, *, placement: bool = True) -> list[str]:
     return fit_argv("", "", plan, placement=placement)[3:-2]
 
 
+def fit_default_argv(
+    binary: Sequence[str], model: str, plan: Plan, margins_mib: Sequence[int], *, llama_batch: bool = False
+) -> list[str]:
+    """llama-fit-params asked for the placement ITS fit would choose (no -fitp): the plan's context, KV types,
+    flash attention and workers, and its ubatch unless `llama_batch` (llama.cpp's own default, for the baseline);
+    no -ngl, -ot or -ts (fit gives up when they are set); `-fitt` the margin to keep per device, in llama.cpp's
+    device order."""
+    args = ["--rpc", ",".join(plan.rpc)] if plan.rpc else []
+    args += ["-c", str(plan.ctx)]
+    if not llama_batch:
+        args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048))]
+    if plan.cache_type_k != "f16":
+        args += ["-ctk", plan.cache_type_k]
+    if plan.cache_type_v != "f16":
+        args += ["-ctv", plan.cache_type_v]
+    args += _fa(plan, "fit")
+    return [*binary, "-m", model, *args, "-fitt", ",".join(str(max(0, m)) for m in margins_mib)]
+
+
+def fit_answer_argv(binary: Sequence[str], model: str, plan: Plan, placement: Sequence[str]) -> list[str]:
+    """llama-fit-params projecting (`-fitp on`) another placement (fit's own answer, server syntax) with this plan's
+    context, ubatch, KV types and flash attention: llama.cpp's sizes for devices runq's plan left empty."""
+    args = ["--rpc", ",".join(plan.rpc)] if plan.rpc else []
+    args += ["-c", str(plan.ctx), *placement, "--fit", "off"]
+    args += ["-ub", str(plan.ubatch), "-b", str(max(plan.ubatch, 2048))]
+    if plan.cache_type_k != "f16":
+        args += ["-ctk", plan.cache_type_k]
+    if plan.cache_type_v != "f16":
+        args += ["-ctv", plan.cache_type_v]
+    return [*binary, "-m", model, *args, *_fa(plan, "fit"), "-fitp", "on"]
+
+
 def _without(flags: list[str], drop: set[str]) -> list[str]:
     out: list[str] = []
     i = 0
@@ -156,18 +205,24 @@ def _without(flags: list[str], drop: set[str]) -> list[str]:
 
 
 def bench_argv(
-    bench: str, model: str, plan: Plan | None, *, pp: int, tg: int, reps: int, depth: int = 0,
-    gpus: bool = False, fit_target_mib: int = FIT_TARGET_MIB,
+    bench: str | Sequence[str], model: str, plan: Plan | None, *, pp: int, tg: int, reps: int, depth: int = 0,
+    gpus: bool = False, fit_target_mib: int = FIT_TARGET_MIB, baseline_flags: Sequence[str] | None = None,
+    empty_too: bool = False,
 ) -> list[str]:  # fmt: skip
     """The llama-bench command for a plan (None, or one that leaves placement to llama.cpp: llama.cpp's own
-    default, with its fit on where there are GPUs). The prompt is at least one ubatch long, so a larger ubatch is
-    really exercised; `depth` tokens of context are filled before each test (-d)."""
+    default: `baseline_flags`, its fit's answer at the user's context, or else llama-bench's own fit where there
+    are GPUs). The prompt is at least one ubatch long, so a larger ubatch is really exercised; `depth` tokens of
+    context are filled before each test (-d), and with `empty_too` each test runs on an empty cache as well
+    (`-d 0,N`). `bench`: the binary, or a multi-call `llama bench`."""
     baseline = plan is None or plan.llama_default
     prompt = pp if baseline or plan is None else max(pp, plan.ubatch)
-    argv = [bench, "-m", model, "-p", str(prompt), "-n", str(tg), "-r", str(reps), "-o", "jsonl"]
+    head = [bench] if isinstance(bench, str) else list(bench)
+    argv = [*head, "-m", model, "-p", str(prompt), "-n", str(tg), "-r", str(reps), "-o", "jsonl"]
     if depth:
-        argv += ["-d", str(depth)]
+        argv += ["-d", f"0,{depth}" if empty_too else str(depth)]
     if baseline:
+        if baseline_flags is not None:
+            return argv + list(baseline_flags)
         return argv + (["-fitt", str(fit_target_mib)] if gpus else [])
     assert plan is not None
     return argv + placement_flags(replace(plan, ngl=plan.ngl if plan.gpu_devices else 0), "bench")
@@ -193,24 +248,33 @@ def sampling_flags(s: Sampling | None) -> list[str]:
 
 
 def build_argv(plan: Plan, launch: Launch) -> list[str]:
-    argv = [launch.binary, "-m", launch.model_path, *plan_flags(plan, launch.flags), *sampling_flags(launch.sampling)]
-    argv.append("--jinja")
+    """The command; runq's part of it (not the user's own flags after `--`) checked against the binary's --help
+    when it is known: a flag or value this build does not list is an error naming it."""
+    ours = ["-m", launch.model_path, *plan_flags(plan, launch.flags), *sampling_flags(launch.sampling)]
+    if launch.flags is None or launch.flags.get("jinja", False):
+        ours.append("--jinja")
     if launch.template_path:
-        argv += ["--chat-template-file", launch.template_path]
+        ours += ["--chat-template-file", launch.template_path]
     if launch.server:
-        argv += ["--host", launch.host, "--port", str(launch.port)]
+        ours += ["--host", launch.host, "--port", str(launch.port)]
         # Every llama-server since 2023 has --alias; a manifest written before runq looked for it lacks the name.
         wants_alias = launch.alias and not {"-a", "--alias"} & set(launch.extra)
         if wants_alias and (launch.flags is None or launch.flags.get("alias", True)):
-            argv += ["--alias", str(launch.alias)]
-        if launch.log_verbosity is not None and not {"-lv", "--verbosity", "--log-verbosity"} & set(launch.extra):
-            argv += ["-lv", str(launch.log_verbosity)]
-    argv += list(launch.extra)
-    return argv
+            ours += ["--alias", str(launch.alias)]
+        quiet = launch.flags is not None and not launch.flags.get("log_verbosity", False)
+        if (
+            launch.log_verbosity is not None
+            and not quiet
+            and not {"-lv", "--verbosity", "--log-verbosity"} & set(launch.extra)
+        ):
+            ours += ["-lv", str(launch.log_verbosity)]
+    check_argv(ours, launch.help, launch.where)
+    head = [launch.binary, *([launch.subcommand] if launch.subcommand else [])]
+    return [*head, *ours, *launch.extra]
 
 
 def launch_for(
-    binary: str,
+    binary: str | Sequence[str],
     model_path: str,
     profile: Profile | None,
     *,
@@ -218,18 +282,25 @@ def launch_for(
     extra: Sequence[str] = (),
     flags: Mapping[str, bool] | None = None,
     gguf_sampling: Sampling | None = None,
+    help: Help | None = None,  # the binary's --help
+    where: str = "the pinned build",
 ) -> Launch:
     """The one way a launch is described, for the CLI, services, the TUI and the demo: the profile's sampling (and
     the GGUF's own general.sampling.* for what it leaves open, or all of them without a profile) and chat template,
-    and for llama-server its address and the clients' key (a key file is passed as a file)."""
+    and for llama-server its address and the clients' key (a key file is passed as a file). `binary`: a path, or
+    a multi-call `llama` with its subcommand ([path, "serve"])."""
     template = profile.template_path() if profile else None
     more = list(extra)
     if server is not None and server.api_key_file:
         more += ["--api-key-file", server.api_key_file]
     elif server is not None and server.api_key:
         more += ["--api-key", server.api_key]
+    head = [binary] if isinstance(binary, str) else list(binary)
     return Launch(
-        binary=binary,
+        binary=head[0],
+        subcommand=head[1] if len(head) > 1 else None,
+        help=help,
+        where=where,
         model_path=model_path,
         sampling=to_pass(profile.sampling if profile else None, gguf_sampling),
         template_path=str(template) if template else None,

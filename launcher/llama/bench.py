@@ -34,19 +34,22 @@ class BenchResult:
     log_tail: tuple[str, ...] = field(default=())
     busy_share: float = 0.0  # the share of the CPUs other processes used while it ran (0 where unknown)
 
-    def tps(self, *, prompt: bool) -> float | None:
-        """Average tokens/s of the prompt (n_prompt > 0) or generation (n_gen > 0) test."""
+    def _test(self, prompt: bool, depth: int | None) -> dict[str, Any] | None:
         for t in self.tests:
-            if (t.get("n_prompt", 0) > 0) == prompt and (t.get("n_gen", 0) > 0) != prompt:
-                return float(t["avg_ts"])
+            kind = (t.get("n_prompt", 0) > 0) == prompt and (t.get("n_gen", 0) > 0) != prompt
+            if kind and (depth is None or int(t.get("n_depth", 0)) == depth):
+                return t
         return None
 
-    def samples(self, *, prompt: bool) -> tuple[float, ...]:
+    def tps(self, *, prompt: bool, depth: int | None = None) -> float | None:
+        """Average tokens/s of the prompt (n_prompt > 0) or generation (n_gen > 0) test (at that depth: n_depth)."""
+        t = self._test(prompt, depth)
+        return float(t["avg_ts"]) if t else None
+
+    def samples(self, *, prompt: bool, depth: int | None = None) -> tuple[float, ...]:
         """The tokens/s of each repetition of the prompt or generation test (llama-bench's samples_ts)."""
-        for t in self.tests:
-            if (t.get("n_prompt", 0) > 0) == prompt and (t.get("n_gen", 0) > 0) != prompt:
-                return tuple(float(x) for x in t.get("samples_ts") or [t["avg_ts"]])
-        return ()
+        t = self._test(prompt, depth)
+        return tuple(float(x) for x in t.get("samples_ts") or [t["avg_ts"]]) if t else ()
 
 
 def best_tps(test: dict[str, Any]) -> float:
@@ -174,3 +177,10 @@ def _failure(status: int, log: list[str]) -> str:
 
 def binary(bin_dir: Path) -> Path:
     return bin_dir / "llama-bench"
+
+
+def command(bin_dir: Path) -> list[str]:
+    """How to start llama-bench from this build (its binary, or a multi-call `llama bench`)."""
+    from launcher.llama.capabilities import tool_argv
+
+    return tool_argv(bin_dir, "llama-bench") or [str(binary(bin_dir))]

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.llama.build import find_build
-from launcher.llama.capabilities import probe_binaries
+from launcher.llama.capabilities import probe_help, tool_argv
+from launcher.llama.options import Help
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,21 @@ class Binaries:
     commit: str | None  # from the manifest (a custom build: asked with --version when needed)
 
     def has(self, name: str) -> bool:
-        return (self.bin_dir / name).is_file()
+        return tool_argv(self.bin_dir, name) is not None
+
+    def tool(self, name: str) -> list[str]:
+        """How to start a tool of this build (its binary, or `llama SUBCOMMAND` of a multi-call build)."""
+        argv = tool_argv(self.bin_dir, name)
+        return argv if argv is not None else [str(self.bin_dir / name)]
+
+    def help(self, name: str) -> Help | None:
+        """What this build's `name` lists in its --help (None: no such tool)."""
+        return probe_help(self.bin_dir, name)
+
+    @property
+    def label(self) -> str:
+        """How errors name this build: runq's build key, or the user's directory."""
+        return f"build {self.key}" if not self.key.startswith("custom:") else str(self.bin_dir)
 
 
 def manifest_of(bin_dir: Path) -> dict[str, Any]:
@@ -60,14 +75,3 @@ def binaries_here(llama_bin: str | Path | None = None, quirks: tuple[str, ...] =
         return binaries_at(Path(llama_bin))
     found = find_build(backend_here(), quirks)
     return binaries_at(found.bin_dir) if found else None
-
-
-def binary_flags(bin_dir: Path) -> dict[str, bool] | None:
-    """The flags these binaries accept: from runq's build manifest, or read from `--help` of your own build;
-    None when there are no binaries yet (a dry run): the pinned commit's flags."""
-    caps = manifest_of(bin_dir).get("capabilities")
-    if isinstance(caps, dict) and isinstance(caps.get("flags"), dict):
-        return dict(caps["flags"])
-    if not (bin_dir / "llama-server").is_file():
-        return None
-    return probe_binaries(bin_dir).flags

@@ -1,12 +1,14 @@
-"""Which flags a llama.cpp build accepts, read from its `--help` and `--version`.
+"""Which flags a llama.cpp build accepts, read from each of its binaries' `--help` and `--version`.
 
-`parse_help` and `parse_version` are pure; `probe_binaries` runs the binaries
-(the edge). The run step composes commands from what is really there: `-lm`
-or the old `--no-mmap`, `--fit off` only where `--fit` exists, and so on.
+Edge: runs the binaries (a few tens of ms each; remembered per binary and modification time). The parsing is pure
+(llama/options.py). A build may be split binaries (llama-server, llama-cli, llama-bench, llama-fit-params: runq's
+builds) or newer llama.cpp's one multi-call `llama` (`llama serve|cli|bench|fit-params`): `tool_argv` says how to
+start each tool either way.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from dataclasses import asdict, dataclass
@@ -14,33 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import ExternalToolError
+from launcher.llama.options import KNOWN_FLAGS, Help, parse_help, parse_options
 
-# Flags runq may use, by the name it knows them under -> the spellings to look for in --help.
-KNOWN_FLAGS = {
-    "load_mode": ("-lm", "--load-mode"),
-    "no_mmap": ("--no-mmap",),
-    "mlock": ("--mlock",),
-    "fit": ("--fit",),
-    "override_tensor": ("-ot", "--override-tensor"),
-    "cpu_moe": ("--cpu-moe",),
-    "n_cpu_moe": ("--n-cpu-moe", "-ncmoe"),
-    "reasoning_budget": ("--reasoning-budget",),
-    "cache_ram": ("-cram", "--cache-ram"),
-    "jinja": ("--jinja",),
-    "chat_template_file": ("--chat-template-file",),
-    "log_jsonl": ("--log-jsonl",),
-    "log_verbosity": ("-lv", "--verbosity"),
-    "tensor_split": ("-ts", "--tensor-split"),
-    "rpc": ("--rpc",),
-    "flash_attn": ("-fa", "--flash-attn"),
-    "api_key_file": ("--api-key-file",),
-    "alias": ("-a", "--alias"),
-    "parallel": ("-np", "--parallel"),
-    "kv_unified": ("-kvu", "--kv-unified"),
-    "lazy_mode": ("-lzm", "--lazy-mode"),
-}
+__all__ = ["KNOWN_FLAGS", "Capabilities", "parse_help", "parse_version", "probe_binaries", "probe_help", "tool_argv"]
 
-_FLAG_RE = re.compile(r"(?<![\w-])(--?[a-zA-Z][\w-]*)")
+MULTI_CALL = "llama"  # newer llama.cpp's one binary: `llama serve …`
+SUBCOMMANDS = {"llama-server": "serve", "llama-cli": "cli", "llama-bench": "bench", "llama-fit-params": "fit-params"}
 _VERSION_RE = re.compile(r"version:\s*(\S+)\s*\(build (\d+), commit (\w+)\)")
 
 
@@ -56,12 +37,6 @@ class Capabilities:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_help(text: str) -> dict[str, bool]:
-    """{known flag name: accepted?} from a `--help` text."""
-    seen = set(_FLAG_RE.findall(text))
-    return {name: any(s in seen for s in spellings) for name, spellings in KNOWN_FLAGS.items()}
 
 
 def parse_version(text: str) -> tuple[str | None, int | None, str | None]:
@@ -84,13 +59,40 @@ def run_text(argv: list[str], timeout: float = 30) -> str:
     return r.stdout + r.stderr
 
 
+def tool_argv(bin_dir: Path, tool: str) -> list[str] | None:
+    """How to start a llama.cpp tool from this directory: its own binary, or the multi-call `llama` with the
+    tool's subcommand; None when neither is there."""
+    own = bin_dir / tool
+    if own.is_file():
+        return [str(own)]
+    multi = bin_dir / MULTI_CALL
+    if tool in SUBCOMMANDS and multi.is_file():
+        return [str(multi), SUBCOMMANDS[tool]]
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _help_text(argv: tuple[str, ...], _mtime_ns: int) -> str:
+    return run_text([*argv, "--help"])
+
+
+def probe_help(bin_dir: Path, tool: str) -> Help | None:
+    """The options `tool` of this build lists in its `--help`; None when the build has no such tool."""
+    argv = tool_argv(bin_dir, tool)
+    if argv is None:
+        return None
+    return parse_options(_help_text(tuple(argv), Path(argv[0]).stat().st_mtime_ns), tool)
+
+
 def probe_binaries(bin_dir: Path) -> Capabilities:
-    server = bin_dir / "llama-server"
-    if not server.is_file():
+    """What llama-server (or `llama serve`) accepts, and the build's version."""
+    server = tool_argv(bin_dir, "llama-server")
+    if server is None:
         raise ExternalToolError(
-            f"{bin_dir} has no llama-server",
-            hint="give the directory that holds the llama.cpp binaries (llama-server, llama-cli …)",
+            f"{bin_dir} has neither llama-server nor a multi-call `llama`",
+            hint="give the directory that holds the llama.cpp binaries (llama-server, llama-cli … or llama)",
         )
-    flags = parse_help(run_text([str(server), "--help"]))
-    version, number, commit = parse_version(run_text([str(server), "--version"]))
-    return Capabilities(flags=flags, version=version, build_number=number, commit=commit)
+    h = probe_help(bin_dir, "llama-server")
+    assert h is not None
+    version, number, commit = parse_version(run_text([server[0], "--version"]))
+    return Capabilities(flags=h.flags(), version=version, build_number=number, commit=commit)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 from launcher.catalog.sources import ModelSource
 from launcher.errors import ProjectionFailed, RunqError
-from launcher.llama.argv import fit_argv, fit_flags
+from launcher.llama.argv import fit_answer_argv, fit_argv, fit_default_argv, fit_flags
 from launcher.llama.binaries import Binaries
 from launcher.machine.spec import Machine
 from launcher.plan.choose import Candidate, Choice
+from launcher.plan.fit_compare import FitAnswer, parse_fit_line
 from launcher.plan.place import plan
 from launcher.plan.projection import Projection, parse_fit_print
 from launcher.plan.types import DEFAULT_UBATCH, LARGE_UBATCH, SMALL_UBATCH, Plan, Request
@@ -39,12 +40,24 @@ class Oracle:
     binary: Path
     build: str  # short commit
     cpu_only: bool = False  # a CPU build: every tensor is Host, so -ot/-ts mean nothing (and CUDA names fail)
+    argv: tuple[str, ...] = ()  # how to start it (a multi-call `llama fit-params`); empty: the binary itself
 
     @classmethod
     def find(cls, binaries: Binaries | None) -> Oracle | None:
         if binaries is None or not binaries.has(BINARY):
             return None
-        return cls(binaries.bin_dir / BINARY, build_label(binaries), binaries.backend == "cpu")
+        tool = binaries.tool(BINARY)
+        return cls(Path(tool[0]), build_label(binaries), binaries.backend == "cpu", tuple(tool))
+
+    @property
+    def command(self) -> list[str]:
+        return list(self.argv) or [str(self.binary)]
+
+    def placement_projects(self, p: Plan) -> bool:
+        """Whether this build's projection depends on the placement flags: a GPU build, or a CPU build whose plan
+        runs its layers on workers' GPUs (llama.cpp asks them; a described local GPU it cannot). A worker lending
+        only RAM for experts is projected as before: the host's rows alone."""
+        return not self.cpu_only or (not p.gpu_devices and any(n.startswith("RPC") for n in p.gpu_layers))
 
 
 def build_label(binaries: Binaries) -> str:
@@ -52,7 +65,7 @@ def build_label(binaries: Binaries) -> str:
     if binaries.commit:
         return binaries.commit[:7]
     try:
-        argv = [str(binaries.bin_dir / BINARY), "--version"]
+        argv = [*binaries.tool(BINARY), "--version"]
         r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -60,9 +73,17 @@ def build_label(binaries: Binaries) -> str:
     return (m.group(1) or m.group(2))[:7] if m else "unknown"
 
 
-def project(oracle: Oracle, model: Path, p: Plan) -> Projection:
-    """llama.cpp's rows for exactly this plan's flags."""
-    argv = fit_argv(str(oracle.binary), str(model), p, placement=not oracle.cpu_only)
+def project(
+    oracle: Oracle, model: Path, p: Plan, rpc_names: tuple[str, ...] = (), placement: list[str] | None = None
+) -> Projection:
+    """llama.cpp's rows for exactly this plan's flags (or, with `placement`, for these placement flags instead:
+    fit's own answer). `rpc_names`: runq's names (RPC<n>[host:port]) of the workers' devices in llama.cpp's order,
+    which `-fitp on` prints as RPC0, RPC1, … across all workers."""
+    if placement is not None:
+        argv = fit_answer_argv(oracle.command, str(model), p, placement)
+    else:
+        argv = fit_argv(str(oracle.binary), str(model), p, placement=oracle.placement_projects(p))
+        argv[:1] = oracle.command
     try:
         r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -75,7 +96,71 @@ def project(oracle: Oracle, model: Path, p: Plan) -> Projection:
         rows = parse_fit_print(r.stdout)
     except ValueError:
         raise ProjectionFailed(f"{BINARY} failed (exit {r.returncode}): {_error_line(r.stderr)}") from None
+    rows = tuple(replace(row, name=_rpc_name(row.name, rpc_names)) for row in rows)
     return Projection(oracle.build, p.ctx, p.ubatch, p.cache_type_k, p.cache_type_v, rows)
+
+
+def _rpc_name(name: str, rpc_names: tuple[str, ...]) -> str:
+    m = re.fullmatch(r"RPC(\d+)", name)
+    return rpc_names[int(m.group(1))] if m and int(m.group(1)) < len(rpc_names) else name
+
+
+def rpc_device_names(machine: Machine, rpc: tuple[str, ...]) -> tuple[str, ...]:
+    """runq's names of the workers' devices a plan registers (--rpc order, each worker's own order)."""
+    by_ep = {w.endpoint: w for w in machine.workers}
+    return tuple(f"RPC{d.index}[{ep}]" for ep in rpc if ep in by_ep for d in by_ep[ep].devices)
+
+
+def _run(oracle: Oracle, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ProjectionFailed(f"{BINARY} did not answer within {TIMEOUT_S} s") from None
+    except OSError as e:
+        raise ProjectionFailed(f"cannot run {oracle.binary}: {e.strerror}") from None
+
+
+def fit_default(
+    oracle: Oracle, model: Path, p: Plan, margins_mib: list[int], *, llama_batch: bool = False
+) -> FitAnswer:
+    """The placement llama.cpp's own fit would choose for this plan's context (and ubatch, unless llama_batch),
+    keeping `margins_mib` free on each device (llama.cpp's device order). Raises ProjectionFailed."""
+    argv = fit_default_argv(oracle.command, str(model), p, margins_mib, llama_batch=llama_batch)
+    r = _run(oracle, argv)
+    try:
+        if r.returncode != 0:
+            raise ValueError
+        return parse_fit_line(r.stdout)
+    except ValueError:
+        raise ProjectionFailed(f"{BINARY} failed (exit {r.returncode}): {_error_line(r.stderr)}") from None
+
+
+_LIST_RE = re.compile(r"^\s*([A-Za-z]+)(\d+): (.*?) \((\d+) MiB, (\d+) MiB free\)")
+
+
+def list_devices(oracle: Oracle, rpc: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
+    """(device, total bytes, free bytes) as llama.cpp sees them, in its order: the workers' devices (RPC<n>[host:port],
+    n counted per worker as their buffers are named) first, then this host's. Raises ProjectionFailed."""
+    argv = [*oracle.command, *(["--rpc", ",".join(rpc)] if rpc else []), "--list-devices"]
+    r = _run(oracle, argv)
+    out: list[tuple[str, int, int]] = []
+    per_worker: dict[str, int] = {}
+    for line in (r.stdout + r.stderr).splitlines():
+        m = _LIST_RE.match(line)
+        if not m:
+            continue
+        kind, index, desc = m.group(1), m.group(2), m.group(3)
+        if kind == "RPC":
+            ep = desc.split()[0]
+            name = f"RPC{per_worker.get(ep, 0)}[{ep}]"
+            per_worker[ep] = per_worker.get(ep, 0) + 1
+        else:
+            name = f"{kind}{index}"
+        out.append((name, int(m.group(4)) * 2**20, int(m.group(5)) * 2**20))
+    if r.returncode != 0:
+        raise ProjectionFailed(f"{BINARY} --list-devices failed (exit {r.returncode}): {_error_line(r.stderr)}")
+    return out
 
 
 def _error_line(stderr: str) -> str:
@@ -106,10 +191,10 @@ def refine(
         for ub in sorted(_ubatches(req, current, source)):
             trial = replace(current, ubatch=ub)
             # A CPU build puts everything on the host: its answer does not depend on the placement flags.
-            placement = () if oracle.cpu_only else tuple(fit_flags(trial))
+            placement = tuple(fit_flags(trial)) if oracle.placement_projects(trial) else ()
             key: tuple[object, ...] = (ub, current.ctx, current.cache_type_k, current.cache_type_v, *placement)
             if key not in projections:
-                projections[key] = project(oracle, model, trial)
+                projections[key] = project(oracle, model, trial, rpc_device_names(machine, trial.rpc))
         nxt = plan(machine, source.tensors, source.hparams, replace(req, projections=tuple(projections.values())))
         done = fit_flags(nxt) == fit_flags(current)  # llama.cpp's sizes were for exactly these flags
         current = nxt

@@ -135,7 +135,10 @@ class SpeedModel:
 
     def fastest_threads(self, most: int, n_layer: int, cpu_bytes: int, *, on_gpu: bool = False) -> int:
         """The thread count (a measured one up to `most`, or `most`) these constants predict decodes a model
-        fastest: more threads is not faster where the calibration measured it slower. Ties: more threads."""
+        fastest: more threads is not faster where the calibration measured it slower. Ties: more threads. Fewer
+        than `most` (llama.cpp's own default, the physical cores) only from a calibration that is not provisional
+        and predicts them FEWER_THREADS_GAIN faster: an untuned plan is never slower than llama.cpp's default
+        because of one noisy calibration."""
         counts = sorted({p.threads for p in self.cpu if p.threads <= most} | {most})
 
         def seconds(t: int) -> float:
@@ -143,10 +146,16 @@ class SpeedModel:
             layer_s = self.gpu_layer_s if (on_gpu and self.gpu_layer_s is not None) else cpu.layer_s
             return cpu_bytes / cpu.bandwidth + n_layer * layer_s
 
-        return min(reversed(counts), key=seconds)
+        best = min(reversed(counts), key=seconds)
+        if best < most and (self.provisional or seconds(best) * (1 + FEWER_THREADS_GAIN) > seconds(most)):
+            return most
+        return best
 
 
 # --- fitting ---------------------------------------------------------------------------------------------------
+
+
+FEWER_THREADS_GAIN = 0.10  # a predicted gain that fewer threads than the cores must show to be used untuned
 
 
 @dataclass(frozen=True)

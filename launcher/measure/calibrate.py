@@ -359,7 +359,7 @@ def decode_runs(
         left = deadline - time.monotonic()
         if n and left < 1.5 * took:
             break
-        argv = [str(bench_run.binary(bin_dir))]
+        argv = bench_run.command(bin_dir)
         for path in paths if n % 2 == 0 else paths[::-1]:
             argv += ["-m", str(path)]
         argv += ["-p", "0", "-n", str(GEN_TOKENS), "-r", str(REPETITIONS), "-t", ",".join(map(str, threads))]
@@ -408,7 +408,7 @@ def _gpu_observations(
     per_gpu = max(5.0, left_s / max(1, len(machine.gpus)))
     for g in machine.gpus:
         dev = f"CUDA{g.index}"
-        argv = [str(bench_run.binary(bin_dir))]
+        argv = bench_run.command(bin_dir)
         for m in models:
             argv += ["-m", str(m.path)]
         argv += ["-dev", dev, "-ngl", "99", "-p", "0", "-n", str(GEN_TOKENS), "-r", str(REPETITIONS), "-o", "jsonl"]
@@ -422,7 +422,7 @@ def _gpu_observations(
                 out.append(Observation(int(t["n_threads"]), cm.n_layer, 0, bench_run.best_tps(t), gb,
                                        spread=apart, busy=res.busy_share))  # fmt: skip
         big = max(models, key=lambda m: m.expert_bytes)
-        argv = [str(bench_run.binary(bin_dir)), "-m", str(big.path), "-dev", dev, "-ngl", "99"]
+        argv = [*bench_run.command(bin_dir), "-m", str(big.path), "-dev", dev, "-ngl", "99"]
         argv += ["-ot", r"\.ffn_.*_exps\.=CPU", "-p", "512", "-n", "0", "-ub", "512", "-r", "1", "-o", "jsonl"]
         res = bench_run.run(argv, timeout_s=per_gpu / 2, gpus=True)
         pp = res.tps(prompt=True)

@@ -37,9 +37,12 @@ class KnobsRecord(_Record):
     load_mode: str = "mmap"
     expert_delta: int = 0
     baseline: bool = False
+    spec: str = "none"
+    moe_cache_mib: int = 0
 
     def knobs(self) -> Knobs:
-        return Knobs(self.threads, self.ubatch, self.flash_attn, self.load_mode, self.expert_delta, self.baseline)
+        return Knobs(self.threads, self.ubatch, self.flash_attn, self.load_mode, self.expert_delta, self.baseline,
+                     self.spec, self.moe_cache_mib)  # fmt: skip
 
     @classmethod
     def of(cls, k: Knobs) -> KnobsRecord:
@@ -54,6 +57,8 @@ class MeasuredRecord(_Record):
     peak_bytes: dict[str, int] = {}
     error: str | None = None
     knobs: KnobsRecord | None = None
+    depth: int = 0
+    via: str = "llama-bench"
 
     @classmethod
     def of(cls, m: Measured) -> MeasuredRecord:
@@ -79,7 +84,8 @@ class TuneRecord(_Record):
     def note(self) -> str:
         c = self.chosen
         shown = [f"{name} {v:.1f} t/s" for name, v in (("decode", c.tg_tps), ("prompt", c.pp_tps)) if v]
-        return f"tuned {self.tuned_at[:10]}: measured {', '.join(shown)} ({c.label}, for {self.goal})"
+        at = f" at {c.depth:,} tokens of context" if c.depth else ""
+        return f"tuned {self.tuned_at[:10]}: measured {', '.join(shown)}{at} ({c.label}, for {self.goal})"
 
 
 def model_key(target: Any) -> str:

@@ -40,22 +40,28 @@ class Knobs:
     load_mode: str = "mmap"  # mmap | none
     expert_delta: int = 0  # expert layers per GPU compared with runq's plan (+: more on the GPU)
     baseline: bool = False
+    spec: str = "none"  # --spec-type: "draft-mtp" for a model with NextN layers (measured through llama-server)
+    moe_cache_mib: int = 0  # --moe-cache-mib (newer llama.cpp): a GPU cache of hot experts (through llama-server)
 
     @property
     def label(self) -> str:
-        if self.baseline:
-            return BASELINE
-        text = f"runq t{self.threads} ub{self.ubatch} fa-{self.flash_attn} {self.load_mode}"
-        return text + (f" {self.expert_delta:+d} layers" if self.expert_delta else "")
+        text = BASELINE
+        if not self.baseline:
+            text = f"runq t{self.threads} ub{self.ubatch} fa-{self.flash_attn} {self.load_mode}"
+            text += f" {self.expert_delta:+d} layers" if self.expert_delta else ""
+        text += " +mtp" if self.spec == "draft-mtp" else f" +{self.spec}" if self.spec != "none" else ""
+        return text + (f" +cache {self.moe_cache_mib} MiB" if self.moe_cache_mib else "")
 
     def as_json(self) -> dict[str, Any]:
         return {"threads": self.threads, "ubatch": self.ubatch, "flash_attn": self.flash_attn,
-                "load_mode": self.load_mode, "expert_delta": self.expert_delta, "baseline": self.baseline}  # fmt: skip
+                "load_mode": self.load_mode, "expert_delta": self.expert_delta, "baseline": self.baseline,
+                "spec": self.spec, "moe_cache_mib": self.moe_cache_mib}  # fmt: skip
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> Knobs:
         return Knobs(int(d["threads"]), int(d["ubatch"]), str(d["flash_attn"]), str(d["load_mode"]),
-                     int(d["expert_delta"]), bool(d["baseline"]))  # fmt: skip
+                     int(d["expert_delta"]), bool(d["baseline"]), str(d.get("spec", "none")),
+                     int(d.get("moe_cache_mib", 0)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class Measured:
     pp_samples: tuple[float, ...] = ()  # tokens/s of each repetition (llama-bench's samples_ts), every run
     tg_samples: tuple[float, ...] = ()
     busy: float = 0.0  # the most of the CPUs other processes used while it ran
+    depth: int = 0  # tokens of context filled before the timed prompt and answer (llama-bench -d)
+    via: str = "llama-bench"  # or "llama-server" (what llama-bench cannot run: MTP drafting)
+    tg_empty: tuple[float, ...] = ()  # decode t/s of each repetition on an empty cache too, when depth > 0
 
     @property
     def label(self) -> str:
@@ -86,6 +95,9 @@ class Measured:
             "busy": round(self.busy, 3),
             "peak_bytes": dict(self.peak_bytes),
             "error": self.error,
+            "depth": self.depth,
+            "via": self.via,
+            "tg_tps_empty": round(sum(self.tg_empty) / len(self.tg_empty), 2) if self.tg_empty else None,
         }
 
 
@@ -249,16 +261,17 @@ def merge(first: Measured, again: Measured) -> Measured:
     return replace(first, pp_tps=mean(first.pp_tps, again.pp_tps), tg_tps=mean(first.tg_tps, again.tg_tps),
                    peak_bytes=peaks, seconds=first.seconds + again.seconds,
                    pp_samples=first.pp_samples + again.pp_samples, tg_samples=first.tg_samples + again.tg_samples,
-                   busy=max(first.busy, again.busy))  # fmt: skip
+                   busy=max(first.busy, again.busy), tg_empty=first.tg_empty + again.tg_empty)  # fmt: skip
 
 
 def observation(m: Measured, threads: int, n_layer: int, per_device: Mapping[str, int], source: str) -> Observation:
     """A candidate's decode as a measurement of this machine's constants (launcher/machine/speed.py), with how
     far its repetitions were apart and how busy the machine was, so a noisy one cannot poison the fit."""
-    assert m.tg_tps
+    samples = m.tg_empty or m.tg_samples  # at depth, attention reads the cache too: the empty-cache figure
+    assert samples
     gpu = tuple(sorted((d, n) for d, n in per_device.items() if d != "CPU"))
-    return Observation(threads, n_layer, per_device.get("CPU", 0), m.tg_tps, gpu, source,
-                       spread=relative_spread(m.tg_samples), busy=m.busy)  # fmt: skip
+    return Observation(threads, n_layer, per_device.get("CPU", 0), sum(samples) / len(samples), gpu, source,
+                       spread=relative_spread(samples), busy=m.busy)  # fmt: skip
 
 
 def planned(start: Knobs, space: Space) -> Iterator[Knobs]:
@@ -272,9 +285,26 @@ def planned(start: Knobs, space: Space) -> Iterator[Knobs]:
 def request_for(req: Request, knobs: Knobs, biggest_expert_layer: int) -> Request:
     """The plan request of a candidate: its ubatch, threads, flash attention and load mode; n more expert layers
     per GPU by lowering each GPU's margin by n of the largest expert layers (fewer: raising it); the baseline
-    leaves placement to llama.cpp's own fit."""
+    leaves placement to llama.cpp's own fit. MTP drafting plans the NextN layers' memory too."""
     if knobs.baseline:
-        return replace(req, llama_default=True)
+        return replace(req, llama_default=True, spec_type=knobs.spec, moe_cache_mib=knobs.moe_cache_mib)
     margin = req.margin_extra_bytes - knobs.expert_delta * biggest_expert_layer
     return replace(req, ubatch=knobs.ubatch, threads=knobs.threads, margin_extra_bytes=margin,
-                   flash_attn=knobs.flash_attn, load_mode=knobs.load_mode)  # type: ignore[arg-type]  # fmt: skip
+                   flash_attn=knobs.flash_attn, load_mode=knobs.load_mode,  # type: ignore[arg-type]
+                   spec_type=knobs.spec, moe_cache_mib=knobs.moe_cache_mib)  # fmt: skip
+
+
+def with_spec(best: Measured, plain: Measured, drafted: Measured, goal: Goal) -> Measured:
+    """MTP drafting (or a GPU expert cache) is taken only when it measured faster for the goal than the same
+    candidate without it, both through llama-server (beyond the noise, like every other knob); else the winner
+    stays what it was."""
+    return drafted if beats(drafted, plain, goal) else best
+
+
+def depth_for(ctx: int, pp: int, tg: int, pp_tps: float | None, fill_s: float) -> int:
+    """The context to fill before each candidate's timed turn: the plan's context less the turn, bounded by what a
+    prompt speed of pp_tps fills in fill_s seconds, in whole 256-token steps (0: too little for one)."""
+    room = ctx - pp - tg
+    if pp_tps:
+        room = min(room, int(pp_tps * fill_s))
+    return max(0, room // 256 * 256)

@@ -1,7 +1,7 @@
 """Per-layer facts of the late-2026 architectures from GGUF metadata, as their loaders derive them.
 
 Pure: no I/O. Each rule cites the pinned llama.cpp (0c1e570) code it mirrors; the values feed
-memory.kv_layout (which layers cache what) and are checked against `llama-fit-params` on
+kv_cache.kv_layout (which layers cache what) and are checked against `llama-fit-params` on
 generated models in tests/test_archs_real.py.
 """
 

@@ -72,7 +72,7 @@ def apply_tuned(req: Request, rec: TuneRecord, target: ModelTarget, pins: Mappin
         return req
     k = rec.knobs
     if k.baseline:
-        return replace(req, llama_default=True, tuned=rec.note)
+        return replace(req, llama_default=True, tuned=rec.note, spec_type=k.spec, moe_cache_mib=k.moe_cache_mib)
     biggest = 0
     if k.expert_delta:
         src = next((s for s in target.sources if s.name == rec.quant), None)
@@ -81,5 +81,6 @@ def apply_tuned(req: Request, rec: TuneRecord, target: ModelTarget, pins: Mappin
     return replace(
         req, ubatch=req.ubatch or k.ubatch, threads=req.threads or k.threads, tuned=rec.note,
         margin_extra_bytes=req.margin_extra_bytes - k.expert_delta * biggest,
-        flash_attn=k.flash_attn, load_mode=k.load_mode,  # type: ignore[arg-type]
+        flash_attn=k.flash_attn, load_mode=k.load_mode, spec_type=k.spec,  # type: ignore[arg-type]
+        moe_cache_mib=k.moe_cache_mib,
     )  # fmt: skip

@@ -8,7 +8,9 @@ Every front end calls it — `runq plan`, `run`, `service install/render`, `pull
 4. a saved `runq tune` result for this model and machine, as request fields (never a patched command line);
 5. the choice: the pinned quant, or the largest that fits;
 6. llama.cpp's own sizes for the chosen quant (llama-fit-params on the file or a header-only replica) when a build
-   is here, placed again on them.
+   is here, placed again on them;
+7. llama.cpp's own fit asked for its placement of the same inputs (pipeline/fit_check.py): runq's is grown to it
+   where it kept fewer expert bytes on a GPU; the plan says whose placement it took and why.
 command() renders a Planned as a llama.cpp command through llama/argv.py, the only writer of flags.
 An edge: it reads files, caches and (for a model name, unless told not to) the Hub.
 """
@@ -134,15 +136,27 @@ def _choose(ask: Ask, machine: Machine, target: ModelTarget, req: Request, binar
     if ask.estimate or not ask.project:
         return Planned(ask, machine, target, req, choice, "runq estimate (not asked)", binaries, rec)
     choice, sizes, answers = _project(choice, machine, req, target, binaries, pinned=pinned is not None)
-    return Planned(ask, machine, target, replace(req, projections=answers), choice, sizes, binaries, rec)
+    choice, req = _fit_check(choice, machine, replace(req, projections=answers), target, binaries)
+    return Planned(ask, machine, target, req, choice, sizes, binaries, rec)
 
 
-def _project(choice: Choice, machine: Machine, req: Request, target: ModelTarget, binaries: Binaries | None, *,
-             pinned: bool) -> tuple[Choice, str, tuple[Projection, ...]]:  # fmt: skip
-    """The choice placed again on llama.cpp's sizes: a local file, or a Hub quant whose headers are cached (as a
-    header-only replica). Raises DoesNotFitError when, on llama.cpp's sizes, nothing that was tried fits."""
+def _fit_check(choice: Choice, machine: Machine, req: Request, target: ModelTarget,
+               binaries: Binaries | None) -> tuple[Choice, Request]:  # fmt: skip
+    """Step 7: never behind llama.cpp's own fit (pipeline/fit_check.py)."""
+    from launcher.errors import RunqError
+    from launcher.pipeline.fit_check import check
+
+    try:
+        path = _model_file(target)(choice.chosen.source)
+    except RunqError:
+        path = None
+    return check(choice, machine, req, binaries, path)
+
+
+def _model_file(target: ModelTarget) -> Callable[[ModelSource], Path | None]:
+    """Where llama.cpp can read a source's headers: the local file, or a header-only replica of a Hub quant whose
+    headers are cached (None: not at hand)."""
     from launcher.hub.replica import hub_replica
-    from launcher.llama.fit import project_sizes
 
     profile = target.profile
     repo = profile.repo if profile and target.model_path is None else None
@@ -158,7 +172,16 @@ def _project(choice: Choice, machine: Machine, req: Request, target: ModelTarget
             return hub_replica(repo, first_paths[src.name])
         return None
 
-    refined, note, answers = project_sizes(choice, machine, req, binaries, model_file, pinned=pinned)
+    return model_file
+
+
+def _project(choice: Choice, machine: Machine, req: Request, target: ModelTarget, binaries: Binaries | None, *,
+             pinned: bool) -> tuple[Choice, str, tuple[Projection, ...]]:  # fmt: skip
+    """The choice placed again on llama.cpp's sizes: a local file, or a Hub quant whose headers are cached (as a
+    header-only replica). Raises DoesNotFitError when, on llama.cpp's sizes, nothing that was tried fits."""
+    from launcher.llama.fit import project_sizes
+
+    refined, note, answers = project_sizes(choice, machine, req, binaries, _model_file(target), pinned=pinned)
     p = refined.chosen.plan
     if not p.fits:
         raise DoesNotFitError(
@@ -202,13 +225,16 @@ def command(
     model at `model` (default: model_path()), the binaries in `bin_dir` (default: the build here), the user's own
     flags last. Flags are what that build accepts (its capabilities; the pinned commit's without a build)."""
     from launcher.llama.argv import build_argv, launch_for
-    from launcher.llama.binaries import binary_flags
+    from launcher.llama.binaries import binaries_at
 
     where = bin_dir or (planned.binaries.bin_dir if planned.binaries else None)
     name = "llama-server" if server is not None else "llama-cli"
-    binary = str(where / name) if where else name  # no build here yet: the binary's name (on PATH, or after a build)
-    launch = launch_for(binary, model or model_path(planned), planned.target.profile, server=server, extra=extra,
-                        flags=binary_flags(where) if where else None,
+    # No build here yet: the binary's name (on PATH, or after a build) and the pinned commit's flags.
+    b = binaries_at(where) if where else None
+    h = b.help(name) if b else None
+    launch = launch_for(b.tool(name) if b else name, model or model_path(planned), planned.target.profile,
+                        server=server, extra=extra, flags=h.flags() if h else None, help=h,
+                        where=b.label if b else "the pinned build",
                         gguf_sampling=planned.chosen.source.sampling)  # fmt: skip
     return build_argv(planned.plan, replace(launch, template_path=_str(planned.chat_template.path)))
 

@@ -162,9 +162,9 @@ def replan_after_oom(machine: Machine, choice: Choice, req: Request) -> Replan:
 def gpu_for_half_the_experts(tensors: TensorSet, hp: HParams, ctx: int, ubatch: int) -> int:
     """A GPU size with room for the non-expert weights, the KV cache, the compute buffer and about half of the
     expert layers: the demo's pretend GPU, so its plan shows both sides of the placement."""
-    from launcher.plan import memory
+    from launcher.plan import kv_cache, memory
 
-    kv = memory.kv_layout(hp, ubatch=ubatch).bytes_for(ctx)
+    kv = kv_cache.kv_layout(hp, ubatch=ubatch).bytes_for(ctx)
     base = tensors.non_expert_bytes() + kv + memory.gpu_compute_bytes(hp, ctx, ubatch)
     half = sum(tensors.expert_bytes(il) for il in tensors.expert_layers[: len(tensors.expert_layers) // 2])
     return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half

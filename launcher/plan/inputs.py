@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from launcher.errors import UsageError
 from launcher.plan import serving
-from launcher.plan.memory import KV_TYPE_BYTES
+from launcher.plan.kv_cache import KV_TYPE_BYTES
 from launcher.plan.overrides import Override, parse_user_overrides
 from launcher.plan.types import LazyMode, Request
 

@@ -50,7 +50,7 @@ def plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pla
     p = replace(p, speed_source=speed.label)
     if req.threads is not None:
         return p
-    per = bytes_per_token(loaded_tensors(tensors, hp.n_layer, hp.n_layer_nextn), hp, p.placement)
+    per = bytes_per_token(loaded_tensors(tensors, hp.n_layer, _skipped_nextn(hp, req)), hp, p.placement)
     on_gpu = any(n for dev, n in per.items() if dev != "CPU")
     best = speed.fastest_threads(machine.cores, hp.n_layer, per.get("CPU", 0), on_gpu=on_gpu)
     if best == p.threads:
@@ -88,7 +88,7 @@ def _plan_lazy_tables(machine: Machine, tensors: TensorSet, hp: HParams, req: Re
 def _plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Plan:
     """With no ubatch pinned, a larger ubatch is chosen when experts live on the CPU
     and it costs at most one expert layer of VRAM."""
-    tensors = loaded_tensors(tensors, hp.n_layer, hp.n_layer_nextn)  # NextN/MTP layers are not loaded
+    tensors = loaded_tensors(tensors, hp.n_layer, _skipped_nextn(hp, req))  # NextN/MTP: only for draft-mtp
     if req.ubatch is not None:
         return _place(machine, tensors, hp, req, req.ubatch)
     if beyond_every_budget(machine, tensors):  # what weighing the ubatches would return (runq models: fast)
@@ -112,6 +112,12 @@ def _plan(machine: Machine, tensors: TensorSet, hp: HParams, req: Request) -> Pl
     else:
         why = f"ubatch {DEFAULT_UBATCH}: ubatch {LARGE_UBATCH} needs a compute buffer the weights leave no room for"
     return replace(small, reasons=(*small.reasons, why))
+
+
+def _skipped_nextn(hp: HParams, req: Request) -> int:
+    """NextN/MTP layers llama.cpp leaves unloaded: all of them, unless MTP drafting is on (`--spec-type draft-mtp`
+    loads them, with their own KV cache and a second compute buffer: memory.py, projection.SizeBook)."""
+    return 0 if req.spec_type == "draft-mtp" else hp.n_layer_nextn
 
 
 def _weigh_small_ubatch(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, small: Plan) -> Plan:
@@ -141,12 +147,13 @@ def _gpu_expert_layer_count(p: Plan) -> int:
 def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubatch: int) -> Plan:
     w = Work(
         machine, tensors, hp, req, ubatch,
-        book=SizeBook(hp, req.ctx, req.cache_type_k, req.cache_type_v, ubatch, req.projections, req.slots),
+        book=SizeBook(hp, req.ctx, req.cache_type_k, req.cache_type_v, ubatch, req.projections, req.slots,
+                      mtp=req.spec_type == "draft-mtp"),
         forced=forced_by_user(tensors, req),
-        gpus=gpu_usable(machine, req.margin_extra_bytes),
+        gpus=gpu_usable(machine, req.margin_extra_bytes, dict(req.gpu_margins)),
         remotes=remote_usable(
             machine, hp.n_embd, mem.cpu_bandwidth(req.threads or machine.cores, machine.ram_bandwidth_bytes_s),
-            req.margin_extra_bytes,
+            req.margin_extra_bytes, dict(req.gpu_margins),
         ),
     )  # fmt: skip
     if w.forced:
@@ -178,6 +185,8 @@ def _place(machine: Machine, tensors: TensorSet, hp: HParams, req: Request, ubat
         load_mode=load_mode,
         flash_attn=req.flash_attn,
         llama_default=req.llama_default,
+        spec_type=req.spec_type,
+        moe_cache_mib=req.moe_cache_mib,
         devices=devices,
         placement=w.placement,
         moved={n: d for n, d in w.placement.items() if d != default_dev[n]},

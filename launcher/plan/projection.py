@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from launcher.model.hparams import HParams
+from launcher.plan import kv_cache, serving
 from launcher.plan import memory as mem
-from launcher.plan import serving
 from launcher.units import MiB
 
 ESTIMATE = "runq estimate"
@@ -108,17 +108,23 @@ class SizeBook:
         ubatch: int,
         projections: Sequence[Projection] = (),
         slots: int = 1,
+        *,
+        mtp: bool = False,
     ) -> None:
-        self.hp, self.ctx, self.ubatch = hp, ctx, ubatch
-        layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch)
+        """`mtp`: MTP drafting is on (--spec-type draft-mtp): the NextN layers' own KV cache and a second compute
+        buffer (the MTP context's) come on top; llama-fit-params cannot project those, so they are runq's."""
+        self.hp, self.ctx, self.ubatch, self.mtp = hp, ctx, ubatch, mtp
+        layout = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch)
         estimate = tuple(layout.bytes_for(ctx, [il]) for il in range(len(layout.per_layer)))
         # llama-fit-params projects one slot (it has no -kvu): what more slots add is serving.py's formula
         self._swa_mask = serving.swa_mask_bytes(hp, ctx, ubatch, slots)
         if slots > 1:
-            layout = mem.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
+            layout = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
             more = tuple(layout.bytes_for(ctx, [il]) - e for il, e in enumerate(estimate))
         else:
             more = ()
+        mtp_layout = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots, mtp=True) if mtp else None
+        nextn = tuple(mtp_layout.bytes_for(ctx, [il]) for il in range(len(estimate))) if mtp_layout else ()
         same = [p for p in projections if p.same_cache(ctx, cache_type_k, cache_type_v)]
         # Sliding-window caches pad by ubatch: a projection for this very ubatch first.
         kv_proj = next((p for p in same if p.ubatch == ubatch), same[0] if same else None)
@@ -136,9 +142,14 @@ class SizeBook:
             self._kv = tuple(a + b for a, b in zip(self._kv, more, strict=True))
             if kv_proj is not None:
                 self.kv_source += f" for 1 slot, + runq's formula for {slots} (llama-fit-params has no -kvu)"
-        self._compute = next(
-            (p for p in projections if p.same_cache(ctx, cache_type_k, cache_type_v) and p.ubatch == ubatch), None
-        )
+        if nextn:  # the NextN layers' cache: what the MTP layout has beyond the trunk's
+            trunk = kv_cache.kv_layout(hp, cache_type_k, cache_type_v, ubatch, slots=slots)
+            extra = tuple(n - trunk.bytes_for(ctx, [il]) for il, n in enumerate(nextn))
+            self._kv = tuple(a + b for a, b in zip(self._kv, extra, strict=True))
+        # Compute depends on the placement too: the latest projection (of the flags nearest the final plan) first.
+        self._computes = [
+            p for p in reversed(projections) if p.same_cache(ctx, cache_type_k, cache_type_v) and p.ubatch == ubatch
+        ]
         self._more = f", + runq's formula for {slots} slots" if self._swa_mask else ""  # the windows' bigger mask
 
     def kv_bytes(self, layers: Sequence[int] | range | None = None) -> int:
@@ -147,23 +158,25 @@ class SizeBook:
 
     def gpu_compute(self, name: str, *, has_output: bool, offload_copy_bytes: int) -> tuple[int, str]:
         """A GPU's compute buffer: llama.cpp's row for it when this machine's build projected it, else the model."""
-        row = self._compute.row(name) if self._compute is not None else None
-        if row is not None:
-            return row.compute_bytes + self._swa_mask, self._compute.source + self._more  # type: ignore[union-attr]
+        twice = 2 if self.mtp and has_output else 1  # the MTP context's buffer, beside the NextN layer's
+        for p in self._computes:
+            row = p.row(name)
+            if row is not None and row.model_bytes > 0:  # a projection that put nothing there says nothing of it
+                return twice * row.compute_bytes + self._swa_mask, p.source + self._more
         b = mem.gpu_compute_bytes(
             self.hp, self.ctx, self.ubatch, has_output=has_output, offload_copy_bytes=offload_copy_bytes
         )
-        return b + self._swa_mask, ESTIMATE
+        return twice * b + self._swa_mask, ESTIMATE
 
     def cpu_compute(self, *, with_gpus: bool) -> tuple[int, str]:
         """The CPU's compute buffer: llama.cpp's Host row when the projection had the same devices, else the model."""
-        p = self._compute
-        if p is not None and p.has_gpus == with_gpus:
+        twice = 2 if self.mtp and not with_gpus else 1  # no GPU: the MTP context's buffer is the CPU's too
+        for p in self._computes:
             row = p.row(CPU)
-            if row is not None:
+            if row is not None and p.has_gpus == with_gpus:
                 if with_gpus:  # the CPU's own buffer beside GPUs runs no attention
                     return row.compute_bytes, p.source
-                return row.compute_bytes + self._swa_mask, p.source + self._more
+                return twice * row.compute_bytes + self._swa_mask, p.source + self._more
         if with_gpus:
             return mem.cpu_compute_bytes(self.hp, self.ubatch), ESTIMATE
-        return mem.cpu_only_compute_bytes(self.hp, self.ctx, self.ubatch) + self._swa_mask, ESTIMATE
+        return twice * mem.cpu_only_compute_bytes(self.hp, self.ctx, self.ubatch) + self._swa_mask, ESTIMATE

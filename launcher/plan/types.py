@@ -41,6 +41,11 @@ class Request:
     # and which lookup tables llama.cpp reads on demand (-lzm; None: runq's rule).
     slots: int = 1
     lazy_mode: LazyMode | None = None
+    spec_type: str = "none"  # --spec-type: "draft-mtp" (NextN layers loaded, their KV and a second compute buffer)
+    moe_cache_mib: int = 0  # --moe-cache-mib (newer llama.cpp than the pin): a GPU cache of hot experts
+    # Per device, the margin that replaces runq's default (CUDA context + llama.cpp's -fitt): what llama.cpp itself
+    # keeps there (measured with a build), less what its fit placed beyond runq's estimate (pipeline/fit_check.py).
+    gpu_margins: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,14 @@ class Plan:
     slots: int = 1
     lazy_mode: LazyMode | None = None
     lazy_tables: tuple[str, ...] = ()
+    spec_type: str = "none"
+    moe_cache_mib: int = 0
+    # Whose placement this is and why (pipeline/fit_check.py compares it with llama.cpp's fit): "runq",
+    # "llama.cpp fit" (runq's grown to what llama.cpp's fit keeps on the GPUs), "tuned", "yours", "llama.cpp".
+    placed_by: str = "runq"
+    placed_why: str = ""
+    # (device, llama.cpp fit's expert bytes there, runq's before the comparison, runq's now) when it was made
+    fit_experts: tuple[tuple[str, int, int, int], ...] = ()
 
     @property
     def gpu_devices(self) -> tuple[DevicePlan, ...]:

@@ -5,6 +5,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -33,38 +34,49 @@ class Dev:
     layers: list[int] = field(default_factory=list)  # layer slots owned (n_layer = the output layer)
 
 
-def gpu_usable(machine: Machine, extra_margin: int = 0) -> list[Dev]:
+def gpu_usable(machine: Machine, extra_margin: int = 0, margins: Mapping[str, int] | None = None) -> list[Dev]:
+    """This host's GPUs. Margin: the CUDA context (not in NVML's free before launch) plus what llama.cpp's fit
+    keeps (-fitt), or what `margins` says llama.cpp keeps on that device (measured with a build), plus extra."""
     out = []
     for g in machine.gpus:
+        name = f"CUDA{g.index}"
+        base = (margins or {}).get(name, mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES)
         out.append(
             Dev(
-                name=f"CUDA{g.index}",
+                name=name,
                 index=g.index,
                 capacity=g.free_bytes,
-                margin=mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_margin,
+                margin=base + extra_margin,
                 bandwidth=mem.gpu_bandwidth(g.name, g.memory_bandwidth) * mem.GPU_BANDWIDTH_EFFICIENCY,
             )
         )
     return [g for g in out if g.capacity > g.margin]
 
 
-def remote_usable(machine: Machine, n_embd: int, cpu_bw: float, extra_margin: int = 0) -> list[Dev]:
+def remote_usable(
+    machine: Machine, n_embd: int, cpu_bw: float, extra_margin: int = 0, margins: Mapping[str, int] | None = None
+) -> list[Dev]:
     """The workers' devices in llama.cpp's order (--rpc order, then each worker's own), each with the network
-    cost of a layer placed there. A worker's RAM reads as fast as this host's unless described."""
+    cost of a layer placed there. A worker's RAM reads as fast as this host's unless described. An asked worker's
+    GPU reported its free memory through llama.cpp, after its CUDA context: only llama.cpp's -fitt is kept there;
+    a described one may not exist yet, so its context is counted as for a local GPU."""
     out = []
     for w in machine.workers:
         loop = w.host in ("localhost", "::1") or w.host.startswith("127.")
         net = w.net_bytes_s or (mem.LOOPBACK_NET_BYTES_S if loop else mem.DEFAULT_NET_BYTES_S)
         net_s = mem.rpc_layer_seconds(n_embd, net, mem.LOOPBACK_LATENCY_S if loop else mem.NET_LATENCY_S)
         for d in w.devices:
+            name = f"RPC{d.index}[{w.endpoint}]"
             if d.kind == "gpu":
-                margin = mem.CUDA_CONTEXT_BYTES + mem.GPU_MARGIN_BYTES + extra_margin
+                context = mem.CUDA_CONTEXT_BYTES if w.described else 0
+                margin = (margins or {}).get(name, context + mem.GPU_MARGIN_BYTES) + extra_margin
                 bw = mem.gpu_bandwidth("", d.bandwidth_bytes_s) * mem.GPU_BANDWIDTH_EFFICIENCY
             else:
                 margin = mem.ram_margin(d.total_bytes) + extra_margin
                 bw = d.bandwidth_bytes_s or cpu_bw
-            dev = Dev(f"RPC{d.index}[{w.endpoint}]", d.index, d.free_bytes, margin, bw, True, d.kind, net_s)
-            if dev.capacity > dev.margin + mem.RPC_COMPUTE_BYTES:
+            dev = Dev(name, d.index, d.free_bytes, margin, bw, True, d.kind, net_s)
+            # A GPU's compute buffer is planned with its layers; a device lending only its memory keeps the RPC one.
+            if dev.capacity > dev.margin + (0 if d.kind == "gpu" else mem.RPC_COMPUTE_BYTES):
                 out.append(dev)
     return out
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, Select, Static
 
-from launcher.plan.memory import KV_TYPE_BYTES
+from launcher.plan.kv_cache import KV_TYPE_BYTES
 from launcher.tui.table import RowTable
 from launcher.units import GiB, fmt_bytes
 

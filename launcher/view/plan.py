@@ -204,6 +204,14 @@ def plan_json(p: Plan) -> dict[str, Any]:
         "cache_ram_bytes": p.cache_ram_bytes,
         "predicted_tg_tps": round(p.predicted_tg_tps, 2),
         "speed_source": p.speed_source,
+        "placement": {
+            "by": p.placed_by,
+            "why": p.placed_why,
+            "fit": [
+                {"device": d, "fit_expert_bytes": f, "runq_expert_bytes_before": r0, "runq_expert_bytes": r}
+                for d, f, r0, r in p.fit_experts
+            ],
+        },
         "reasons": list(p.reasons),
         "problems": list(p.problems),
     }

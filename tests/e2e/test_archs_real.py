@@ -16,7 +16,8 @@ from launcher.llama.build import Build
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
 from launcher.model.shards import open_local
 from launcher.model.tensors import Role
-from launcher.plan.memory import cpu_only_compute_bytes, kv_layout
+from launcher.plan.kv_cache import kv_layout
+from launcher.plan.memory import cpu_only_compute_bytes
 from launcher.plan.projection import parse_fit_print
 from launcher.units import MiB
 from tests.helpers import RunningRunq, serve_verified

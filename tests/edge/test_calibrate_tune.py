@@ -25,7 +25,7 @@ from launcher.measure.synth import SynthModel, SynthSpec, write_model
 from tests.helpers import RUNQ_CMD, runq_main, spawn, wait_until
 
 TINY = SynthSpec(arch="qwen3moe", n_layer=4, n_embd=256, n_ff_exp=128, n_expert=8, n_head=4, n_head_kv=2, head_dim=64)
-FAST = ["--pp", "64", "--tg", "16", "-r", "1"]
+FAST = ["--pp", "64", "--tg", "16", "-r", "1", "--depth", "0"]  # depth: tested on its own (glm below)
 
 
 def _cache_dir(d: Path, llama_build: Build) -> Path:
@@ -106,10 +106,10 @@ def test_tune_measures_llama_cpp_default_and_never_picks_slower(
     code, out, err = runq_main("tune", str(tiny.path), "--for", "decode", "--budget", "5m", "--json", *FAST)
     assert code == 0, err
     data = json.loads(out)
-    assert set(data) == {"baseline", "chosen", "candidates"} and data["baseline"] == tune.BASELINE
+    assert set(data) == {"baseline", "chosen", "candidates", "depth"} and data["baseline"] == tune.BASELINE
     for c in data["candidates"]:
         assert set(c) == {"label", "argv", "pp_tps", "tg_tps", "pp_spread", "tg_spread", "busy", "peak_bytes",
-                          "error"}  # fmt: skip
+                          "error", "depth", "via", "tg_tps_empty"}  # fmt: skip
         assert c["argv"][0].endswith("llama-bench") and 0 <= c["busy"] <= 1 and c["tg_spread"] >= 0
     by_label = {c["label"]: c for c in data["candidates"]}
     base = by_label[tune.BASELINE]
@@ -247,3 +247,45 @@ def test_a_provisional_calibration_is_flagged_in_the_plan(
     assert line.startswith(f"  speed: calibrated on this machine, 2026-12-02 {flagged} 40% apart"), line
     model = calibration.load(machine, llama_build.key)
     assert model is not None and model.cpu[0].layer_s >= speed.MIN_LAYER_S
+
+
+GLM = SynthSpec(arch="glm4moe", n_layer=6, n_embd=256, n_ff=512, n_ff_exp=256, n_expert=16, n_nextn=1)
+
+
+def test_tune_measures_at_depth_and_takes_mtp_drafting_only_when_faster(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generated glm4moe with a NextN layer: every candidate is measured with 256 tokens of context filled first
+    (llama-bench -d; llama-server: a 256 + pp-token prompt), and MTP drafting is measured through llama-server
+    against the same candidate without it, and chosen only if it measured faster (random weights: almost no draft
+    is accepted, so whichever way it goes is what was measured)."""
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(cache))
+    glm = write_model(GLM, tmp_path / "glm.gguf")
+    code, out, err = runq_main("tune", str(glm.path), "--for", "decode", "--budget", "5m", "--json", "--depth", "256",
+                          "--no-calibrate", "--pp", "64", "--tg", "16", "-r", "2")  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["depth"] == 256 and {c["depth"] for c in data["candidates"]} == {256}
+    bench = [c for c in data["candidates"] if c["via"] == "llama-bench"]
+    assert bench and all(c["argv"][c["argv"].index("-d") + 1] == "0,256" for c in bench)  # and an empty cache
+    assert all(c["tg_tps_empty"] > 0 for c in bench if c["error"] is None)
+    served = [c for c in data["candidates"] if c["via"] == "llama-server"]
+    assert len(served) == 2 and all(c["error"] is None and c["tg_tps"] > 0 for c in served), served
+    plain, drafted = served
+    assert drafted["label"] == plain["label"] + " +mtp" and "--spec-type" not in plain["argv"]
+    assert drafted["argv"][drafted["argv"].index("--spec-type") + 1] == "draft-mtp"
+    assert plain["label"] in {c["label"] for c in bench}  # the llama-bench winner, measured again by the server
+    faster = tune.beats(_measured(drafted), _measured(plain), "decode")
+    assert data["chosen"] == (drafted["label"] if faster else plain["label"])
+    # What was chosen is what runs: with MTP, --spec-type and the NextN layer's memory in the plan.
+    code, out, _ = runq_main("run", str(glm.path), "--dry-run", "--server")
+    assert code == 0 and ("--spec-type draft-mtp" in out) == faster and "at 256 tokens of context" in out
+
+
+def _measured(c: dict[str, Any]) -> tune.Measured:
+    """A JSON row back as a measurement (its spreads as the samples' range around the mean)."""
+    knobs = tune.Knobs(1, 512, spec="draft-mtp" if c["label"].endswith("+mtp") else "none",
+                       baseline=c["label"].startswith(tune.BASELINE))  # fmt: skip
+    tg, s = c["tg_tps"], c["tg_spread"]
+    return tune.Measured(knobs, tuple(c["argv"]), c["pp_tps"], tg, tg_samples=(tg * (1 - s / 2), tg * (1 + s / 2)),
+                         via=c["via"])  # fmt: skip

@@ -24,7 +24,8 @@ from launcher.llama.fit import Oracle, project, project_sizes, refine
 from launcher.measure.synth import SynthSpec, write_model
 from launcher.model.shards import open_local
 from launcher.plan.choose import choose
-from launcher.plan.memory import cpu_only_compute_bytes, kv_layout
+from launcher.plan.kv_cache import kv_layout
+from launcher.plan.memory import cpu_only_compute_bytes
 from launcher.plan.place import plan
 from launcher.plan.projection import ESTIMATE, parse_fit_print
 from launcher.plan.types import Request

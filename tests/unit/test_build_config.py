@@ -141,7 +141,7 @@ def test_commands_follow_what_the_build_accepts(models) -> None:  # type: ignore
     """An older llama.cpp (no --fit, no -lm, no --cache-ram) gets --no-mmap instead of -lm none, nothing unknown."""
     from launcher.llama.argv import plan_flags
     from launcher.model.shards import open_local
-    from launcher.plan import memory
+    from launcher.plan import kv_cache, memory
     from launcher.plan.place import plan
     from launcher.plan.types import Request
     from tests.helpers import gpu_for
@@ -149,7 +149,9 @@ def test_commands_follow_what_the_build_accepts(models) -> None:  # type: ignore
     m = open_local(models["deepseek2-q8"].path)
     t, hp = m.tensors, m.hparams
     half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
-    room = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(2048) + memory.gpu_compute_bytes(hp, 2048, 512) + half
+    room = (
+        t.non_expert_bytes() + kv_cache.kv_layout(hp).bytes_for(2048) + memory.gpu_compute_bytes(hp, 2048, 512) + half
+    )
     p = plan(gpu_for(room), t, hp, Request(ctx=2048, ubatch=512))
     assert p.load_mode == "none"
     new = plan_flags(p)

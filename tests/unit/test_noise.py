@@ -173,6 +173,10 @@ def test_threads_are_the_count_the_model_predicts_fastest(models: dict[str, Synt
     assert plan(replace(machine, speed=scaling), m.tensors, m.hparams, Request(ctx=4096)).threads == 2
     assert plan(machine, m.tensors, m.hparams, Request(ctx=4096)).threads == 2  # reference constants: the cores
     assert slow_two.fastest_threads(2, 4, 100_000_000) == 1 and scaling.fastest_threads(2, 4, 100_000_000) == 2
+    # Issue 23: never behind llama.cpp's default (the cores) on a calibration taken under load, or for a few percent.
+    assert replace(slow_two, provisional="taken under load").fastest_threads(2, 4, 100_000_000) == 2
+    near = SpeedModel(cpu=(CpuPoint(1, 10.5e9, 40e-6), CpuPoint(2, 10e9, 40e-6)), calibrated_at="2026-12-02")
+    assert near.fastest_threads(2, 4, 100_000_000) == 2  # 1 thread predicted 5% faster: within noise
 
 
 def test_how_busy_the_machine_was_is_others_cpu_time_over_the_machines() -> None:

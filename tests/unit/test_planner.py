@@ -17,6 +17,7 @@ from launcher.model.ggml_types import TYPES_BY_NAME
 from launcher.model.hparams import HParams
 from launcher.model.shards import open_local
 from launcher.model.tensors import ModelTensor, TensorSet, classify
+from launcher.plan import kv_cache
 from launcher.plan import memory as mem
 from launcher.plan.choose import choose
 from launcher.plan.overrides import Override, effective_buffers
@@ -38,7 +39,7 @@ def ds_choice(m: Machine, **req: object):  # type: ignore[no-untyped-def]
 
 def test_kv_mla_matches_llama_cpp() -> None:
     hp = DS.arch.hparams()
-    kv = mem.kv_layout(hp)
+    kv = kv_cache.kv_layout(hp)
     assert kv.per_token == 70_272  # 576 x 2 B x 61 layers, K only (V-less MLA cache)
     # llama-fit-params -fitp on reported 274 / 2,196 / 8,784 MiB of context at these sizes.
     for ctx, mib in ((4096, 274), (32768, 2196), (131072, 8784)):
@@ -48,11 +49,11 @@ def test_kv_mla_matches_llama_cpp() -> None:
 def test_kv_gqa_qwen3_235b() -> None:
     hp = HParams("qwen3moe", None, 94, 262144, 4096, 151936, (64,) * 94, (4,) * 94, 128, 128, (0,) * 94,
                  128, 8, 0, 1536, 0, 0, 0, 0, None)  # fmt: skip
-    kv = mem.kv_layout(hp)
+    kv = kv_cache.kv_layout(hp)
     assert kv.per_token == 192_512  # 2 x 4 x 128 x 2 B x 94
     assert kv.bytes_for(4096) / MiB == pytest.approx(752, abs=1)
     assert kv.bytes_for(32768) / MiB == pytest.approx(6016, abs=1)
-    q8 = mem.kv_layout(hp, "q8_0", "q8_0")
+    q8 = kv_cache.kv_layout(hp, "q8_0", "q8_0")
     assert q8.per_token == round(192_512 * 34 / 32 / 2)
 
 
@@ -171,7 +172,7 @@ def test_more_vram_never_puts_more_on_cpu(any_model: SynthModel, ubatch: int) ->
     need = (
         mem.gpu_compute_bytes(src.hparams, 2048, ubatch)
         + src.tensors.total_bytes
-        + mem.kv_layout(src.hparams).bytes_for(2048)
+        + kv_cache.kv_layout(src.hparams).bytes_for(2048)
     )
     prev_cpu, prev_tps = None, 0.0
     steps = 24

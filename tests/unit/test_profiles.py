@@ -15,7 +15,7 @@ from launcher.machine.spec import CPU, GPU, Machine
 from launcher.model.arch_shapes import ARCHS
 from launcher.model.tensors import Role
 from launcher.plan.choose import choose
-from launcher.plan.memory import kv_layout
+from launcher.plan.kv_cache import kv_layout
 from launcher.plan.types import Request
 from launcher.units import GiB
 

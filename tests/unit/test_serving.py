@@ -22,7 +22,7 @@ from launcher.model.tensors import Role, TensorSet
 from launcher.plan import serving
 from launcher.plan.choose import choose, max_fitting_ctx
 from launcher.plan.inputs import PlanInputs, planning_request, split_extra
-from launcher.plan.memory import kv_layout
+from launcher.plan.kv_cache import kv_layout
 from launcher.plan.place import beyond_every_budget, plan
 from launcher.plan.projection import DeviceRow, Projection, SizeBook
 from launcher.plan.types import Request

@@ -167,10 +167,10 @@ def test_search_walks_one_knob_at_a_time_and_keeps_what_was_measured_when_stoppe
 
 def _half_the_experts_vram(model: Any) -> int:
     """A GPU size that holds the model's non-expert weights, KV cache and compute at 4K, and half its expert layers."""
-    from launcher.plan import memory
+    from launcher.plan import kv_cache, memory
 
     t, hp = model.tensors, model.hparams
-    base = t.non_expert_bytes() + memory.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
+    base = t.non_expert_bytes() + kv_cache.kv_layout(hp).bytes_for(4096) + memory.gpu_compute_bytes(hp, 4096, 512)
     half = sum(t.expert_bytes(il) for il in t.expert_layers[: len(t.expert_layers) // 2])
     return memory.CUDA_CONTEXT_BYTES + memory.GPU_MARGIN_BYTES + base + half
 
@@ -346,3 +346,42 @@ def test_budget_and_tune_numbers_are_refused_by_the_cli(capsys: pytest.CaptureFi
         assert main(["tune", str(tmp_path / "m.gguf"), *argv]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"Error: {fragment}") and "\nHint: " in err, err
+
+
+def test_depth_is_the_context_less_the_turn_bounded_by_the_fill_time() -> None:
+    assert tune.depth_for(32768, 512, 128, None, 0) == 32000  # whole 256-token steps
+    assert tune.depth_for(32768, 512, 128, 1000.0, 5.0) == 4864  # 5 s of filling at 1,000 t/s
+    assert tune.depth_for(700, 512, 128, 1000.0, 5.0) == 0  # no room for one step
+    from launcher.cli.tune_steps import parse_depth
+
+    assert parse_depth("auto") is None and parse_depth("4096") == 4096 and parse_depth("0") == 0
+    for bad in ("-1", "lots"):
+        with pytest.raises(UsageError):
+            parse_depth(bad)
+
+
+def test_mtp_drafting_is_kept_only_when_it_measured_faster() -> None:
+    best = _s(START, [100.0, 100.0])
+    plain = replace(_s(START, [90.0, 91.0]), via="llama-server")
+    slower = replace(_s(replace(START, spec="draft-mtp"), [60.0, 61.0]), via="llama-server")
+    lucky = replace(_s(replace(START, spec="draft-mtp"), [92.0, 93.0]), via="llama-server")  # within noise
+    faster = replace(_s(replace(START, spec="draft-mtp"), [130.0, 131.0]), via="llama-server")
+    assert tune.with_spec(best, plain, slower, "decode") is best
+    assert tune.with_spec(best, plain, lucky, "decode") is best
+    assert tune.with_spec(best, plain, faster, "decode") is faster and faster.label.endswith(" +mtp")
+    assert tune.request_for(Request(ctx=4096), faster.knobs, 0).spec_type == "draft-mtp"
+    assert Knobs.from_json(faster.knobs.as_json()) == faster.knobs
+    assert Knobs.from_json({k: v for k, v in START.as_json().items() if k != "spec"}) == START  # older records
+
+
+def test_the_table_shows_the_depth_and_what_measured_each_row(capsys: pytest.CaptureFixture[str]) -> None:
+    from launcher.cli.measure import _print_table
+
+    base = replace(_s(BASE, [100.0, 101.0]), depth=4096)
+    served = replace(_s(replace(START, spec="draft-mtp"), [90.0, 91.0]), depth=4096, via="llama-server")
+    _print_table([base, served], base, base, "decode", None, depth=4096, pp=512, tg=128)
+    out = capsys.readouterr().out
+    assert "pp512 @ d4096" in out and "tg128 @ d4096" in out
+    row = next(line for line in out.splitlines() if served.label in line)
+    assert "through llama-server" in row
+    assert served.as_json()["depth"] == 4096 and served.as_json()["via"] == "llama-server"
