@@ -267,10 +267,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     loc = service.Locations.for_mode(args.mode)
     service.Record.load(loc.record_path(check_service_name(args.name)))  # a clear error for an unknown name
     argv = service.Systemd(args.mode).journal_argv(unit_name(args.name), args.follow)
-    import subprocess
+    from launcher.llama import procs
 
     try:
-        return subprocess.run(argv, check=False).returncode
+        return procs.run(argv).returncode
     except FileNotFoundError:
         raise RunqError(f"{argv[0]} not found", hint=f"the server's own log is {loc.log_path(args.name)}") from None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import ExternalToolError
+from launcher.llama import procs
 from launcher.llama.options import KNOWN_FLAGS, Help, parse_help, parse_options
 
 __all__ = ["KNOWN_FLAGS", "Capabilities", "parse_help", "parse_version", "probe_binaries", "probe_help", "tool_argv"]
@@ -49,7 +50,7 @@ def parse_version(text: str) -> tuple[str | None, int | None, str | None]:
 def run_text(argv: list[str], timeout: float = 30) -> str:
     """stdout + stderr of a short command; llama.cpp prints --version on stderr."""
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        r = procs.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise ExternalToolError(f"{argv[0]}: not found") from None
     except subprocess.TimeoutExpired:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher.catalog.sources import ModelSource
 from launcher.errors import ProjectionFailed, RunqError
+from launcher.llama import procs
 from launcher.llama.argv import fit_answer_argv, fit_argv, fit_default_argv, fit_flags
 from launcher.llama.binaries import Binaries
 from launcher.machine.spec import Machine
@@ -66,7 +67,7 @@ def build_label(binaries: Binaries) -> str:
         return binaries.commit[:7]
     try:
         argv = [*binaries.tool(BINARY), "--version"]
-        r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+        r = procs.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     m = re.search(r"commit ([0-9a-f]{7,40})|\(([0-9a-f]{7,40})\)", r.stdout + r.stderr)
@@ -85,7 +86,7 @@ def project(
         argv = fit_argv(str(oracle.binary), str(model), p, placement=oracle.placement_projects(p))
         argv[:1] = oracle.command
     try:
-        r = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+        r = procs.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise ProjectionFailed(f"{BINARY} did not answer within {TIMEOUT_S} s") from None
     except OSError as e:
@@ -113,8 +114,7 @@ def rpc_device_names(machine: Machine, rpc: tuple[str, ...]) -> tuple[str, ...]:
 
 def _run(oracle: Oracle, argv: list[str]) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        return procs.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ProjectionFailed(f"{BINARY} did not answer within {TIMEOUT_S} s") from None
     except OSError as e:

@@ -67,6 +67,23 @@ def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     return subprocess.Popen(argv, preexec_fn=die_with_parent(), **kwargs)  # noqa: PLW1509
 
 
+def run(argv: list[str], *, timeout: float | None = None, capture_output: bool = False, text: bool = False,
+        **kwargs: Any) -> subprocess.CompletedProcess[Any]:  # fmt: skip
+    """subprocess.run for runq's short commands (a --help, a projection, systemctl): the child dies with runq
+    and is killed when runq is interrupted while it runs. subprocess.run alone leaves it behind on SIGKILL, or on
+    SIGTERM before any handler is installed: a `--help` frozen on a slow disk would then outlive runq."""
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    with spawn(argv, text=text, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:  # a timeout, Ctrl-C, SIGTERM/SIGHUP (Terminated): SIGKILL answers even a frozen child
+            proc.kill()
+            proc.wait()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def _raise_terminated(signum: int, _frame: object) -> None:
     raise Terminated(signum)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import ExternalToolError, RunqError, UsageError, WorkerUnreachable
+from launcher.llama import procs
 from launcher.machine.spec import Machine, RemoteDevice, Worker, parse_endpoint, parse_worker_flag
 from launcher.units import MiB
 
@@ -60,10 +61,8 @@ def probe(endpoint: str, server_binary: Path) -> Worker:
             "check the firewall, or leave it out of --rpc",
         )
     try:
-        r = subprocess.run(
-            [str(server_binary), "--rpc", endpoint, "--list-devices"],
-            capture_output=True, text=True, timeout=LIST_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        r = procs.run([str(server_binary), "--rpc", endpoint, "--list-devices"], capture_output=True, text=True,
+                      timeout=LIST_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise WorkerUnreachable(
             f"worker {endpoint} accepted the connection but did not answer within {LIST_TIMEOUT_S:.0f} s",

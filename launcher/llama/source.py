@@ -19,6 +19,7 @@ from typing import Any
 
 from launcher.errors import ExternalToolError, UsageError
 from launcher.llama import build_config as bc
+from launcher.llama import procs
 from launcher.llama.capabilities import run_text
 from launcher.paths import cache_dir
 
@@ -36,7 +37,7 @@ def _run_logged(argv: list[str], log: Any, cwd: Path | None = None, what: str = 
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
     try:
-        r = subprocess.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False)
+        r = procs.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     except FileNotFoundError:
         raise ExternalToolError(f"{argv[0]}: not found") from None
     if r.returncode != 0:

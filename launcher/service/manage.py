@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from launcher.errors import ServiceError, SystemctlFailed, UsageError, format_validation_error
+from launcher.llama import procs
 from launcher.paths import config_dir
 from launcher.plan.projection import ESTIMATE
 from launcher.plan.types import DevicePlan
@@ -223,7 +224,7 @@ class Systemd:
     ) -> subprocess.CompletedProcess[str]:
         argv = [self.systemctl_exe, *self._scope(), *args]
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+            r = procs.run(argv, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
             raise SystemctlFailed(
                 f"{self.systemctl_exe} not found: this machine does not run systemd",

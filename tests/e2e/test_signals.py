@@ -36,8 +36,10 @@ def port_free(host: str, port: int) -> bool:
 
 
 def _kids(pid: int) -> list[psutil.Process]:
+    """The model's llama-server (not a `llama-server --help` runq asks before it)."""
     try:
-        return [c for c in psutil.Process(pid).children(recursive=True) if "llama-server" in c.name()]
+        return [c for c in psutil.Process(pid).children(recursive=True)
+                if "llama-server" in c.name() and "-m" in c.cmdline()]  # fmt: skip
     except psutil.NoSuchProcess:
         return []
 
@@ -98,6 +100,55 @@ def test_llama_server_dies_with_runq(
         assert "llama-server is ready" not in out
     wait_until(lambda: port_free("127.0.0.1", port), "the port free again", timeout=30)  # a killed socket: a moment
     print(f"\n{sig.name} to runq while {phase}: llama-server gone {took:.2f} s later")
+
+
+@pytest.fixture(scope="module")
+def frozen_bin(llama_build: Build, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build's binaries, except that llama-fit-params (the first one runq asks, before any llama-server)
+    freezes itself first: a probe stuck on a slow disk or a hung driver, as a real one can be."""
+    d = tmp_path_factory.mktemp("frozen-bin")
+    for b in llama_build.bin_dir.iterdir():
+        (d / b.name).symlink_to(b)
+    fit = d / "llama-fit-params"
+    fit.unlink()
+    fit.write_text(f'#!/bin/sh\nkill -STOP $$\nexec {llama_build.bin_dir / "llama-fit-params"} "$@"\n')
+    fit.chmod(0o755)
+    return d
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_probe_frozen_before_the_server_dies_with_runq(
+    sig: signal.Signals, model: SynthModel, env: dict[str, str], frozen_bin: Path, running: list[RunningRunq]
+) -> None:
+    """The short commands runq runs before a server (llama-fit-params, a --help) die with runq too: SIGTERM and
+    SIGHUP come before any server is there to trap them, and SIGKILL leaves runq no say at all."""
+    port = free_port()
+    r = RunningRunq(["run", str(model.path), "--server", "--port", str(port), "--ctx", "2048",
+                     "--llama-bin", str(frozen_bin)], env)  # fmt: skip
+    running.append(r)
+
+    def frozen() -> psutil.Process | None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for c in psutil.Process(r.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if c.status() == psutil.STATUS_STOPPED:
+                        return c
+        return None
+
+    wait_until(lambda: frozen() is not None or r.proc.poll() is not None, "a frozen probe", timeout=120)
+    probe = frozen()
+    assert probe is not None, r.proc.communicate()
+    r.proc.send_signal(sig)
+    took = _gone(probe, timeout=20)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        if took is None:
+            probe.kill()  # not left behind for the rest of the suite
+    assert took is not None, f"the frozen probe still runs 20 s after {sig.name} to runq"
+    code, _out, err = r.finish()
+    assert "Traceback" not in err
+    if sig != signal.SIGKILL:
+        assert code == 130, err
+    print(f"\n{sig.name} to runq while a probe is frozen: the probe gone {took:.2f} s later")
 
 
 def test_a_crash_of_runq_stops_its_llama_server(model: SynthModel, env: dict[str, str], llama_build: Build) -> None:
