@@ -103,6 +103,28 @@ def _rows(env: dict[str, str], model: Path, args: argparse.Namespace, bench: lis
     return rows
 
 
+def _bench_defaults(bench: list[str]) -> dict[str, str]:
+    """llama-bench's own defaults, from its --help ("-t, --threads <n>  (default: 2)"): asked, not assumed."""
+    import re
+
+    r = subprocess.run([*bench, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    found = re.findall(r"^\s+(-[a-z]+),?[^(\n]*\(default: ([^)]*)\)", r.stdout + r.stderr, re.M)
+    return dict(found)
+
+
+def _same_as_default(argv: list[str], default: list[str], bench: list[str], gpus: bool) -> bool:
+    """Whether a row only spells out what llama-bench does without flags on a CPU build (then the two rows are
+    the same run, and their difference is the machine's noise). -ngl is moot without a GPU; -lm auto is mmap."""
+    if gpus or any(a.startswith("-") and a not in {"-m", "-p", "-n", "-r", "-o"} for a in default[len(bench) :]):
+        return False
+    defaults = _bench_defaults(bench)
+    defaults["-lm"] = "mmap" if defaults.get("-lm") == "auto" else defaults.get("-lm", "")
+    rest = argv[len(bench) :]
+    pairs = dict(zip(rest[::2], rest[1::2], strict=False))
+    moot = {"-m", "-p", "-n", "-r", "-o", "-ngl"}
+    return all(k in moot or (k in defaults and defaults[k] == v) for k, v in pairs.items())
+
+
 def _seconds(text: str) -> float:
     from launcher.cli.measure import parse_budget
 
@@ -127,8 +149,11 @@ def _measure(rows: dict[str, list[str]], depth: int, pp: int, rounds: int, reps:
 
     out: dict[str, dict[tuple[str, int], list[float]]] = {r: {} for r in rows}
     busy = 0.0
-    for _ in range(rounds):
-        for name, argv in rows.items():
+    names = list(rows)
+    for i in range(rounds):
+        # Each round starts with another row: no row always runs first (after tune, or on a cold page cache).
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            argv = rows[name]
             # One turn for every row: the same prompt length (llama-bench's -p), whatever the row's ubatch.
             cmd = [*_strip(argv, {"-p"}), "-p", str(pp), "-r", str(reps), "-d", f"0,{depth}"]
             res = bench_run.run(cmd, timeout_s=1800, gpus=gpus)
@@ -163,16 +188,19 @@ def _table(name: str, result: dict[str, Any], depth: int, pp: int, tg: int) -> t
             if row == "runq untuned" and med and b and med < b * (1 - _noise(figs[row].get(col), base[col])):
                 slower = True
         lines.append(f"{'':<12}{row:<18}{''.join(cells)}")
+    spreads = [_spread(figs[row].get(col)) for row in ROWS for col in cols]
+    lines.append(f"{'':<12}{'(rounds apart by':<18}" + "".join(
+        f"{f'up to {100 * max(spreads[i::len(cols)]):.0f}%':>16}" for i in range(len(cols))) + ")")  # fmt: skip
     return lines, slower
+
+
+def _spread(v: list[float] | None) -> float:
+    return (max(v) - min(v)) / statistics.median(v) if v and len(v) > 1 else 0.0
 
 
 def _noise(a: list[float] | None, b: list[float]) -> float:
     """How far either row's rounds were apart (relative), at least 3%: a difference within it is not a loss."""
-
-    def spread(v: list[float] | None) -> float:
-        return (max(v) - min(v)) / statistics.median(v) if v and len(v) > 1 else 0.0
-
-    return max(spread(a), spread(b), 0.03)
+    return max(_spread(a), _spread(b), 0.03)
 
 
 def main() -> int:
@@ -218,7 +246,9 @@ def main() -> int:
             lines, slower = _table(name, result, args.depth, args.pp, args.tg)
             for row, argv in rows.items():  # what each row ran, beside the model and the test sizes
                 flags = " ".join(_strip(argv[len(bench) :], {"-m", "-p", "-n", "-r", "-o"}))
-                lines.append(f"{'':<12}  {row}: {flags or '(no flags)'}")
+                same = row != "llama.cpp default" and _same_as_default(argv, rows["llama.cpp default"], bench, gpus)
+                note = "  (llama-bench's defaults spelled out: the same run)" if same else ""
+                lines.append(f"{'':<12}  {row}: {flags or '(no flags)'}{note}")
             out += lines
             bad |= slower
         load_after = os.getloadavg()
