@@ -95,8 +95,18 @@ def model_key(target: Any) -> str:
     return str(target.profile.name)
 
 
+def tune_fingerprint(machine: Machine, build_key: str) -> dict[str, Any]:
+    """The machine a tune result holds for: the calibration's fingerprint and, with --rpc/--worker, the workers'
+    devices (knobs measured on this host alone say nothing about a plan that spreads over workers)."""
+    fp = fingerprint(machine, build_key)
+    if machine.workers:
+        fp["workers"] = [[w.endpoint, [[d.kind, round(d.total_bytes / 2**30)] for d in w.devices]]
+                         for w in machine.workers]  # fmt: skip
+    return fp
+
+
 def _path(machine: Machine, build_key: str, key: str, quant: str) -> Path:
-    ident = json.dumps([fingerprint(machine, build_key), key, quant], sort_keys=True)
+    ident = json.dumps([tune_fingerprint(machine, build_key), key, quant], sort_keys=True)
     return tuned_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:20]}.json"
 
 
@@ -111,7 +121,7 @@ def save(machine: Machine, build_key: str, key: str, quant: str, goal: str, chos
          measured: Sequence[Measured]) -> Path:  # fmt: skip
     base = next((m for m in measured if m.knobs.baseline), None)
     rec = TuneRecord(
-        model=key, quant=quant, fingerprint=fingerprint(machine, build_key), goal=goal,
+        model=key, quant=quant, fingerprint=tune_fingerprint(machine, build_key), goal=goal,
         tuned_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), chosen=MeasuredRecord.of(chosen),
         baseline=MeasuredRecord.of(base) if base else None, candidates=[MeasuredRecord.of(m) for m in measured],
     )  # fmt: skip
@@ -140,6 +150,6 @@ def load(machine: Machine, build_key: str, key: str, quant: str | None) -> TuneR
         rec = TuneRecord.model_validate_json(_path(machine, build_key, key, quant).read_text())
     except (OSError, ValueError, ValidationError):
         return None
-    if rec.fingerprint != fingerprint(machine, build_key) or rec.chosen.knobs is None:
+    if rec.fingerprint != tune_fingerprint(machine, build_key) or rec.chosen.knobs is None:
         return None
     return rec

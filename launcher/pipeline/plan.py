@@ -131,8 +131,11 @@ def _choose(ask: Ask, machine: Machine, target: ModelTarget, req: Request, binar
             pinned: str | None, rec: TuneRecord | None = None) -> Planned:  # fmt: skip
     from launcher.plan.choose import choose
 
+    why = "pinned with --quant" if target.pinned else None  # one file: no choice to explain
+    if why is None and rec is not None and len(target.sources) > 1:
+        why = f"the quant runq tune measured ({rec.tuned_at[:10]})"
     choice = choose(target.name, machine, list(target.sources), req, pinned=pinned,
-                    ctx_pinned=ask.inputs.ctx is not None)  # fmt: skip
+                    ctx_pinned=ask.inputs.ctx is not None, pinned_why=why)  # fmt: skip
     if ask.estimate or not ask.project:
         return Planned(ask, machine, target, req, choice, "runq estimate (not asked)", binaries, rec)
     choice, sizes, answers = _project(choice, machine, req, target, binaries, pinned=pinned is not None)

@@ -41,8 +41,10 @@ def choose(
     *,
     pinned: str | None = None,
     ctx_pinned: bool = False,
+    pinned_why: str | None = "pinned with --quant",
 ) -> Choice:
-    """Plan every source and choose: the pinned one, else the largest that fits."""
+    """Plan every source and choose: the pinned one (`pinned_why` says who pinned it), else the largest that
+    fits."""
     for s in sources:
         if req.ctx > s.hparams.n_ctx_train > 0:
             raise UsageError(
@@ -58,7 +60,8 @@ def choose(
         chosen = matching[0]
         if not chosen.plan.fits:
             raise _does_not_fit(model, machine, [chosen], req, ctx_pinned, pin=pinned)
-        reasons.append(f"{pinned}: pinned with --quant")
+        if pinned_why:
+            reasons.append(f"{pinned}: {pinned_why}")
     else:
         fitting = [c for c in cands if c.plan.fits]
         if not fitting:

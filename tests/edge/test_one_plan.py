@@ -75,6 +75,11 @@ def test_plan_and_run_print_the_same_tuned_command(
         assert flag not in argv, argv
     code, out, err = runq_main("plan", path, "--ctx", "4096")
     assert code == 0 and "measured fastest here" in out, out
+    assert "pinned with --quant" not in out  # the user pinned nothing: one file, tuned
+    # Measured on this host alone: it says nothing about a plan that spreads over a worker.
+    code, out, err = runq_main("plan", path, "--ctx", "4096", "--worker", "ram=64GiB", "--json")
+    assert code == 0, err
+    assert json.loads(out)["measured"] is None
     # `runq serve`'s router runs the same command: the model's preset section is that argv, tuned knobs included.
     from launcher.llama.preset import section_of
 
