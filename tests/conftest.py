@@ -16,7 +16,7 @@ import pytest
 
 from launcher.llama.build import Build
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
-from tests.helpers import RunningRunq
+from tests.helpers import RunningRunq, session_cache
 
 # Every generated model the reader, classifier and planner tests run over.
 MODEL_SPECS: dict[str, tuple[SynthSpec, int]] = {
@@ -100,7 +100,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def env(llama_build: Build) -> dict[str, str]:
     """This process's environment (the test's RUNQ_HOME) with the shared llama.cpp build's cache."""
-    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+    return {**os.environ, "RUNQ_CACHE_DIR": str(session_cache(llama_build))}
 
 
 @pytest.fixture

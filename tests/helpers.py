@@ -8,6 +8,7 @@ tests/support, never from each other (tests/unit/test_test_layout.py checks it).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import json
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +33,34 @@ from launcher.llama.build import Build
 from launcher.machine.spec import CPU, GPU, Machine, MachineSpec
 from launcher.measure.synth import SynthSpec
 from launcher.units import GiB
+
+# --- the test cache ---------------------------------------------------------------------------------------------
+
+
+def own_cache(d: Path, build: Build) -> Path:
+    """A runq cache of its own in `d` (calibrations, logs, header caches) that sees the shared llama.cpp build and
+    the generated calibration models, which are written once per machine."""
+    (d / "builds").mkdir(parents=True)
+    (d / "builds" / build.key).symlink_to(build.path)
+    shared_models = build.path.parent.parent / "calibration" / "models"
+    shared_models.mkdir(parents=True, exist_ok=True)
+    (d / "calibration").mkdir()
+    (d / "calibration" / "models").symlink_to(shared_models)
+    return d
+
+
+_SESSION_CACHES: dict[str, Path] = {}
+
+
+def session_cache(build: Build) -> Path:
+    """The cache this test session's runq processes share (RUNQ_CACHE_DIR): the llama.cpp build is borrowed from
+    the developer's cache, but what runq writes (a calibration, logs) never lands there."""
+    if build.key not in _SESSION_CACHES:
+        d = Path(tempfile.mkdtemp(prefix="runq-test-cache-"))
+        atexit.register(shutil.rmtree, d, True)  # symlinks are removed, not followed
+        _SESSION_CACHES[build.key] = own_cache(d / "cache", build)
+    return _SESSION_CACHES[build.key]
+
 
 # --- running runq ----------------------------------------------------------------------------------------------
 
@@ -276,7 +306,7 @@ def fake_systemd_env(build: Build, tmp_path: Path) -> dict[str, str]:
     and the shared llama.cpp build."""
     return {
         **os.environ,
-        "RUNQ_CACHE_DIR": str(build.path.parent.parent),
+        "RUNQ_CACHE_DIR": str(session_cache(build)),
         "RUNQ_SYSTEMCTL": str(FAKE_SYSTEMCTL),
         "RUNQ_JOURNALCTL": "/bin/echo",
         "RUNQ_UNIT_DIR": str(tmp_path / "units"),

@@ -23,7 +23,7 @@ import pytest
 from launcher.llama.build import Build
 from launcher.llama.server import free_port, http_json
 from launcher.measure.synth import SynthSpec, write_model
-from tests.helpers import runq_proc, wait_until
+from tests.helpers import own_cache, runq_proc, wait_until
 from tests.support import systemd_user
 
 WHY_NOT = systemd_user.why_not()
@@ -43,7 +43,7 @@ def manager() -> Iterator[systemd_user.UserManager]:
 def test_a_service_under_a_real_user_manager(
     manager: systemd_user.UserManager, llama_build: Build, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = {**manager.env, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+    env = {**manager.env, "RUNQ_CACHE_DIR": str(own_cache(manager.base / "cache", llama_build))}
     model = write_model(TINY, manager.base / "models" / "tiny.gguf")  # not under /tmp: the unit has PrivateTmp=
     port = free_port()
     t0 = time.monotonic()
@@ -116,7 +116,8 @@ def test_a_router_service_under_a_real_user_manager(manager: systemd_user.UserMa
     import openai
 
     hub = manager.base / "hf"
-    env = {**manager.env, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent), "HF_HUB_CACHE": str(hub)}
+    cache = own_cache(manager.base / "cache", llama_build)
+    env = {**manager.env, "RUNQ_CACHE_DIR": str(cache), "HF_HUB_CACHE": str(hub)}
     on_disk(hub, "test/tiny-GGUF", "tiny-Q8_0.gguf", TINY)
     on_disk(hub, "test/other-GGUF", "other-Q8_0.gguf", TINY.with_(arch="qwen3moe", n_head_kv=2, head_dim=64))
     port = free_port()

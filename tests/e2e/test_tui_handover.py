@@ -16,6 +16,7 @@ import pytest
 from launcher.llama.build import Build
 from launcher.llama.server import free_port, http_json
 from launcher.measure.synth import SynthSpec, write_model
+from tests.helpers import session_cache
 from tests.support.pty_session import PtySession
 
 MACHINE = ["--gpu", "none", "--ram", "8GiB"]  # no catalog model fits there at its default context; the file does
@@ -25,7 +26,7 @@ MACHINE = ["--gpu", "none", "--ram", "8GiB"]  # no catalog model fits there at i
 def env(llama_build: Build, tmp_path: Path) -> dict[str, str]:
     snap = Path(os.environ["HF_HUB_CACHE"]) / "models--someone--Tiny-MoE-GGUF" / "snapshots" / "abc"
     write_model(SynthSpec(arch="qwen3moe", n_layer=3), snap / "Tiny-MoE-Q8_0.gguf")
-    return {**os.environ, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent), "TERM": "xterm-256color"}
+    return {**os.environ, "RUNQ_CACHE_DIR": str(session_cache(llama_build)), "TERM": "xterm-256color"}
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from launcher.llama import build_config as bc
 from launcher.llama import source
 from launcher.llama.build import Build
 from launcher.measure.synth import SynthModel
-from tests.helpers import runq_main
+from tests.helpers import runq_main, session_cache
 
 
 def test_binaries_report_the_pinned_commit(llama_build: Build) -> None:
@@ -34,7 +34,7 @@ def test_binaries_report_the_pinned_commit(llama_build: Build) -> None:
 
 
 def test_second_build_is_instant(llama_build: Build, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("RUNQ_CACHE_DIR", str(llama_build.path.parent.parent))
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(session_cache(llama_build)))
     t0 = time.perf_counter()
     code, out, _ = runq_main("build", "--source", "pypi")
     assert time.perf_counter() - t0 < 10  # no configure, no compile (minutes); room for a loaded machine

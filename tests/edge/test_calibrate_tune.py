@@ -22,27 +22,15 @@ from launcher.machine import speed
 from launcher.measure import calibrate as calibration
 from launcher.measure import tune
 from launcher.measure.synth import SynthModel, SynthSpec, write_model
-from tests.helpers import RUNQ_CMD, runq_main, spawn, wait_until
+from tests.helpers import RUNQ_CMD, own_cache, runq_main, spawn, wait_until
 
 TINY = SynthSpec(arch="qwen3moe", n_layer=4, n_embd=256, n_ff_exp=128, n_expert=8, n_head=4, n_head_kv=2, head_dim=64)
 FAST = ["--pp", "64", "--tg", "16", "-r", "1", "--depth", "0"]  # depth: tested on its own (glm below)
 
 
-def _cache_dir(d: Path, llama_build: Build) -> Path:
-    """A cache of its own (calibration record) that sees the shared llama.cpp build and calibration models."""
-    (d / "builds").mkdir(parents=True)
-    (d / "builds" / llama_build.key).symlink_to(llama_build.path)
-    # The generated calibration models are kept with the shared build, so they are written once per machine.
-    shared_models = llama_build.path.parent.parent / "calibration" / "models"
-    shared_models.mkdir(parents=True, exist_ok=True)
-    (d / "calibration").mkdir()
-    (d / "calibration" / "models").symlink_to(shared_models)
-    return d
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory, llama_build: Build) -> Path:
-    return _cache_dir(tmp_path_factory.mktemp("tune-cache"), llama_build)
+    return own_cache(tmp_path_factory.mktemp("tune-cache"), llama_build)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +141,7 @@ def _bench_children(pid: int) -> list[psutil.Process]:
 def test_first_tune_calibrates_and_ctrl_c_keeps_what_was_measured(
     llama_build: Build, tiny: SynthModel, runq_home: Path, tmp_path: Path
 ) -> None:
-    fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)  # this machine, never calibrated
+    fresh = own_cache(tmp_path / "fresh-cache", llama_build)  # this machine, never calibrated
     env = {**os.environ, "RUNQ_CACHE_DIR": str(fresh), "RUNQ_AUTO_CALIBRATE": "1", "RUNQ_CALIBRATE_PASSES": "1"}
     argv = [*RUNQ_CMD, "tune", str(tiny.path), "--budget", "5m", *FAST]
     proc = spawn(argv, env)
@@ -208,7 +196,7 @@ def test_no_calibrate_skips_the_first_calibration_and_bench_reports_its_repetiti
 ) -> None:
     """--no-calibrate: a first tune (or run) on a machine never calibrated does not calibrate; what llama-bench
     measured comes with each repetition's spread and how busy the machine was."""
-    fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)
+    fresh = own_cache(tmp_path / "fresh-cache", llama_build)
     monkeypatch.setenv("RUNQ_CACHE_DIR", str(fresh))
     monkeypatch.setenv("RUNQ_AUTO_CALIBRATE", "1")
     code, out, err = runq_main("tune", str(tiny.path), "--no-calibrate", "--budget", "20s", "--json", "--pp", "64",
@@ -232,7 +220,7 @@ def test_a_provisional_calibration_is_flagged_in_the_plan(
     from launcher.machine.probe import probe
     from launcher.machine.speed import Observation
 
-    fresh = _cache_dir(tmp_path / "fresh-cache", llama_build)
+    fresh = own_cache(tmp_path / "fresh-cache", llama_build)
     monkeypatch.setenv("RUNQ_CACHE_DIR", str(fresh))
     machine = probe(cpu_details=False)
     fp = calibration.fingerprint(machine, llama_build.key)

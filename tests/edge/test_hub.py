@@ -20,7 +20,7 @@ from launcher.measure.synth import write_model
 from launcher.model.shards import open_local
 from launcher.plan.choose import choose
 from launcher.plan.types import Request
-from tests.helpers import TINY, RunningRunq, runq_proc, write_tiny_profile
+from tests.helpers import TINY, RunningRunq, runq_proc, session_cache, write_tiny_profile
 from tests.support.hubserver import HubServer, Repo
 from tests.support.sparse_models import write_sparse_quant
 
@@ -287,7 +287,7 @@ def test_auto_from_nothing_to_a_verified_server(
 
     write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
     port = free_port()
-    env = {**online, "RUNQ_CACHE_DIR": str(llama_build.path.parent.parent)}
+    env = {**online, "RUNQ_CACHE_DIR": str(session_cache(llama_build))}
     r = RunningRunq(["tiny", "--auto", "--yes", "--server", "--port", str(port), "--quant", "UD-Q8_0"], env)
     try:
         r.wait_for("Serving.", timeout=180)
@@ -325,7 +325,7 @@ async def test_tui_download_and_build_tasks(
     from launcher.tui.task_screen import BuildTask, DownloadTask
 
     write_tiny_profile("runq/Tiny-GGUF", tiny_repo)
-    monkeypatch.setenv("RUNQ_CACHE_DIR", str(llama_build.path.parent.parent))
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(session_cache(llama_build)))
     machine = MachineSpec.model_validate({"ram": "16GiB", "cores": 2}).to_machine()
     app = RunqApp(machine)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -30,7 +30,7 @@ from launcher.plan.place import plan
 from launcher.plan.projection import ESTIMATE, parse_fit_print
 from launcher.plan.types import Request
 from launcher.units import GiB, MiB
-from tests.helpers import SHAPE, machine, machine_with_ram, runq_proc
+from tests.helpers import SHAPE, machine, machine_with_ram, runq_proc, session_cache
 from tests.support.sparse_models import write_sparse_quant
 
 DS = require_profile("deepseek-v3.1")
@@ -213,7 +213,7 @@ def test_tui_plans_ask_llama_cpp_too(
     from launcher.pipeline.target import resolve
     from launcher.tui.data import plan_target
 
-    monkeypatch.setenv("RUNQ_CACHE_DIR", str(llama_build.path.parent.parent))  # where runq's build is cached
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(session_cache(llama_build)))  # where runq's build is cached
     target = resolve(str(shapes["deepseek2"]), network=False)
     m = machine(2.2, ram_gib=64)
     planned, _, problem = plan_target(m, target, 8192, project=True)

@@ -23,13 +23,13 @@ from launcher.measure import calibrate, store
 from launcher.measure.synth import SynthModel
 from launcher.measure.tune import Knobs, Measured
 from launcher.pipeline.target import resolve
-from tests.helpers import runq_main
+from tests.helpers import runq_main, session_cache
 
 
 @pytest.fixture
 def built(llama_build: Build, monkeypatch: pytest.MonkeyPatch) -> Build:
     """runq's own build is the build here (RUNQ_CACHE_DIR): tune records and calibrations are keyed by it."""
-    monkeypatch.setenv("RUNQ_CACHE_DIR", str(llama_build.path.parent.parent))
+    monkeypatch.setenv("RUNQ_CACHE_DIR", str(session_cache(llama_build)))
     return llama_build
 
 

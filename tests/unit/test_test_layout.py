@@ -49,3 +49,17 @@ def test_helpers_hold_no_tests_and_no_fixtures() -> None:
     assert names and not [n for n in names if n.startswith(("test_", "Test"))]
     decorated = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.decorator_list]
     assert decorated == []  # fixtures belong in a conftest
+
+
+def test_no_test_points_runq_at_the_developers_own_cache() -> None:
+    """Tests borrow the llama.cpp build from the developer's cache (~/.cache/runq) but give runq a cache of their
+    own (helpers.session_cache / own_cache): a calibration or tune a test writes must never become the
+    developer's (a test's constants there made `runq plan` predict 5x too slow afterwards)."""
+    offenders = [
+        f"{p.relative_to(TESTS)}:{n}"
+        for p in sorted(TESTS.rglob("*.py"))
+        if p != Path(__file__).resolve()
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if "RUNQ_CACHE_DIR" in line and "path.parent.parent" in line
+    ]
+    assert offenders == []
