@@ -257,6 +257,8 @@ def project_sizes(
     new = {c.source.name: c for c in tried}
     cands = tuple(new.get(c.source.name, c) for c in choice.candidates)
     note = f"llama.cpp projection, build {oracle.build} ({rounds} round{'s' if rounds > 1 else ''})"
+    if oracle.cpu_only and machine.gpus:  # this build cannot see the GPUs described: their compute is runq's
+        note += "; compute, with GPUs this build cannot see: runq estimate"
     reasons = choice.reasons
     if chosen.source.name != src.name:
         reasons = (*reasons, f"{chosen.source.name}: {src.name} does not fit on llama.cpp's own sizes")

@@ -158,6 +158,7 @@ def test_plan_cli_says_which_numbers_are_llama_cpp_s(llama_build: Build, shapes:
     assert gpu["kv_source"] == cpu["kv_source"] == f"llama.cpp projection, build {BUILD}"
     assert gpu["compute_source"] == "runq estimate" and gpu["weights_source"] == "GGUF header"
     assert f"KV cache and compute: llama.cpp projection, build {BUILD}" in data["sizes"]
+    assert data["sizes"].endswith("; compute, with GPUs this build cannot see: runq estimate")  # as the table says
     text = runq_proc(*argv, "--llama-bin", str(llama_build.bin_dir), env=env).stdout
     sources = f"sources: weights: GGUF header; KV cache: llama.cpp projection, build {BUILD}; compute: runq estimate"
     assert sources in text
