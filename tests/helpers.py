@@ -56,7 +56,10 @@ def session_cache(build: Build) -> Path:
     """The cache this test session's runq processes share (RUNQ_CACHE_DIR): the llama.cpp build is borrowed from
     the developer's cache, but what runq writes (a calibration, logs) never lands there."""
     if build.key not in _SESSION_CACHES:
-        d = Path(tempfile.mkdtemp(prefix="runq-test-cache-"))
+        # Not under /tmp, like a user's cache: a unit's PrivateTmp= would hide it (and tests check what binds).
+        base = Path.home() / ".cache" / "runq-test"
+        base.mkdir(parents=True, exist_ok=True)
+        d = Path(tempfile.mkdtemp(prefix="session-", dir=base))
         atexit.register(shutil.rmtree, d, True)  # symlinks are removed, not followed
         _SESSION_CACHES[build.key] = own_cache(d / "cache", build)
     return _SESSION_CACHES[build.key]
