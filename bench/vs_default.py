@@ -19,6 +19,7 @@ models are kept in --dir. Exit 1 when runq's untuned plan is slower than llama.c
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -103,13 +104,14 @@ def _rows(env: dict[str, str], model: Path, args: argparse.Namespace, bench: lis
     return rows
 
 
-def _bench_defaults(bench: list[str]) -> dict[str, str]:
-    """llama-bench's own defaults, from its --help ("-t, --threads <n>  (default: 2)"): asked, not assumed."""
+@functools.cache
+def _bench_defaults(bench: tuple[str, ...]) -> dict[str, str]:
+    """llama-bench's own defaults, from its --help ("-t, --threads <n>  (default: 2)"): asked once, not assumed."""
     import re
 
-    r = subprocess.run([*bench, "--help"], capture_output=True, text=True, timeout=60, check=False)
-    found = re.findall(r"^\s+(-[a-z]+),?[^(\n]*\(default: ([^)]*)\)", r.stdout + r.stderr, re.M)
-    return dict(found)
+    from launcher.llama.capabilities import run_text
+
+    return dict(re.findall(r"^\s+(-[a-z]+),?[^(\n]*\(default: ([^)]*)\)", run_text([*bench, "--help"]), re.M))
 
 
 def _same_as_default(argv: list[str], default: list[str], bench: list[str], gpus: bool) -> bool:
@@ -117,7 +119,7 @@ def _same_as_default(argv: list[str], default: list[str], bench: list[str], gpus
     the same run, and their difference is the machine's noise). -ngl is moot without a GPU; -lm auto is mmap."""
     if gpus or any(a.startswith("-") and a not in {"-m", "-p", "-n", "-r", "-o"} for a in default[len(bench) :]):
         return False
-    defaults = _bench_defaults(bench)
+    defaults = dict(_bench_defaults(tuple(bench)))
     defaults["-lm"] = "mmap" if defaults.get("-lm") == "auto" else defaults.get("-lm", "")
     rest = argv[len(bench) :]
     pairs = dict(zip(rest[::2], rest[1::2], strict=False))
